@@ -1,0 +1,91 @@
+"""Every setting of the core in one frozen object, built from flags and CHAT_* variables.
+
+Each flag `--some-limit` may also be given as the environment variable `CHAT_SOME_LIMIT`; a flag
+on the command line wins. docs/operations.md lists them with the reasons for their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    max_clients: int = 1_000
+    hello_timeout: float = 10.0
+    rate_limit: float = 20.0
+    rate_burst: int = 60
+    max_outbox_bytes: int = 1_048_576
+    close_timeout: float = 1.0
+    gateway_secret: str | None = None
+    log_level: str = "INFO"
+
+
+_HELP: dict[str, str] = {
+    "host": "address to listen on (use :: or 0.0.0.0 for every interface)",
+    "port": "TCP port to listen on (0 picks a free one)",
+    "max_clients": "connections allowed at once; more get error server_full",
+    "hello_timeout": "seconds a new connection has to complete hello before it is closed",
+    "rate_limit": "requests a second allowed per connection on average (0: no limit)",
+    "rate_burst": "requests a connection may send at once before rate_limit applies",
+    "max_outbox_bytes": "bytes queued for a client that does not read before it is dropped",
+    "close_timeout": "seconds to flush the last bytes (a bye) to a closing connection",
+    "gateway_secret": "shared secret of the trusted web gateway (none: refuse proxy requests)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR; message texts are only logged at DEBUG",
+}
+
+
+def env_name(field_name: str) -> str:
+    return "CHAT_" + field_name.upper()
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat-server",
+        description="The chatroom core: a threaded TCP chat server speaking protocol v1.",
+        epilog="Every flag can also be set as CHAT_<FLAG> in the environment, "
+        "e.g. CHAT_PORT=9001 or CHAT_GATEWAY_SECRET=...",
+    )
+    for field in fields(ServerConfig):
+        default = field.default
+        kind: type = type(default) if default is not None else str
+        flag = "--" + field.name.replace("_", "-")
+        env_value = environ.get(env_name(field.name))
+        parse = _positive(kind) if kind in (int, float) else kind
+        if env_value is not None:
+            try:
+                default = parse(env_value)
+            except (ValueError, argparse.ArgumentTypeError) as error:
+                parser.error(f"{env_name(field.name)}={env_value!r}: {error}")
+        parser.add_argument(
+            flag,
+            type=parse,
+            default=default,
+            metavar=field.name.upper(),
+            help=f"{_HELP[field.name]} (default: {field.default}; env {env_name(field.name)})",
+        )
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
+    args = build_parser(environ).parse_args(argv)
+    values = {field.name: getattr(args, field.name) for field in fields(ServerConfig)}
+    if values["gateway_secret"] == "":
+        values["gateway_secret"] = None
+    return ServerConfig(**values)

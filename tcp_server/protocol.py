@@ -1,0 +1,570 @@
+"""Protocol v1 of the chatroom: JSON objects, one per line, UTF-8.
+
+Sans-I/O: this module turns bytes into typed requests and events and back, and knows every rule
+of the wire format (limits, names, texts, error codes). It imports nothing that touches a socket,
+a thread or a clock, so the server, the terminal client and the web gateway share it unchanged.
+docs/protocol.md is the human-readable form of this module; a change to one is a change to both.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+PROTOCOL_VERSION: Final = 1
+
+# One line, terminator included. 64 KiB holds a 4,000-character text even if every character
+# were escaped as \uXXXX\uXXXX (48,000 bytes), with room for the envelope.
+MAX_LINE_BYTES: Final = 65_536
+MAX_NAME_CHARS: Final = 32
+MAX_TEXT_CHARS: Final = 4_000
+MAX_ID_CHARS: Final = 64
+EVERYONE: Final = "*"
+
+_NAME_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
+
+
+class ErrorCode(StrEnum):
+    """The wire strings of the "code" field of an error reply."""
+
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_TYPE = "unknown_type"
+    LINE_TOO_LONG = "line_too_long"
+    NOT_REGISTERED = "not_registered"
+    ALREADY_REGISTERED = "already_registered"
+    BAD_NAME = "bad_name"
+    NAME_TAKEN = "name_taken"
+    NO_SUCH_USER = "no_such_user"
+    BAD_TEXT = "bad_text"
+    SERVER_FULL = "server_full"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+
+    @property
+    def closes_connection(self) -> bool:
+        """Whether the server closes the connection right after sending this error."""
+        return self in (ErrorCode.SERVER_FULL, ErrorCode.FORBIDDEN)
+
+
+RequestId = str | int | None
+
+
+class ProtocolError(Exception):
+    """A request or line that breaks the protocol; carries the error reply it deserves."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def to_event(self) -> Error:
+        return Error(code=self.code, message=self.message, id=self.request_id)
+
+
+# --- requests (client -> server) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    name: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListUsers:
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str
+    text: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """Sent only by the trusted web gateway: the browser's own address, vouched for by a secret."""
+
+    secret: str
+    ip: str
+    port: int
+    id: RequestId = None
+
+    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
+        return f"Proxy(secret='***', ip={self.ip!r}, port={self.port!r}, id={self.id!r})"
+
+
+Request = Hello | ListUsers | Send | Exit | Ping | Proxy
+
+# --- replies and events (server -> client) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    name: str
+    ip: str
+    port: int
+    via: str  # "tcp" or "web"
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    name: str
+    ip: str
+    port: int
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Users:
+    users: tuple[UserInfo, ...]
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    to: str
+    ts: float
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: str | None = None
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    sender: str  # "from" on the wire; `from` is a Python keyword
+    to: str
+    text: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    name: str
+
+
+Event = Welcome | Users | Sent | Pong | Bye | Error | Message | Joined | Left
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def is_valid_name(name: str) -> bool:
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def name_key(name: str) -> str:
+    """The form under which names collide: Alice and alice are the same user."""
+    return name.casefold()
+
+
+def check_name(name: str, request_id: RequestId = None) -> str:
+    if is_valid_name(name):
+        return name
+    if not name:
+        problem = "is empty"
+    elif len(name) > MAX_NAME_CHARS:
+        problem = f"is {len(name)} characters long; the most is {MAX_NAME_CHARS}"
+    else:
+        problem = "may only contain the letters A-Z and a-z, digits, '_' and '-'"
+    raise ProtocolError(ErrorCode.BAD_NAME, f"the name {problem}", request_id)
+
+
+def check_text(text: str, request_id: RequestId = None) -> str:
+    if not text:
+        raise ProtocolError(ErrorCode.BAD_TEXT, "the text is empty", request_id)
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError(
+            ErrorCode.BAD_TEXT,
+            f"the text is {len(text)} characters long; the most is {MAX_TEXT_CHARS}",
+            request_id,
+        )
+    if not _is_encodable(text):
+        raise ProtocolError(
+            ErrorCode.BAD_TEXT, "the text contains an unpaired surrogate escape", request_id
+        )
+    return text
+
+
+def _is_encodable(text: str) -> bool:
+    # JSON's \ud800 escapes can smuggle lone surrogates into a str that no UTF-8 can carry.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --- framing ---------------------------------------------------------------------------------
+
+
+class LineBuffer:
+    """Splits a byte stream into lines of at most `max_line_bytes` (terminator included).
+
+    feed() returns each complete line without its "\\n" (and without a "\\r" before it), or a
+    ProtocolError(line_too_long) for a line over the limit, whose bytes are then discarded up to
+    and including its newline. It remembers how far it has searched, so a line that arrives a
+    byte at a time costs linear, not quadratic, time.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        if max_line_bytes < 2:
+            raise ValueError("max_line_bytes must be at least 2")
+        self._max = max_line_bytes
+        self._buf = bytearray()
+        self._searched = 0  # bytes of _buf known to hold no newline
+        self._discarding = False  # inside a line already reported as too long
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an unfinished line (empty while discarding an over-long one)."""
+        return bytes(self._buf)
+
+    def take_pending(self) -> bytes:
+        """Remove and return the unfinished line, for dialects that also end lines by a pause."""
+        pending = bytes(self._buf)
+        self._buf.clear()
+        self._searched = 0
+        return pending
+
+    def feed(self, data: bytes) -> list[bytes | ProtocolError]:
+        buf = self._buf
+        buf += data
+        out: list[bytes | ProtocolError] = []
+        start = 0
+        search_from = self._searched
+        while (newline := buf.find(b"\n", search_from)) >= 0:
+            if self._discarding:
+                self._discarding = False
+            elif newline + 1 - start > self._max:
+                out.append(self._too_long())
+            else:
+                end = newline - 1 if newline > start and buf[newline - 1] == 0x0D else newline
+                out.append(bytes(buf[start:end]))
+            start = search_from = newline + 1
+        del buf[:start]
+        if self._discarding:
+            buf.clear()
+        elif len(buf) >= self._max:  # even its newline would not fit any more
+            out.append(self._too_long())
+            self._discarding = True
+            buf.clear()
+        self._searched = len(buf)
+        return out
+
+    def _too_long(self) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.LINE_TOO_LONG,
+            f"the line is longer than {self._max} bytes; it was discarded",
+        )
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def decode_object(line: bytes) -> dict[str, Any]:
+    """Decode one line into a JSON object, or raise ProtocolError(bad_request)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the line is not valid UTF-8") from None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the line is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a line must hold one JSON object")
+    return obj
+
+
+def _request_id(obj: dict[str, Any]) -> RequestId:
+    request_id = obj.get("id")
+    if request_id is None:
+        return None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "id" must be a string or an integer')
+    if isinstance(request_id, str) and (
+        len(request_id) > MAX_ID_CHARS or not _is_encodable(request_id)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f'field "id" must be at most {MAX_ID_CHARS} characters'
+        )
+    return request_id
+
+
+def _str_field(obj: dict[str, Any], field: str, request_id: RequestId) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f'field "{field}" must be a string', request_id
+        )
+    return value
+
+
+def _int_field(obj: dict[str, Any], field: str, request_id: RequestId) -> int:
+    value = obj.get(field)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f'field "{field}" must be an integer', request_id
+        )
+    return value
+
+
+def _parse_hello(obj: dict[str, Any], rid: RequestId) -> Hello:
+    return Hello(name=check_name(_str_field(obj, "name", rid), rid), id=rid)
+
+
+def _parse_send(obj: dict[str, Any], rid: RequestId) -> Send:
+    to = _str_field(obj, "to", rid)
+    return Send(to=to, text=check_text(_str_field(obj, "text", rid), rid), id=rid)
+
+
+def _parse_proxy(obj: dict[str, Any], rid: RequestId) -> Proxy:
+    secret = _str_field(obj, "secret", rid)
+    ip = _str_field(obj, "ip", rid)
+    port = _int_field(obj, "port", rid)
+    try:
+        ip = str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, 'field "ip" must be an IP address', rid
+        ) from None
+    if not 0 <= port <= 65_535:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "port" must be 0-65535', rid)
+    return Proxy(secret=secret, ip=ip, port=port, id=rid)
+
+
+_REQUEST_PARSERS: Final[dict[str, Callable[[dict[str, Any], RequestId], Request]]] = {
+    "hello": _parse_hello,
+    "list": lambda obj, rid: ListUsers(id=rid),
+    "send": _parse_send,
+    "exit": lambda obj, rid: Exit(id=rid),
+    "ping": lambda obj, rid: Ping(id=rid),
+    "proxy": _parse_proxy,
+}
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse one line (without terminator) into a request, or raise ProtocolError."""
+    obj = decode_object(line)
+    request_id = _request_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "type" must be a string', request_id)
+    parser = _REQUEST_PARSERS.get(kind)
+    if parser is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown request type {kind[:40]!r}", request_id
+        )
+    return parser(obj, request_id)
+
+
+def _with_id(obj: dict[str, Any], request_id: RequestId) -> dict[str, Any]:
+    if request_id is not None:
+        obj["id"] = request_id
+    return obj
+
+
+def request_to_wire(request: Request) -> dict[str, Any]:
+    match request:
+        case Hello(name=name):
+            obj: dict[str, Any] = {"type": "hello", "name": name}
+        case ListUsers():
+            obj = {"type": "list"}
+        case Send(to=to, text=text):
+            obj = {"type": "send", "to": to, "text": text}
+        case Exit():
+            obj = {"type": "exit"}
+        case Ping():
+            obj = {"type": "ping"}
+        case Proxy(secret=secret, ip=ip, port=port):
+            obj = {"type": "proxy", "secret": secret, "ip": ip, "port": port}
+    return _with_id(obj, request.id)
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    match event:
+        case Message(sender=sender, to=to, text=text, ts=ts):
+            return {"type": "message", "from": sender, "to": to, "text": text, "ts": ts}
+        case Joined(name=name):
+            return {"type": "joined", "name": name}
+        case Left(name=name):
+            return {"type": "left", "name": name}
+        case Welcome(name=name, ip=ip, port=port, id=rid):
+            return _with_id({"type": "welcome", "name": name, "ip": ip, "port": port}, rid)
+        case Users(users=users, id=rid):
+            listed = [{"name": u.name, "ip": u.ip, "port": u.port, "via": u.via} for u in users]
+            return _with_id({"type": "users", "users": listed}, rid)
+        case Sent(to=to, ts=ts, id=rid):
+            return _with_id({"type": "sent", "to": to, "ts": ts}, rid)
+        case Pong(id=rid):
+            return _with_id({"type": "pong"}, rid)
+        case Bye(reason=reason, id=rid):
+            obj: dict[str, Any] = {"type": "bye"}
+            if reason is not None:
+                obj["reason"] = reason
+            return _with_id(obj, rid)
+        case Error(code=code, message=message, id=rid):
+            return _with_id({"type": "error", "code": code, "message": message}, rid)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One wire line: compact JSON, UTF-8 (not \\u-escaped), terminated by a newline."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def encode_event(event: Event) -> bytes:
+    return encode(event_to_wire(event))
+
+
+def encode_request(request: Request) -> bytes:
+    return encode(request_to_wire(request))
+
+
+# --- parsing events (for clients) ------------------------------------------------------------
+
+
+def _user_info(obj: Any) -> UserInfo:
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a user entry must be an object")
+    rid = None
+    return UserInfo(
+        name=_str_field(obj, "name", rid),
+        ip=_str_field(obj, "ip", rid),
+        port=_int_field(obj, "port", rid),
+        via=_str_field(obj, "via", rid),
+    )
+
+
+def _number_field(obj: dict[str, Any], field: str) -> float:
+    value = obj.get(field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f'field "{field}" must be a number')
+    return float(value)
+
+
+def _parse_users(obj: dict[str, Any]) -> Users:
+    users = obj.get("users")
+    if not isinstance(users, list):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "users" must be a list')
+    return Users(users=tuple(_user_info(u) for u in users), id=_request_id(obj))
+
+
+def _parse_bye(obj: dict[str, Any]) -> Bye:
+    reason = obj.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "reason" must be a string')
+    return Bye(reason=reason, id=_request_id(obj))
+
+
+_EVENT_PARSERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
+    "message": lambda o: Message(
+        sender=_str_field(o, "from", None),
+        to=_str_field(o, "to", None),
+        text=_str_field(o, "text", None),
+        ts=_number_field(o, "ts"),
+    ),
+    "joined": lambda o: Joined(name=_str_field(o, "name", None)),
+    "left": lambda o: Left(name=_str_field(o, "name", None)),
+    "welcome": lambda o: Welcome(
+        name=_str_field(o, "name", None),
+        ip=_str_field(o, "ip", None),
+        port=_int_field(o, "port", None),
+        id=_request_id(o),
+    ),
+    "users": _parse_users,
+    "sent": lambda o: Sent(to=_str_field(o, "to", None), ts=_number_field(o, "ts"),
+                           id=_request_id(o)),
+    "pong": lambda o: Pong(id=_request_id(o)),
+    "bye": _parse_bye,
+    "error": lambda o: Error(
+        code=_str_field(o, "code", None),
+        message=_str_field(o, "message", None),
+        id=_request_id(o),
+    ),
+}
+
+
+def parse_event(line: bytes) -> Event:
+    """Parse one line from the server into an event; for clients. Raises ProtocolError.
+
+    An unknown "type" raises ProtocolError(unknown_type): a client should skip such a line, as
+    later protocol versions may add events.
+    """
+    obj = decode_object(line)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "type" must be a string')
+    parser = _EVENT_PARSERS.get(kind)
+    if parser is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown event type {kind[:40]!r}")
+    return parser(obj)
+
+
+# --- a connection's codec ----------------------------------------------------------------------
+
+
+class JsonLinesCodec:
+    """Protocol v1 for one connection, server side: bytes in -> requests, events -> bytes out."""
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._lines = LineBuffer(max_line_bytes)
+
+    def feed(self, data: bytes) -> list[Request | ProtocolError]:
+        results: list[Request | ProtocolError] = []
+        for line in self._lines.feed(data):
+            if isinstance(line, ProtocolError):
+                results.append(line)
+            elif line.strip(b" \t"):  # blank lines (an nc user pressing Enter) are ignored
+                try:
+                    results.append(parse_request(line))
+                except ProtocolError as error:
+                    results.append(error)
+        return results
+
+    def flush_timeout(self) -> float | None:
+        """Seconds after which a pause ends a pending command; v1 frames by newline only."""
+        return None
+
+    def flush(self) -> list[Request | ProtocolError]:
+        return []
+
+    def encode(self, event: Event) -> bytes:
+        return encode_event(event)

@@ -1,0 +1,138 @@
+"""The accept loop: one thread per client connection, a clean and bounded shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+
+from tcp_server.commands import Commands
+from tcp_server.config import ServerConfig
+from tcp_server.connection import Connection, run_connection
+from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
+from tcp_server.registry import LocalRoom, Room
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1_024
+ACCEPTS_PER_WAKEUP = 64
+
+
+class ChatServer:
+    """Binds at construction (so `address` is known at once); serve_forever() runs it.
+
+    stop() may be called from any thread or a signal handler; serve_forever() then says bye to
+    every client, waits for their threads and returns.
+    """
+
+    def __init__(self, config: ServerConfig, room: Room | None = None) -> None:
+        self._config = config
+        self.room: Room = room if room is not None else LocalRoom()
+        self._commands = Commands(self.room, config.gateway_secret)
+        self._listener = _listen(config.host, config.port)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._stop_reason = "server shutting down"
+        self._lock = threading.Lock()
+        self._threads: dict[Connection, threading.Thread] = {}  # guarded by _lock
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+    def stop(self, reason: str = "server shutting down") -> None:
+        """Ask serve_forever() to finish. Safe from any thread and from signal handlers."""
+        self._stop_reason = reason
+        with contextlib.suppress(OSError):  # already stopped and closed: nothing to wake
+            self._wake_writer.send(b"\0")
+
+    def serve_forever(self) -> None:
+        host, port = self.address
+        log.info("listening on %s:%d", host, port)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            try:
+                while not any(
+                    key.fileobj is self._wake_reader for key, _ in selector.select()
+                ):
+                    self._accept_pending()
+            finally:
+                self._listener.close()
+                self._close_all(self._stop_reason)
+                self._wake_reader.close()
+                self._wake_writer.close()
+        log.info("stopped")
+
+    def _accept_pending(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # e.g. EMFILE: keep serving those already connected
+                log.error("accept failed: %s", error)
+                return
+            self._start(sock, address)
+
+    def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            full = len(self._threads) >= self._config.max_clients
+            if not full:
+                connection = Connection(sock, address, self._config, self._commands)
+                thread = threading.Thread(
+                    target=run_connection,
+                    args=(connection, self._forget),
+                    name=f"reader-{connection.peer}",
+                )
+                self._threads[connection] = thread
+        if full:
+            self._refuse(sock, address)
+            return
+        thread.start()
+
+    def _refuse(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        log.warning("%s:%d refused: %d clients already", address[0], address[1],
+                    self._config.max_clients)
+        error = ProtocolError(
+            ErrorCode.SERVER_FULL,
+            f"the server is full ({self._config.max_clients} connections); try again later",
+        )
+        try:
+            # A fresh socket's send buffer always has room for one short line: never blocks.
+            sock.send(JsonLinesCodec().encode(error.to_event()), socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # the client is gone already
+        finally:
+            sock.close()
+
+    def _forget(self, connection: Connection) -> None:
+        with self._lock:
+            self._threads.pop(connection, None)
+
+    def _close_all(self, reason: str) -> None:
+        with self._lock:
+            threads = dict(self._threads)
+        log.info("closing %d connections: %s", len(threads), reason)
+        for connection in threads:
+            connection.close(reason)
+        for thread in threads.values():
+            # Each connection bounds its own ending by close_timeout (twice at the most).
+            thread.join(2 * self._config.close_timeout + 1.0)
+            if thread.is_alive():
+                log.error("%s did not stop", thread.name)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    listener.setblocking(False)
+    return listener
