@@ -257,12 +257,22 @@ class LineBuffer:
         """Bytes of an unfinished line (empty while discarding an over-long one)."""
         return bytes(self._buf)
 
-    def take_pending(self) -> bytes:
-        """Remove and return the unfinished line, for dialects that also end lines by a pause."""
-        pending = bytes(self._buf)
+    @property
+    def in_line(self) -> bool:
+        """Whether bytes of an unfinished line (kept or being discarded) have arrived."""
+        return bool(self._buf) or self._discarding
+
+    def end_line(self) -> bytes | None:
+        """End the unfinished line here, for dialects that also end lines by a pause.
+
+        Returns its bytes, or None if there were none (or they were over the limit, which
+        feed() has already reported).
+        """
+        line = bytes(self._buf) if self._buf else None
         self._buf.clear()
         self._searched = 0
-        return pending
+        self._discarding = False
+        return line
 
     def feed(self, data: bytes) -> list[bytes | ProtocolError]:
         buf = self._buf
@@ -542,29 +552,30 @@ def parse_event(line: bytes) -> Event:
 
 
 class JsonLinesCodec:
-    """Protocol v1 for one connection, server side: bytes in -> requests, events -> bytes out."""
+    """Protocol v1 for one connection, server side: bytes in -> frames -> requests; events out.
+
+    Framing and parsing are separate steps so that the connection parses each frame only after
+    it has handled the one before (a dialect's parse may depend on the session's state).
+    """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._lines = LineBuffer(max_line_bytes)
 
-    def feed(self, data: bytes) -> list[Request | ProtocolError]:
-        results: list[Request | ProtocolError] = []
-        for line in self._lines.feed(data):
-            if isinstance(line, ProtocolError):
-                results.append(line)
-            elif line.strip(b" \t"):  # blank lines (an nc user pressing Enter) are ignored
-                try:
-                    results.append(parse_request(line))
-                except ProtocolError as error:
-                    results.append(error)
-        return results
+    def feed(self, data: bytes) -> list[bytes | ProtocolError]:
+        return self._lines.feed(data)
 
     def flush_timeout(self) -> float | None:
-        """Seconds after which a pause ends a pending command; v1 frames by newline only."""
+        """Seconds of silence after which pending bytes count as a frame; v1: newline only."""
         return None
 
-    def flush(self) -> list[Request | ProtocolError]:
+    def flush(self) -> list[bytes]:
         return []
+
+    def parse(self, frame: bytes, registered: bool) -> Request | bytes | None:
+        """A request; or bytes to answer at once; or None for a frame to ignore."""
+        if not frame.strip(b" \t"):  # blank lines (an nc user pressing Enter) are ignored
+            return None
+        return parse_request(frame)
 
     def encode(self, event: Event) -> bytes:
         return encode_event(event)

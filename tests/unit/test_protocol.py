@@ -223,11 +223,13 @@ def test_unknown_event_type_is_reported_for_the_client_to_skip() -> None:
 # --- the codec -------------------------------------------------------------------------------
 
 
-def test_codec_turns_a_stream_into_requests_and_errors_in_order() -> None:
+def test_codec_frames_a_stream_and_parses_each_frame() -> None:
     codec = JsonLinesCodec()
-    items = codec.feed(b'{"type":"ping"}\n  \nbad\n{"type":"exit","id":2}\n')
-    assert items[0] == Ping()
-    assert isinstance(items[1], ProtocolError)
-    assert items[1].code is ErrorCode.BAD_REQUEST
-    assert items[2] == Exit(id=2)
-    assert len(items) == 3
+    frames = codec.feed(b'{"type":"ping"}\n  \nbad\n{"type":"exit","id":2}\n')
+    assert frames == [b'{"type":"ping"}', b"  ", b"bad", b'{"type":"exit","id":2}']
+    assert codec.parse(frames[0], registered=False) == Ping()
+    assert codec.parse(frames[1], registered=False) is None
+    with pytest.raises(ProtocolError):
+        codec.parse(frames[2], registered=True)
+    assert codec.parse(frames[3], registered=True) == Exit(id=2)
+    assert codec.flush_timeout() is None
