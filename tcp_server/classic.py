@@ -83,7 +83,7 @@ class PlainTextCodec:
         """A pause this long after the last byte ends the pending command."""
         return self._pause_s if self._lines.in_line else None
 
-    def flush(self) -> list[bytes]:
+    def flush(self) -> list[bytes | ProtocolError]:
         line = self._lines.end_line()
         return [line] if line is not None else []
 

@@ -18,7 +18,7 @@ class Codec(Protocol):
     def flush_timeout(self) -> float | None:
         """Seconds of silence after which pending bytes end a frame; None: wait for more."""
 
-    def flush(self) -> list[bytes]:
+    def flush(self) -> list[bytes | ProtocolError]:
         """The pending bytes as a frame, after such a silence."""
 
     def parse(self, frame: bytes, registered: bool) -> Request | bytes | None:

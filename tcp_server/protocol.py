@@ -238,10 +238,11 @@ def _is_encodable(text: str) -> bool:
 class LineBuffer:
     """Splits a byte stream into lines of at most `max_line_bytes` (terminator included).
 
-    feed() returns each complete line without its "\\n" (and without a "\\r" before it), or a
-    ProtocolError(line_too_long) for a line over the limit, whose bytes are then discarded up to
-    and including its newline. It remembers how far it has searched, so a line that arrives a
-    byte at a time costs linear, not quadratic, time.
+    feed() returns each complete line without its "\\n" (and without a "\\r" before it), or,
+    for a line over the limit, a ProtocolError(line_too_long) once that line has ended: its
+    bytes are dropped as they come, never held, so the error answers the whole line. It
+    remembers how far it has searched, so a line that arrives a byte at a time costs linear,
+    not quadratic, time.
     """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
@@ -262,13 +263,14 @@ class LineBuffer:
         """Whether bytes of an unfinished line (kept or being discarded) have arrived."""
         return bool(self._buf) or self._discarding
 
-    def end_line(self) -> bytes | None:
+    def end_line(self) -> bytes | ProtocolError | None:
         """End the unfinished line here, for dialects that also end lines by a pause.
 
-        Returns its bytes, or None if there were none (or they were over the limit, which
-        feed() has already reported).
+        Returns its bytes, line_too_long if it was over the limit, or None if there was none.
         """
-        line = bytes(self._buf) if self._buf else None
+        line: bytes | ProtocolError | None = bytes(self._buf) if self._buf else None
+        if self._discarding:
+            line = self._too_long()
         self._buf.clear()
         self._searched = 0
         self._discarding = False
@@ -283,6 +285,7 @@ class LineBuffer:
         while (newline := buf.find(b"\n", search_from)) >= 0:
             if self._discarding:
                 self._discarding = False
+                out.append(self._too_long())
             elif newline + 1 - start > self._max:
                 out.append(self._too_long())
             else:
@@ -293,7 +296,6 @@ class LineBuffer:
         if self._discarding:
             buf.clear()
         elif len(buf) >= self._max:  # even its newline would not fit any more
-            out.append(self._too_long())
             self._discarding = True
             buf.clear()
         self._searched = len(buf)
@@ -568,7 +570,7 @@ class JsonLinesCodec:
         """Seconds of silence after which pending bytes count as a frame; v1: newline only."""
         return None
 
-    def flush(self) -> list[bytes]:
+    def flush(self) -> list[bytes | ProtocolError]:
         return []
 
     def parse(self, frame: bytes, registered: bool) -> Request | bytes | None:
