@@ -56,6 +56,13 @@ class Connection:
         self._outbox = Outbox(config.max_outbox_bytes)
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(ip=address[0], port=address[1], deliver=self.deliver)
+        # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
+        # the reader finish the request in hand and set _quiet; close() then queues the bye
+        # and sets _released. Between the two, every delivery in flight has reached its
+        # recipients' outboxes, so each "sent" the server gave is honoured.
+        self._stop_requested = False
+        self._quiet = threading.Event()
+        self._released = threading.Event()
         self._writer = threading.Thread(
             target=self._write_loop, name=f"writer-{self.session.peer}"
         )
@@ -71,10 +78,20 @@ class Connection:
         if not self._outbox.put(envelope.encoded(self._encoder)):
             self._drop(f"send queue full ({self._config.max_outbox_bytes} bytes): not reading")
 
+    def stop_reading(self) -> None:
+        """Handle no further request; the reader then waits for close(). Idempotent."""
+        self._stop_requested = True
+        self._shutdown(socket.SHUT_RD)  # wakes a reader blocked in recv() or poll()
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """After stop_reading(): wait until the reader has finished its last request."""
+        return self._quiet.wait(timeout)
+
     def close(self, reason: str) -> None:
         """End the connection after what is queued, with a bye. Idempotent."""
         if self._outbox.close(self._encoder.encode(Bye(reason=reason))):
             self._shutdown(socket.SHUT_RD)  # wakes the reader, which finishes the connection
+        self._released.set()
 
     # --- the reader thread --------------------------------------------------------------------
 
@@ -88,6 +105,9 @@ class Connection:
         except Exception:
             log.exception("%s unexpected error; closing this connection", self.peer)
         finally:
+            self._quiet.set()
+            if self._stop_requested:  # the server closes us, with a bye, once all are quiet
+                self._released.wait(2 * self._config.close_timeout)
             self._finish()
 
     @property
@@ -98,7 +118,7 @@ class Connection:
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
         hello_deadline = time.monotonic() + self._config.hello_timeout
-        while not self._outbox.closed:
+        while not self._outbox.closed and not self._stop_requested:
             wait_s = self._wait_limit(hello_deadline)
             if wait_s is not None and not poller.poll(max(0.0, wait_s) * 1000):
                 if self.session.member is None and time.monotonic() >= hello_deadline:
@@ -133,7 +153,7 @@ class Connection:
         dialect the first line means a name and later ones commands.
         """
         for frame in frames:
-            if self._outbox.closed:  # dropped or shut down meanwhile: handle nothing more
+            if self._outbox.closed or self._stop_requested:  # dropped or stopping
                 return False
             try:
                 if isinstance(frame, ProtocolError):

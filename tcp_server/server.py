@@ -7,6 +7,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
@@ -122,6 +123,14 @@ class ChatServer:
         with self._lock:
             threads = dict(self._threads)
         log.info("closing %d connections: %s", len(threads), reason)
+        # First let every reader finish the request in hand, so that each message already
+        # acknowledged with "sent" is in its recipients' outboxes; only then queue the byes.
+        for connection in threads:
+            connection.stop_reading()
+        deadline = time.monotonic() + self._config.close_timeout
+        for connection in threads:
+            connection.wait_quiet(max(0.0, deadline - time.monotonic()))
+        self.room.shutdown()
         for connection in threads:
             connection.close(reason)
         for thread in threads.values():
