@@ -197,15 +197,19 @@ class Connection:
     def _finish(self) -> None:
         self._commands.leave(self.session)
         self._outbox.close()
+        if self._writer.ident is not None:  # started: start() may fail at the thread limit
+            self._join_writer()
+        with self._sock_lock:
+            self._sock.close()
+        log.info("%s disconnected", self.peer)
+
+    def _join_writer(self) -> None:
         self._writer.join(self._config.close_timeout)
         if self._writer.is_alive():  # the peer does not take our last bytes: cut it off
             self._shutdown(socket.SHUT_RDWR)
             self._writer.join(self._config.close_timeout)
             if self._writer.is_alive():
                 log.error("%s writer did not stop", self.peer)
-        with self._sock_lock:
-            self._sock.close()
-        log.info("%s disconnected", self.peer)
 
     # --- the writer thread --------------------------------------------------------------------
 
