@@ -699,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path", default="/ws", help="websocket path (dialect ws)")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--messages", type=int, default=0, help="0: connect and hold idle")
-    parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0: as fast as possible")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="messages/s; 0: as fast as possible")
     parser.add_argument("--fanout", action="store_true", help="every message to everyone")
     parser.add_argument("--prefix", default="b", help="nick prefix (nicks are PREFIX + 5 digits)")
     parser.add_argument("--parallel", type=int, default=8,

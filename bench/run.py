@@ -236,7 +236,8 @@ def run_load(load: Load, dialect: str, port: int, samplers: list[Sampler]) -> di
         loadgen_command(load, dialect, port, f"c{load.key}"),
         cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
-    assert process.stdout is not None and process.stdin is not None
+    assert process.stdout is not None
+    assert process.stdin is not None
     held: list[tuple[int, int]] = []
     result: dict[str, Any] = {}
     for line in process.stdout:
@@ -313,7 +314,7 @@ def machine() -> dict[str, Any]:
 
 def _fmt(value: Any, digits: int = 0) -> str:
     if value is None:
-        return "–"
+        return "-"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}"
@@ -321,8 +322,8 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def _ratio(ours: float | None, theirs: float | None) -> str:
     if not ours or not theirs:
-        return "–"
-    return f"{ours / theirs:.2f}×"
+        return "-"
+    return f"{ours / theirs:.2f}x"
 
 
 def _verdict(ok: bool) -> str:
@@ -340,14 +341,16 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
             continue
         tolerance = RATE_TOLERANCE if core.get("offered_rate") else 1.0
         rate_ok = core["delivered_per_s"] >= tolerance * irc["delivered_per_s"]
-        out.append((key, f"rate ≥ ngIRCd's ({_ratio(core['delivered_per_s'], irc['delivered_per_s'])})", rate_ok))
+        ratio = _ratio(core["delivered_per_s"], irc["delivered_per_s"])
+        out.append((key, f"rate ≥ ngIRCd's ({ratio})", rate_ok))
         out.append((key, f"no message lost ({core['lost']} lost)", core["lost"] == 0))
         p99, their_p99 = core["latency_ms"]["p99"], irc["latency_ms"]["p99"]
         out.append((key, f"p99 ≤ ngIRCd's ({p99:.1f} vs {their_p99:.1f} ms)", p99 <= their_p99))
     core, irc = results.get("core/3"), results.get("ngircd/3")
     if core and irc and "delivered_per_s" in core and "delivered_per_s" in irc:
         ok = core["delivered_per_s"] >= 0.5 * irc["delivered_per_s"] and core["lost"] == 0
-        out.append(("3", f"fan-out rate ≥ ½ ngIRCd's ({_ratio(core['delivered_per_s'], irc['delivered_per_s'])})", ok))
+        ratio = _ratio(core["delivered_per_s"], irc["delivered_per_s"])
+        out.append(("3", f"fan-out rate ≥ ½ ngIRCd's ({ratio})", ok))
     core = results.get("core/5")
     if core:
         out.append(("5", f"{IDLE_CLIENTS:,} clients held ({core.get('registered', 0):,}; "
@@ -358,7 +361,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
         if not web or not direct or "delivered_per_s" not in web:
             continue
         rate_ok = web["delivered_per_s"] >= 0.5 * direct["delivered_per_s"] and web["lost"] == 0
-        out.append((f"6 ({key})", f"gateway rate ≥ ½ direct ({_ratio(web['delivered_per_s'], direct['delivered_per_s'])})", rate_ok))
+        ratio = _ratio(web["delivered_per_s"], direct["delivered_per_s"])
+        out.append((f"6 ({key})", f"gateway rate ≥ ½ direct ({ratio})", rate_ok))
         added = web["latency_ms"]["p50"] - direct["latency_ms"]["p50"]
         out.append((f"6 ({key})", f"gateway adds < 1 ms p50 ({added:+.2f} ms)", added < 1.0))
     return out
