@@ -41,6 +41,7 @@ SAMPLE_S = 0.05
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 30.0
 IDLE_CLIENTS = 10_000
+IDLE_SETUP_S = 90.0  # load 5 registers as many clients as it can in this time
 
 NGIRCD_CONF = """\
 [Global]
@@ -225,6 +226,8 @@ def loadgen_command(load: Load, dialect: str, port: int, prefix: str) -> list[st
     ]
     if load.fanout:
         command.append("--fanout")
+    if not load.messages:
+        command += ["--setup-timeout", str(IDLE_SETUP_S)]
     return pinned(LOADGEN_CPU, command)
 
 
