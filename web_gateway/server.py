@@ -81,7 +81,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no t
             "worker_class": GatewayWorker,
             "threads": config.threads,
             "worker_connections": config.threads + 64,  # the rest: idle keep-alive pages
-            "graceful_timeout": config.graceful_timeout,
+            "graceful_timeout": round(config.graceful_timeout),  # gunicorn wants whole seconds
             "keepalive": 2,
             "loglevel": config.log_level.lower(),
             "errorlog": "-",

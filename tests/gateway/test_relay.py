@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 from tcp_server.server import ChatServer
 from tests.support.core import RawClient
-from tests.support.gateway import WsClient
+from tests.support.gateway import InProcessGateway, WsClient, running_gateway
+from web_gateway.config import GatewayConfig
 
 Browser = Callable[[], WsClient]
 
@@ -101,3 +103,21 @@ def test_core_errors_are_relayed_unchanged(open_browser: Browser) -> None:
     alice = open_browser()
     alice.send(type="list", id=3)
     alice.expect("error", code="not_registered", id=3)
+
+
+def test_trusted_forwarded_for_is_the_address_the_core_sees(
+    gateway_config: GatewayConfig,
+) -> None:
+    config = replace(gateway_config, trust_forwarded=True)
+    with running_gateway(config) as gateway, WsClient(
+        gateway.url, gateway.origin, header=["X-Forwarded-For: 203.0.113.9, 198.51.100.7"]
+    ) as alice:
+        alice.send(type="hello", name="alice")
+        alice.expect("welcome", ip="198.51.100.7", port=0)
+
+
+def test_forwarded_for_is_ignored_unless_trusted(gateway: InProcessGateway) -> None:
+    with WsClient(gateway.url, gateway.origin, header=["X-Forwarded-For: 203.0.113.9"]) as alice:
+        ip, port = alice.address
+        alice.send(type="hello", name="alice")
+        alice.expect("welcome", ip=ip, port=port)

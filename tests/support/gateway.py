@@ -193,6 +193,8 @@ class GatewayProcess:
             if match := _OPEN.search(line):
                 return int(match.group(2))
         self.proc.kill()
+        self.proc.wait(WAIT_S)
+        self.proc.stderr.close()
         raise AssertionError(f"the gateway did not start: {''.join(self.log)}")
 
     def _read_log(self) -> None:
@@ -201,9 +203,14 @@ class GatewayProcess:
             self.log.append(line)
 
     def stop(self) -> None:
+        # SIGTERM, not SIGKILL: a killed arbiter would leave its worker behind for a while.
         if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT_S)
+            self.proc.terminate()
+            try:
+                self.proc.wait(3 * WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT_S)
         self._drain.join(WAIT_S)
         if self.proc.stderr:
             self.proc.stderr.close()
