@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import sys
 from collections.abc import Sequence
@@ -63,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{reason}", file=sys.stderr)
         return ExitCode.CANNOT_CONNECT
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A text from another user must not crash a client whose terminal or pipe cannot
+        # encode some of its characters: show a replacement character instead.
+        sys.stdout.reconfigure(errors="replace")
     with contextlib.ExitStack() as stack:
         console: Console
         if interactive:
@@ -76,12 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Configured here so that log lines, too, go through patch_stdout's stderr.
         logging.basicConfig(level=logging.WARNING, format="chat-client: %(message)s")
         try:
-            return run(connection, connect, console, args.name)
+            code = run(connection, connect, console, args.name)
         except BrokenPipeError:
-            # Whoever read our output has gone; nothing left to say it to.
-            return ExitCode.CONNECTION_LOST
-    return ExitCode.OK  # not reached; keeps mypy's return analysis simple
-
+            # Whoever read our output has gone; there is nobody left to tell.
+            code = ExitCode.CONNECTION_LOST
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -66,6 +66,9 @@ class EventPrinter:
     def _run(self) -> None:
         try:
             self._drain()
+        except BrokenPipeError:  # whoever read our output has gone: end the session
+            self._lost.set()
+            self._console.interrupt()
         except Exception:  # a bug in rendering must not leave the client without a printer
             log.exception("printer failed")
             self._lost.set()
