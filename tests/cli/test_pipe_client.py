@@ -253,3 +253,12 @@ def test_name_can_be_given_after_the_servers_hello_timeout() -> None:
         wait_until(lambda: server.connection_count() == 0, what="the hello timeout")
         client.line("slowpoke")
         client.wait_for("Welcome, slowpoke!")
+
+
+def test_full_server_is_said_in_its_words_and_exit_code_1() -> None:
+    with running_server(max_clients=1) as server, RawClient(server.address) as holder:
+        holder.hello("holder")
+        with running_client(client_command(server.address[1], "--name", "alice")) as client:
+            client.wait_for("Server error: the server is full")
+            client.wait_for("Connection to the server lost.")
+            assert client.wait_exit() == 1
