@@ -329,7 +329,7 @@ def connect_all(
             client = key.data
             try:
                 done_before = client.registered
-                _advance(client, selector)
+                _advance(client, selector, dialect)
                 if client.registered and not done_before:
                     result.registered += 1
                     in_flight -= 1
@@ -353,7 +353,7 @@ def _fail(result: SetupResult, client: Client, why: str, selector: Any) -> None:
     client.stage = -1  # neither registered nor in progress
 
 
-def _advance(client: Client, selector: selectors.BaseSelector) -> None:
+def _advance(client: Client, selector: selectors.BaseSelector, dialect: Dialect) -> None:
     sock = client.sock
     if not client.connected:
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -370,7 +370,7 @@ def _advance(client: Client, selector: selectors.BaseSelector) -> None:
     if not data:
         raise ConnectionError("closed by the server during setup")
     units = client.decoder.feed(data)
-    answer = _answer_for(client, units)
+    answer = dialect.answer(client.decoder, units)
     if answer:
         _send_small(sock, answer)
     if client.registered or not units:
@@ -385,14 +385,9 @@ def _advance(client: Client, selector: selectors.BaseSelector) -> None:
             _send_small(sock, client.stages[client.stage].send)
 
 
-_DIALECT: Dialect = JsonLines()  # set in main() before any fork
-
-
-def _answer_for(client: Client, units: bytes) -> bytes:
-    return _DIALECT.answer(client.decoder, units)
-
-
-def drain_until_quiet(clients: Sequence[Client], quiet_s: float, max_s: float) -> int:
+def drain_until_quiet(
+    clients: Sequence[Client], dialect: Dialect, quiet_s: float, max_s: float
+) -> int:
     """Read and discard until nothing arrived for quiet_s (joined events of a big setup)."""
     selector = selectors.DefaultSelector()
     for client in clients:
@@ -409,7 +404,7 @@ def drain_until_quiet(clients: Sequence[Client], quiet_s: float, max_s: float) -
                 data = client.sock.recv(RECV_BYTES)
                 drained += len(data)
                 units = client.decoder.feed(data)
-                answer = _answer_for(client, units)
+                answer = dialect.answer(client.decoder, units)
                 if answer:
                     client.sock.send(answer)
                 if not data:
@@ -435,6 +430,7 @@ def plan_messages(clients: int, messages: int, fanout: bool) -> list[tuple[int, 
 
 
 def run_sender(
+    dialect: Dialect,
     clients: list[Client],
     plan: list[tuple[int, int]],
     rate: float,
@@ -448,7 +444,7 @@ def run_sender(
     pending: dict[int, bytearray] = {}
     socks = [c.sock for c in clients]
     nicks = [c.nick for c in clients]
-    message = _DIALECT.message
+    message = dialect.message
     clock = time.monotonic_ns
     interval_ns = 1e9 / rate if rate else 0.0
     total = len(plan)
@@ -512,6 +508,7 @@ def run_sender(
 
 
 def run_receiver(
+    dialect: Dialect,
     clients: list[Client],
     messages: int,
     per_message: int,
@@ -522,17 +519,21 @@ def run_receiver(
 ) -> None:
     """Read every socket, count deliveries per message and record each one's latency."""
     selector = selectors.DefaultSelector()
+    closed = 0
     for client in clients:
+        if client.sock.fileno() < 0:
+            closed += 1
+            continue
         selector.register(client.sock, selectors.EVENT_READ, client)
     selector.register(done_fd, selectors.EVENT_READ, None)
     counts = [0] * messages
     latencies = array("q")
     record = latencies.append
-    findall = _DIALECT.pattern.findall
-    answer = _DIALECT.answer
+    findall = dialect.pattern.findall
+    answer = dialect.answer
     clock = time.monotonic_ns
     expected = messages * per_message
-    got = closed = 0
+    got = 0
     first_ns = last_ns = 0
     sender_done = False
     last_progress = time.monotonic()
@@ -600,9 +601,26 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> float:
     return float(sorted_values[index])
 
 
+def _result(pipe: Pipe, process: multiprocessing.process.BaseProcess, deadline: float) -> Any:
+    """What the process sends, unless it dies first or the deadline passes."""
+    while not pipe.poll(0.1):
+        if not process.is_alive():
+            raise RuntimeError(f"{process.name} ended with {process.exitcode} and no result")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{process.name} gave no result in time")
+    return pipe.recv()
+
+
 def run_messages(
-    clients: list[Client], messages: int, rate: float, fanout: bool, grace_s: float
+    dialect: Dialect,
+    clients: list[Client],
+    messages: int,
+    rate: float,
+    fanout: bool,
+    grace_s: float,
+    timeout_s: float = 300.0,
 ) -> dict[str, Any]:
+    """Send the messages from one process, receive them in another; the figures of the run."""
     plan = plan_messages(len(clients), messages, fanout)
     per_message = len(clients) - 1 if fanout else 1
     ctx = multiprocessing.get_context("fork")
@@ -612,22 +630,28 @@ def run_messages(
     send_out, send_in = ctx.Pipe(duplex=False)
     receiver = ctx.Process(
         target=run_receiver,
-        args=(clients, messages, per_message, ready_w, done_r, grace_s, recv_in),
+        args=(dialect, clients, messages, per_message, ready_w, done_r, grace_s, recv_in),
         name="loadgen-receiver",
     )
     sender = ctx.Process(
         target=run_sender,
-        args=(clients, plan, rate, ready_r, done_w, send_in),
+        args=(dialect, clients, plan, rate, ready_r, done_w, send_in),
         name="loadgen-sender",
     )
     receiver.start()
     sender.start()
     recv_in.close()
     send_in.close()
-    sent = send_out.recv()
-    received = recv_out.recv()
-    sender.join()
-    receiver.join()
+    try:
+        deadline = time.monotonic() + timeout_s
+        sent = _result(send_out, sender, deadline)
+        received = _result(recv_out, receiver, deadline)
+    finally:
+        for process in (sender, receiver):
+            process.join(timeout_s)
+            if process.is_alive():
+                process.kill()
+                process.join()
     for fd in (ready_r, ready_w, done_r, done_w):
         os.close(fd)
     latencies = array("q")
@@ -655,12 +679,16 @@ def run_messages(
     }
 
 
-def hold_idle(clients: list[Client]) -> dict[str, Any]:
+def hold_idle(clients: list[Client], dialect: Dialect) -> dict[str, Any]:
     """Keep every client connected, answering keep-alives, until stdin closes."""
     selector = selectors.DefaultSelector()
     for client in clients:
         selector.register(client.sock, selectors.EVENT_READ, client)
-    selector.register(sys.stdin, selectors.EVENT_READ, None)
+    try:
+        selector.register(sys.stdin, selectors.EVENT_READ, None)
+    except PermissionError:  # stdin is a regular file (</dev/null): nothing to wait for
+        selector.close()
+        return {"held_seconds": 0.0, "closed_by_server": 0}
     closed = 0
     started = time.monotonic()
     holding = True
@@ -677,7 +705,7 @@ def hold_idle(clients: list[Client]) -> dict[str, Any]:
                     closed += 1
                     selector.unregister(client.sock)
                     continue
-                answer = _answer_for(client, client.decoder.feed(data))
+                answer = dialect.answer(client.decoder, client.decoder.feed(data))
                 if answer:
                     client.sock.send(answer)
     selector.close()
@@ -712,16 +740,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _DIALECT
     args = build_parser().parse_args(argv)
-    _DIALECT = {
+    dialect: Dialect = {
         "v1": JsonLines(),
         "irc": Irc(),
         "ws": WebSocket(args.host, args.port, args.path),
     }[args.dialect]
     open_files = raise_open_files_limit()
     setup = connect_all(
-        _DIALECT,
+        dialect,
         (args.host, args.port),
         args.clients,
         args.prefix,
@@ -740,13 +767,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "registered_per_s": setup.registered / setup.seconds if setup.seconds else None,
         "open_files_limit": open_files,
     }
-    result["drained_bytes"] = drain_until_quiet(setup.clients, 0.3, 120.0)
+    result["drained_bytes"] = drain_until_quiet(setup.clients, dialect, 0.3, 120.0)
     if args.messages == 0:
         print(json.dumps({"holding": setup.registered}), flush=True)
-        result.update(hold_idle(setup.clients))
+        result.update(hold_idle(setup.clients, dialect))
     elif setup.registered == args.clients:
-        result.update(run_messages(setup.clients, args.messages, args.rate, args.fanout,
-                                   args.grace))
+        result.update(run_messages(dialect, setup.clients, args.messages, args.rate,
+                                   args.fanout, args.grace))
     for client in setup.clients:
         client.sock.close()
     print(json.dumps(result), flush=True)

@@ -112,25 +112,43 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> No
     raise RuntimeError(f"{what} is not listening on {port} after {START_TIMEOUT_S} s")
 
 
+def _family(pid: int) -> list[int]:
+    """The process and all its descendants, from /proc/PID/task/TID/children."""
+    family, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        family.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    todo += [int(child) for child in (task / "children").read_text().split()]
+    return family
+
+
 class Sampler:
     """Samples VmRSS and Threads of a process every SAMPLE_S seconds; keeps the peaks."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, family: bool = False) -> None:
         self.pid = pid
+        self.family = family  # also count descendants (reading them costs: only when needed)
         self.peak_rss_kib = 0
         self.peak_threads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sampler-{pid}")
 
     def read(self) -> tuple[int, int]:
-        """(VmRSS in KiB, threads) now; (0, 0) once the process is gone."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0, 0
-        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        threads = re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)
-        return (int(rss.group(1)) if rss else 0, int(threads.group(1)) if threads else 0)
+        """(VmRSS in KiB, threads) of the process and its descendants (gunicorn's workers)."""
+        rss_total = threads_total = 0
+        for pid in _family(self.pid) if self.family else [self.pid]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+            threads = re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)
+            rss_total += int(rss.group(1)) if rss else 0
+            threads_total += int(threads.group(1)) if threads else 0
+        return rss_total, threads_total
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
@@ -202,7 +220,7 @@ def gateway_server(core_port: int, secret: str, log: Path) -> Iterator[tuple[int
     env = {**os.environ, "CHAT_GATEWAY_SECRET": secret}
     command = [
         sys.executable, "-m", "web_gateway", "--port", str(port),
-        "--core-port", str(core_port),
+        "--core", f"127.0.0.1:{core_port}", "--log-level", "WARNING",
     ]
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -280,7 +298,7 @@ def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
             core_port, core_pid = stack.enter_context(core_server(load.clients + 10, secret, log))
             port, gateway_pid = stack.enter_context(gateway_server(core_port, secret, log))
             pids, dialect = [core_pid, gateway_pid], "ws"
-        samplers = [stack.enter_context(Sampler(pid)) for pid in pids]
+        samplers = [stack.enter_context(Sampler(pid, system == "gateway")) for pid in pids]
         started = time.monotonic()
         result = run_load(load, dialect, port, samplers)
         result["wall_seconds"] = time.monotonic() - started
@@ -463,6 +481,9 @@ def main() -> int:
     chosen = set(args.loads.split(","))
     systems = args.systems.split(",")
     raise_open_files_limit()  # inherited by the servers and the generator
+    if shutil.which("taskset") and hasattr(os, "sched_setaffinity"):
+        # This process (sampling /proc) stays off the servers' CPU, like the generator.
+        os.sched_setaffinity(0, {int(LOADGEN_CPU)})
     RESULTS.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"machine": machine(), "results": {}}
     started = time.monotonic()
