@@ -26,10 +26,13 @@ class Flushable(Protocol):
 
 class Flusher:
     def __init__(self) -> None:
-        # _ready guards _due and _stopping; schedule() notifies it, the flusher waits on it.
-        self._ready = threading.Condition(threading.Lock())
+        # _lock guards _due, _stopping and _idle; the flusher waits on _ready (its condition)
+        # when idle, and schedule() notifies it only then.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
         self._due: deque[Flushable] = deque()
         self._stopping = False
+        self._idle = False
         self._thread = threading.Thread(target=self._run, name="flusher")
 
     def start(self) -> None:
@@ -37,13 +40,14 @@ class Flusher:
 
     def schedule(self, outbox: Flushable) -> None:
         """Have outbox.flush() called soon, once (the outbox schedules itself only when idle)."""
-        with self._ready:
+        with self._lock:
             self._due.append(outbox)
-            self._ready.notify()
+            if self._idle:
+                self._ready.notify()
 
     def stop(self, timeout: float) -> None:
         """Flush what is due, then end the thread and join it."""
-        with self._ready:
+        with self._lock:
             self._stopping = True
             self._ready.notify()
         if self._thread.ident is not None:
@@ -57,7 +61,9 @@ class Flusher:
             with self._ready:
                 self._due.extend(again)
                 while not self._due and not self._stopping:
+                    self._idle = True
                     self._ready.wait()
+                    self._idle = False
                 if not self._due:
                     return
                 due = list(self._due)

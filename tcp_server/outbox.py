@@ -32,9 +32,11 @@ class Outbox:
         self._max_bytes = max_bytes
         self._try_send = try_send
         self._schedule = schedule if try_send is not None else None
-        # _ready guards everything below. Producers notify it on put() and close(); the single
-        # consumer (the connection's writer) waits on it in take().
-        self._ready = threading.Condition(threading.Lock())
+        # _lock guards everything below. _ready is its condition: producers notify it on put()
+        # and close(); the single consumer (the connection's writer) waits on it in take().
+        # Hot paths take the bare lock (`with self._lock`, no Python-level __enter__).
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
         self._chunks: deque[bytes] = deque()
         self._queued_bytes = 0
         self._closed = False
@@ -47,7 +49,7 @@ class Outbox:
         After close() data is silently discarded and True returned: the connection is already
         on its way out, and a late delivery is no reason to drop it twice.
         """
-        with self._ready:
+        with self._lock:
             if self._closed:
                 return True
             if self._queued_bytes + len(data) > self._max_bytes:
@@ -72,7 +74,7 @@ class Outbox:
         take, and a closing outbox, goes to the writer thread.
         """
         assert self._try_send is not None
-        with self._ready:
+        with self._lock:
             data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             self._chunks.clear()
             self._queued_bytes = 0
@@ -82,7 +84,7 @@ class Outbox:
                 sent = self._try_send(data)
             except OSError:  # full (EAGAIN) or broken: the writer's sendall waits or fails
                 sent = 0
-        with self._ready:
+        with self._lock:
             if sent < len(data):
                 self._chunks.appendleft(data[sent:] if sent else data)
                 self._queued_bytes += len(data) - sent
@@ -100,7 +102,7 @@ class Outbox:
 
         Returns False if the outbox was already closed (then nothing changes).
         """
-        with self._ready:
+        with self._lock:
             if self._closed:
                 return False
             self._closed = True
@@ -117,7 +119,7 @@ class Outbox:
 
     @property
     def closed(self) -> bool:
-        with self._ready:
+        with self._lock:
             return self._closed
 
     def take(self) -> bytes | None:
