@@ -296,17 +296,20 @@ def connect_all(
     parallel: int,
     timeout_s: float,
     stop_on_failures: int,
+    connecting: int = 8,
 ) -> SetupResult:
-    """Connect and register `count` clients, at most `parallel` at a time; drain what arrives."""
+    """Connect and register `count` clients, at most `parallel` at a time and at most
+    `connecting` of them in the TCP handshake (ngIRCd listens with a backlog of 10: more SYNs
+    at once would measure retransmissions); drain what arrives."""
     result = SetupResult(clients=[])
     selector = selectors.DefaultSelector()
     started = time.monotonic()
     deadline = started + timeout_s
-    next_index = in_flight = 0
+    next_index = in_flight = handshakes = 0
     while result.registered + result.failed < count:
         if result.failed >= stop_on_failures:
             break
-        while in_flight < parallel and next_index < count:
+        while in_flight < parallel and handshakes < connecting and next_index < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -315,9 +318,11 @@ def connect_all(
             client = Client(next_index, nick, sock, dialect.decoder(), dialect.stages(nick, fanout))
             next_index += 1
             in_flight += 1
+            handshakes += 1
             if code not in (0, errno.EINPROGRESS):
                 _fail(result, client, f"connect: {os.strerror(code)}", None)
                 in_flight -= 1
+                handshakes -= 1
                 continue
             result.clients.append(client)
             selector.register(sock, selectors.EVENT_WRITE, client)
@@ -327,13 +332,18 @@ def connect_all(
             break
         for key, _events in selector.select(min(remaining, 1.0)):
             client = key.data
+            connected_before = client.connected
             try:
                 done_before = client.registered
                 _advance(client, selector, dialect)
+                if client.connected and not connected_before:
+                    handshakes -= 1
                 if client.registered and not done_before:
                     result.registered += 1
                     in_flight -= 1
             except (OSError, ConnectionError) as error:
+                if not connected_before:
+                    handshakes -= 1
                 _fail(result, client, str(error), selector)
                 in_flight -= 1
     result.seconds = time.monotonic() - started
@@ -731,8 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="messages/s; 0: as fast as possible")
     parser.add_argument("--fanout", action="store_true", help="every message to everyone")
     parser.add_argument("--prefix", default="b", help="nick prefix (nicks are PREFIX + 5 digits)")
-    parser.add_argument("--parallel", type=int, default=8,
-                        help="registrations in flight (ngIRCd listens with a backlog of 10)")
+    parser.add_argument("--parallel", type=int, default=64, help="registrations in flight")
+    parser.add_argument("--connecting", type=int, default=8,
+                        help="TCP handshakes in flight (ngIRCd listens with a backlog of 10)")
     parser.add_argument("--setup-timeout", type=float, default=120.0)
     parser.add_argument("--grace", type=float, default=3.0,
                         help="seconds without a delivery, after the last send, before giving up")
@@ -756,6 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.parallel,
         args.setup_timeout,
         stop_on_failures=1 if args.messages else 50,
+        connecting=args.connecting,
     )
     result: dict[str, Any] = {
         "dialect": args.dialect,
