@@ -41,7 +41,7 @@ SAMPLE_S = 0.05
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 30.0
 IDLE_CLIENTS = 10_000
-IDLE_SETUP_S = 90.0  # load 5 registers as many clients as it can in this time
+IDLE_SETUP_S = 150.0  # load 5 registers as many clients as it can in this time
 # Registrations in flight. ngIRCd listens with a backlog of 10 (hard-coded): more connections
 # at once overflow it and measure SYN retransmissions (1 s, 3 s...), so it gets 8. The core
 # (backlog 1,024) and the gateway get 64: with 8 the core's joined announcements go out one
