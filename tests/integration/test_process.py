@@ -1,0 +1,91 @@
+"""The core as a process: signals, exit codes, flags from the environment."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.core import RawClient
+from tests.support.process import ROOT, CoreProcess, core_process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_says_bye_to_every_client_and_exits_0_within_2_seconds(signum: int) -> None:
+    with core_process() as core:
+        clients = [RawClient(core.address) for _ in range(3)]
+        try:
+            for number, client in enumerate(clients):
+                client.hello(f"user{number}")
+            core.proc.send_signal(signum)
+            started = time.monotonic()
+            assert core.proc.wait(timeout=5) == 0
+            assert time.monotonic() - started < 2.0
+            for client in clients:
+                while (obj := client.recv())["type"] != "bye":
+                    pass
+                assert obj["reason"]
+                client.expect_closed()
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_flags_can_come_from_the_environment() -> None:
+    with core_process(env={"CHAT_MAX_CLIENTS": "1"}) as core, RawClient(core.address) as first:
+        first.hello("one")
+        with RawClient(core.address) as second:
+            second.expect("error", code="server_full")
+
+
+def test_port_in_use_is_a_clear_error_with_exit_code_2() -> None:
+    with core_process() as core:
+        result = subprocess.run(
+            [sys.executable, "-m", "tcp_server", "--port", str(core.address[1])],
+            cwd=ROOT, capture_output=True, text=True, timeout=10,
+        )
+    assert result.returncode == 2
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_out_of_file_descriptors_refuses_newcomers_and_keeps_serving() -> None:
+    launcher = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); "
+        "from tcp_server.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, "--port", "0"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    core = CoreProcess.attach(proc)
+    clients: list[RawClient] = []
+    try:
+        refused = None
+        for number in range(60):
+            client = RawClient(core.address)
+            clients.append(client)
+            client.send(type="hello", name=f"u{number}")
+            reply = client.recv()
+            if reply["type"] == "error":
+                refused = reply
+                break
+            assert reply["type"] == "welcome"
+        assert refused is not None, "never ran out of descriptors"
+        assert refused["code"] == "server_full"
+        survivors = clients[:-1]
+        assert survivors[0].request("exit")["type"] == "bye"
+        survivors[0].expect_closed()  # its descriptor is free again
+        with RawClient(core.address) as late:
+            late.hello("late")
+            users = survivors[1].users()
+        assert "late" in users
+        assert "u0" not in users
+        assert len(users) == len(survivors)
+    finally:
+        for client in clients:
+            client.close()
+        core.stop()
