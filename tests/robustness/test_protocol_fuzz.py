@@ -7,13 +7,16 @@ never raises anything else — and that where bytes are split never changes the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcp_server.classic import PlainTextCodec
 from tcp_server.commands import Commands, Session
+from tcp_server.dialects import Codec
 from tcp_server.protocol import (
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
@@ -262,7 +265,32 @@ def test_text_over_the_limit_is_bad_text(text: str, extra: int) -> None:
     assert result.code is ErrorCode.BAD_TEXT
 
 
-# --- JsonLinesCodec ------------------------------------------------------------------------------
+# --- the connection codecs (protocol v1 and the plain-text dialect) ----------------------------
+
+
+def decode(codec: Codec, chunks: list[bytes], registered: bool = False) -> list[object]:
+    """What a connection makes of the chunks: each frame parsed, or the error it earns."""
+    results: list[object] = []
+    for chunk in chunks:
+        for frame in codec.feed(chunk):
+            if isinstance(frame, ProtocolError):
+                results.append(frame)
+                continue
+            try:
+                results.append(codec.parse(frame, registered))
+            except ProtocolError as error:
+                results.append(error)
+    return results
+
+
+def assert_request_or_precise_error(item: object) -> None:
+    if isinstance(item, ProtocolError):
+        assert_precise(item)
+    else:  # a request; bytes the dialect answers at once (help); None for a blank line
+        assert item is None or isinstance(item, (*REQUEST_TYPES, bytes))
+
+
+codecs = st.sampled_from([JsonLinesCodec, PlainTextCodec])
 
 
 @FUZZ
@@ -270,34 +298,33 @@ def test_text_over_the_limit_is_bad_text(text: str, extra: int) -> None:
     lines=st.lists(mutated_lines() | st.binary(max_size=60) | valid_requests.map(
         lambda r: encode_request(r).rstrip(b"\n")), max_size=8),
     cuts=st.lists(st.integers(0, 2_000), max_size=20),
+    make_codec=codecs,
+    registered=st.booleans(),
 )
 def test_codec_gives_the_same_results_however_the_stream_is_split(
-    lines: list[bytes], cuts: list[int]
+    lines: list[bytes], cuts: list[int], make_codec: type[Codec], registered: bool
 ) -> None:
     stream = b"\n".join(line.replace(b"\n", b"") for line in lines) + b"\n"
-    whole = [outcome(item) for item in JsonLinesCodec().feed(stream)]
-    codec = JsonLinesCodec()
-    pieces = [outcome(item) for chunk in split_at(stream, cuts) for item in codec.feed(chunk)]
-    assert pieces == whole
-    for item in JsonLinesCodec().feed(stream):
-        if isinstance(item, ProtocolError):
-            assert_precise(item)
-        else:
-            assert isinstance(item, REQUEST_TYPES)
+    whole = decode(make_codec(), [stream], registered)
+    pieces = decode(make_codec(), split_at(stream, cuts), registered)
+    assert [outcome(item) for item in pieces] == [outcome(item) for item in whole]
+    for item in whole:
+        assert_request_or_precise_error(item)
 
 
 @FUZZ
-@given(data=st.binary(max_size=2_000), cuts=st.lists(st.integers(0, 2_000), max_size=30))
+@given(data=st.binary(max_size=2_000), cuts=st.lists(st.integers(0, 2_000), max_size=30),
+       make_codec=codecs, registered=st.booleans())
 def test_codec_answers_any_byte_stream_with_requests_or_precise_errors(
-    data: bytes, cuts: list[int]
+    data: bytes, cuts: list[int], make_codec: type[Codec], registered: bool
 ) -> None:
-    codec = JsonLinesCodec(max_line_bytes=256)
-    for chunk in split_at(data, cuts):
-        for item in codec.feed(chunk):
-            if isinstance(item, ProtocolError):
-                assert_precise(item)
-            else:
-                assert isinstance(item, REQUEST_TYPES)
+    codec = make_codec(max_line_bytes=256)
+    for item in decode(codec, split_at(data, cuts), registered):
+        assert_request_or_precise_error(item)
+    for item in codec.flush():  # a pause after the last byte, for the plain-text dialect
+        if not isinstance(item, ProtocolError):
+            with contextlib.suppress(ProtocolError):
+                assert_request_or_precise_error(codec.parse(item, registered))
 
 
 # --- events (what clients parse) -----------------------------------------------------------------
@@ -323,6 +350,7 @@ events = st.one_of(
 @FUZZ
 @given(event=events)
 def test_every_event_is_one_line_and_parses_back_to_itself(event: Any) -> None:
+    """Protocol v1: one line per event, and clients read back exactly what was sent."""
     line = encode_event(event)
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
@@ -365,11 +393,13 @@ def test_any_requests_from_several_sessions_get_replies_that_can_be_sent(
                 deliver=lambda envelope: delivered.append(envelope.encoded(JsonLinesCodec())))
         for i in range(3)
     ]
-    codec = JsonLinesCodec()
     for index, line in lines:
-        for item in codec.feed(line.replace(b"\n", b" ") + b"\n"):
+        registered = sessions[index].member is not None
+        for item in decode(JsonLinesCodec(), [line.replace(b"\n", b" ") + b"\n"], registered):
             if isinstance(item, ProtocolError):
                 replies: list[Any] = [item.to_event()]
+            elif item is None or isinstance(item, bytes):
+                continue
             else:
                 replies = commands.handle(sessions[index], item).replies
             for reply in replies:
@@ -381,3 +411,20 @@ def test_any_requests_from_several_sessions_get_replies_that_can_be_sent(
     assert len(room) == 0
     for wire in delivered:
         parse_event(wire.rstrip(b"\n"))
+
+
+@FUZZ
+@given(event=events.filter(lambda e: not isinstance(e, Bye | Error)))
+def test_the_plain_text_dialect_renders_what_users_sent_without_control_characters(
+    event: Any,
+) -> None:
+    """Another user's text must not drive a terminal: no escape or other control bytes.
+
+    (A bye's reason and an error's message are the server's own words, not users'.)
+    """
+    wire = PlainTextCodec().encode(event)
+    text = wire.decode("utf-8")
+    assert text.endswith("\n")
+    assert not [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
+    if isinstance(event, Message):
+        assert text.count("\n") == 1
