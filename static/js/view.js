@@ -29,7 +29,8 @@ function el(tag, props = {}, ...children) {
 }
 
 function formatTime(ts) {
-  const date = new Date(ts * 1000);
+  // Whole milliseconds: ts * 1000 of a 3-decimal float may fall just below the intended value.
+  const date = new Date(Math.round(ts * 1000));
   return el("time", {
     datetime: date.toISOString(),
     title: date.toLocaleString(),
@@ -197,6 +198,7 @@ export function createView(doc, handlers) {
       if (!online) button.append(el("span", { className: "offline", text: " (offline)" }));
       if (conv.unread > 0) {
         button.append(
+          " ",
           el(
             "span",
             { className: "badge" },

@@ -6,16 +6,25 @@ simulated user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+from werkzeug.serving import make_server
+
+from tcp_server.server import ChatServer
+from tests.support.core import WAIT_S, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC_DIR = ROOT / "static"
 RESULTS_DIR = ROOT / "test-results"
+SECRET = "e2e-gateway-secret"
 
 # Debian's chromium: Playwright cannot download its own browsers on this kind of machine.
 # Elsewhere (a laptop), no chromium found means Playwright's own browser is used.
@@ -39,3 +48,130 @@ def base_url() -> str | None:
     (see `open_user`). Defining it here also replaces pytest-playwright's own base_url fixture,
     which pytest 9 warns about."""
     return None
+
+
+class RestartableCore:
+    """A real core on a free port that a test can stop and start again on that same port."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._running: contextlib.ExitStack | None = None
+        self.server: ChatServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def start(self) -> None:
+        assert self._running is None, "already running"
+        with contextlib.ExitStack() as stack:
+            self.server = stack.enter_context(
+                running_server(gateway_secret=SECRET, port=self.port)
+            )
+            self.port = self.server.address[1]
+            self._running = stack.pop_all()
+
+    def stop(self) -> None:
+        """Stop serving (everyone connected gets a bye) and join the server's thread."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.close()
+
+
+@pytest.fixture
+def core() -> Iterator[RestartableCore]:
+    core = RestartableCore()
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+@pytest.fixture
+def gateway_url(core: RestartableCore) -> Iterator[str]:
+    """The real web gateway, in-process on a free port, relaying to `core`; its http:// URL."""
+    from web_gateway import GatewayConfig, create_app, gateway_of
+
+    config = GatewayConfig(
+        host="127.0.0.1",
+        port=0,
+        core_host=core.address[0],
+        core_port=core.port,
+        gateway_secret=SECRET,
+        static_dir=STATIC_DIR,
+    )
+    app = create_app(config)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="e2e-gateway")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        gateway_of(app).relays.stop_all()
+        server.shutdown()
+        thread.join(WAIT_S)
+        server.server_close()
+        assert not thread.is_alive(), "gateway did not stop"
+
+
+class BrowserUsers:
+    """Opens the chat page in a new browser context per simulated user, and closes them all.
+
+    JavaScript errors and alert()/confirm() dialogs on any page are recorded: a test about
+    markup in messages checks that no dialog opened, and teardown fails on any page error.
+    """
+
+    def __init__(self, browser: Browser, url: str) -> None:
+        self._browser = browser
+        self.url = url
+        self.contexts: list[BrowserContext] = []
+        self.page_errors: list[str] = []
+        self.dialogs: list[str] = []
+
+    def open(self, viewport: dict[str, int] | None = None) -> Page:
+        """A new user's page at the join form."""
+        context = self._browser.new_context(
+            base_url=self.url, viewport=viewport or {"width": 1100, "height": 720}
+        )
+        self.contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+
+        def on_dialog(dialog: Any) -> None:
+            self.dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        page.goto("/")
+        return page
+
+    def join(self, name: str, viewport: dict[str, int] | None = None) -> Page:
+        """A new user's page, joined as `name` and online."""
+        page = self.open(viewport)
+        page.get_by_label("Username").fill(name)
+        page.get_by_role("button", name="Join").click()
+        expect(page.get_by_role("status")).to_have_text(f"Online as {name}")
+        return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def users(browser: Browser, gateway_url: str) -> Iterator[BrowserUsers]:
+    users = BrowserUsers(browser, gateway_url)
+    try:
+        yield users
+    finally:
+        users.close()
+    assert users.page_errors == [], f"JavaScript errors: {users.page_errors}"
+
+
+@pytest.fixture
+def results_dir() -> Path:
+    """test-results/ (gitignored), where screenshots are kept for a look by eye."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    return RESULTS_DIR
+
