@@ -360,7 +360,9 @@ def test_core_restart_shows_the_status_and_recovers(users: BrowserUsers, core: R
         expect(status).to_contain_text("Reconnecting")
     core.start()
     for page, name in ((alice, "alice"), (bob, "bob")):
-        expect(page.get_by_role("status")).to_have_text(f"Online as {name}", timeout=RECOVERY_S * 1000)
+        expect(page.get_by_role("status")).to_have_text(
+            f"Online as {name}", timeout=RECOVERY_S * 1000
+        )
     for page in (alice, bob):
         expect(users_list(page).get_by_role("listitem")).to_have_count(2)
     send_from_browser(alice, "bob", "back again")
