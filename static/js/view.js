@@ -236,7 +236,9 @@ export function createView(doc, handlers) {
         "li",
         { className: "user", dataset: { via: user.via ?? "" } },
         name,
+        " ",
         el("span", { className: "user-address", text: address(user) }),
+        via ? " " : null,
         via ? el("span", { className: `via via-${user.via}`, text: via }) : null,
       );
     });

@@ -268,12 +268,13 @@ def test_unread_count_shows_on_a_conversation_not_shown(users: BrowserUsers, raw
     alice = users.join("alice")
     raw_user.send("alice", "one")
     raw_user.send("alice", "two")
-    conversation = alice.get_by_role("button", name="dave 2 unread")
+    conversations = alice.get_by_role("navigation", name="Conversations")
+    conversation = conversations.get_by_role("button", name="dave 2 unread")
     expect(conversation).to_be_visible()
     conversation.click()
     expect(log_of(alice)).to_contain_text("two")
-    expect(alice.get_by_role("button", name="dave", exact=True)).to_have_attribute(
-        "aria-current", "true")
+    shown = conversations.get_by_role("button", name="dave", exact=True)
+    expect(shown).to_have_attribute("aria-current", "true")
 
 
 def test_message_to_someone_who_left_shows_the_servers_refusal(
@@ -449,7 +450,8 @@ def test_screenshots_of_the_room_with_messages(
     for page in (alice, bob):
         open_conversation(page, "*")
         expect(log_of(page)).to_contain_text("this is the second")
-    expect(alice.get_by_role("button", name="dave 1 unread")).to_be_visible()
+    conversations = alice.get_by_role("navigation", name="Conversations")
+    expect(conversations.get_by_role("button", name="dave 1 unread")).to_be_visible()
     alice.screenshot(path=results_dir / "room.png")
     bob.screenshot(path=results_dir / "room-375.png")
     assert (results_dir / "room.png").stat().st_size > 0

@@ -131,4 +131,6 @@ class ChatClientProcess:
                 code = self.process.wait(timeout)
         finally:
             self._reader.join(timeout)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
         return code
