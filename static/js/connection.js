@@ -199,7 +199,7 @@ export class ChatConnection extends EventTarget {
       this._ws = null;
       this._closeQuietly(ws);
       this.dispatchEvent(new CustomEvent("refused", { detail: { code: error.code, message: error.message } }));
-      this._setStatus(Status.OFFLINE, error.message);
+      this._setStatus(Status.OFFLINE); // the join form shows the server's message
       return;
     }
     // Our previous session may still hold the name until the core notices it is gone: retry.
