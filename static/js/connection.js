@@ -27,6 +27,9 @@ export const DEFAULTS = Object.freeze({
   pingIntervalMs: 25000, // keep-alive, and notices a connection that died without a close
   pongTimeoutMs: 10000,
   exitTimeoutMs: 3000, // how long Leave waits for the server's bye before closing anyway
+  // After a reconnect, name_taken this many times in a row (about a minute and a half with the
+  // delays above) means someone else has the name now, not our own old session.
+  maxNameRetries: 8,
 });
 
 // Hello errors that mean "this name cannot be had": at the first join the user must pick
@@ -53,6 +56,7 @@ export class ChatConnection extends EventTarget {
     this._ws = null;
     this._everWelcomed = false; // the name was accepted once since join(): reconnects keep it
     this._attempt = 0; // failed attempts since the last welcome, for the backoff
+    this._nameRetries = 0; // name_taken answers in a row since the last welcome
     this._nextId = 1; // ids are unique for the page's life, so a late reply never matches anew
     this._helloId = null;
     this._exitId = null;
@@ -70,6 +74,7 @@ export class ChatConnection extends EventTarget {
     this.name = name;
     this._everWelcomed = false;
     this._attempt = 0;
+    this._nameRetries = 0;
     this._open();
   }
 
@@ -187,13 +192,17 @@ export class ChatConnection extends EventTarget {
     // The backoff resets on welcome rather than on open: a gateway whose core is down accepts
     // the websocket and closes it at once, and resetting there would retry at full speed.
     this._attempt = 0;
+    this._nameRetries = 0;
     this.name = welcome.name;
     this._setStatus(Status.ONLINE);
     this._startPing();
   }
 
   _onHelloError(error) {
-    if (NAME_REFUSALS.has(error.code) && !this._everWelcomed) {
+    const retry = error.code === "name_taken" && this._everWelcomed
+      && this._nameRetries < this.options.maxNameRetries;
+    if (error.code === "name_taken") this._nameRetries += 1;
+    if (NAME_REFUSALS.has(error.code) && !retry) {
       const ws = this._ws;
       this.name = null;
       this._ws = null;

@@ -60,6 +60,7 @@ const view = createView(document, {
     dispatch({ type: "local/select", key, title });
   },
   onRetry(entry) {
+    dispatch({ type: "local/discard", key: entry.key });
     send(entry.to, entry.text);
   },
 });

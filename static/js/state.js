@@ -132,7 +132,15 @@ const HANDLERS = {
     return append(state, conversationKey(to), to, entry)[0];
   },
 
-  "local/dismiss-notice": (state) => ({ ...state, notice: "" }),
+  // Retry: the failed entry goes, and the message is sent again as a new one.
+  "local/discard": (state, { key }) => {
+    const conversations = {};
+    for (const [convKey, conv] of Object.entries(state.conversations)) {
+      const messages = conv.messages.filter((m) => m.key !== key);
+      conversations[convKey] = messages.length === conv.messages.length ? conv : { ...conv, messages };
+    }
+    return { ...state, conversations };
+  },
 
   // --- the server ---
   welcome: (state, { name, ip, port }) => ({ ...state, me: { name, ip, port }, joinError: "" }),

@@ -168,6 +168,23 @@ def test_left_removes_the_user_and_says_so(module_page: Page) -> None:
     assert state["conversations"]["bob"]["messages"][-1]["text"] == "Bob left"
 
 
+def test_discard_removes_a_failed_message_for_its_retry(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send-failed", "to": "bob", "text": "lost", "reason": "not connected"},
+        {"type": "local/send", "id": "b1", "to": "bob", "text": "kept"},
+    ])
+    [failed, _] = state["conversations"]["bob"]["messages"]
+    assert failed["state"] == "failed"
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send-failed", "to": "bob", "text": "lost", "reason": "not connected"},
+        {"type": "local/send", "id": "b1", "to": "bob", "text": "kept"},
+        {"type": "local/discard", "key": failed["key"]},
+    ])
+    assert [m["text"] for m in state["conversations"]["bob"]["messages"]] == ["kept"]
+
+
 def test_unknown_event_types_leave_the_state_unchanged(module_page: Page) -> None:
     same = module_page.evaluate(
         """async () => {
@@ -292,6 +309,24 @@ def test_name_taken_after_a_reconnect_is_retried(module_page: Page) -> None:
     last_socket_welcomes(module_page)
     assert js(module_page, "() => conn.status") == "online"
     assert js(module_page, "() => sockets.length") == 3
+
+
+def test_name_taken_after_reconnect_gives_up_after_the_retry_limit(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, "() => sockets.at(-1).serverCloses()")
+    for _ in range(9):  # maxNameRetries (8) retries, then the 9th answer is final
+        module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+        js(module_page, """() => {
+            const ws = sockets.at(-1);
+            ws.serverOpen();
+            ws.serverSends({ type: "error", code: "name_taken", message: "taken",
+                             id: ws.sent[0].id });
+        }""")
+    assert js(module_page, "() => refusals") == [{"code": "name_taken", "message": "taken"}]
+    assert js(module_page, "() => conn.status") == "offline"
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 10
 
 
 def test_leave_sends_exit_and_stays_offline_after_bye(module_page: Page) -> None:
