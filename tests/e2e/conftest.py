@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 from werkzeug.serving import make_server
 
 from tcp_server.server import ChatServer
@@ -118,8 +118,9 @@ def gateway_url(core: RestartableCore) -> Iterator[str]:
 class BrowserUsers:
     """Opens the chat page in a new browser context per simulated user, and closes them all.
 
-    JavaScript errors and alert()/confirm() dialogs on any page are recorded: a test about
-    markup in messages checks that no dialog opened, and teardown fails on any page error.
+    JavaScript errors, Content-Security-Policy violations and alert()/confirm() dialogs on any
+    page are recorded: a test about markup in messages checks that no dialog opened, and
+    teardown fails on any page error or CSP violation.
     """
 
     def __init__(self, browser: Browser, url: str) -> None:
@@ -137,6 +138,7 @@ class BrowserUsers:
         self.contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        page.on("console", self._on_console)
 
         def on_dialog(dialog: Any) -> None:
             self.dialogs.append(dialog.message)
@@ -145,6 +147,10 @@ class BrowserUsers:
         page.on("dialog", on_dialog)
         page.goto("/")
         return page
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.page_errors.append(message.text)
 
     def join(self, name: str, viewport: dict[str, int] | None = None) -> Page:
         """A new user's page, joined as `name` and online."""
