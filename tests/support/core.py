@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import socket
@@ -49,6 +50,7 @@ class RawClient:
     def __init__(self, address: tuple[str, int], timeout: float = WAIT_S) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
         self._buffer = b""
+        self._skipped: collections.deque[dict[str, Any]] = collections.deque()
         self.name: str | None = None
 
     def __enter__(self) -> RawClient:
@@ -82,6 +84,12 @@ class RawClient:
         return line
 
     def recv(self, timeout: float = WAIT_S) -> dict[str, Any]:
+        """The next object, starting with those that request() skipped over."""
+        if self._skipped:
+            return self._skipped.popleft()
+        return self._recv_new(timeout)
+
+    def _recv_new(self, timeout: float) -> dict[str, Any]:
         line = self.recv_line(timeout)
         if not line:
             raise ConnectionError("server closed the connection")
@@ -106,14 +114,18 @@ class RawClient:
         return welcome
 
     def request(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Send a request with an id and return the reply carrying that id, skipping events."""
+        """Send a request with an id and return the reply carrying that id.
+
+        What arrives before that reply is kept for recv(), so no event is lost to the test.
+        """
         request_id = f"r{time.monotonic_ns()}"
         self.send(type=kind, id=request_id, **fields)
         deadline = time.monotonic() + WAIT_S
         while True:
-            obj = self.recv(max(0.01, deadline - time.monotonic()))
+            obj = self._recv_new(max(0.01, deadline - time.monotonic()))
             if obj.get("id") == request_id:
                 return obj
+            self._skipped.append(obj)
 
     def users(self) -> list[str]:
         reply = self.request("list")
@@ -122,6 +134,7 @@ class RawClient:
 
     def assert_silent(self, seconds: float = 0.2) -> None:
         """Nothing arrives for a short while (used only where silence is the behaviour)."""
+        assert not self._skipped, f"expected nothing, have {self._skipped[0]}"
         with contextlib.suppress(TimeoutError):
             line = self.recv_line(seconds)
             raise AssertionError(f"expected nothing, got {line!r}")

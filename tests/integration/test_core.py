@@ -1,0 +1,412 @@
+"""The core over real sockets: every request, every error that can be provoked, the limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+from tcp_server.server import ChatServer
+from tests.support.core import RawClient, running_server, wait_until
+
+Address = tuple[str, int]
+
+
+def registered(address: Address, name: str) -> RawClient:
+    client = RawClient(address)
+    client.hello(name)
+    return client
+
+
+# --- the requests ------------------------------------------------------------------------------
+
+
+def test_hello_is_welcomed_with_the_address_the_server_sees(address: Address) -> None:
+    with RawClient(address) as client:
+        client.send(type="hello", name="alice", id=1)
+        ip, port = client.sock.getsockname()[:2]
+        client.expect("welcome", name="alice", ip=ip, port=port, id=1)
+
+
+def test_list_shows_everyone_sorted_with_address_and_via(address: Address) -> None:
+    with registered(address, "bob") as bob, registered(address, "Alice") as alice:
+        reply = alice.request("list")
+        assert reply["type"] == "users"
+        assert [u["name"] for u in reply["users"]] == ["Alice", "bob"]
+        ip, port = bob.sock.getsockname()[:2]
+        assert reply["users"][1] == {"name": "bob", "ip": ip, "port": port, "via": "tcp"}
+
+
+def test_direct_message_is_acknowledged_and_delivered(address: Address) -> None:
+    with registered(address, "alice") as alice, registered(address, "bob") as bob:
+        alice.expect("joined", name="bob")
+        alice.send(type="send", to="BOB", text="hi bob", id="m1")
+        sent = alice.expect("sent", to="bob", id="m1")
+        message = bob.expect("message", to="bob", text="hi bob")
+        assert message["from"] == "alice"
+        assert message["ts"] == sent["ts"]
+
+
+def test_message_to_everyone_reaches_every_other_user(address: Address) -> None:
+    with (
+        registered(address, "alice") as alice,
+        registered(address, "bob") as bob,
+        registered(address, "carol") as carol,
+    ):
+        bob.expect("joined", name="carol")
+        alice.send(type="send", to="*", text="hello all")
+        alice.expect("joined", name="bob")
+        alice.expect("joined", name="carol")
+        alice.expect("sent", to="*")
+        for client in (bob, carol):
+            client.expect("message", to="*", text="hello all")
+        alice.assert_silent()
+
+
+def test_text_with_newlines_and_emoji_is_delivered_intact(address: Address) -> None:
+    text = "line one\nline two\r\n\ttabbed 😀 עברית \u2028 \"quoted\" \\ </script>"
+    with registered(address, "alice") as alice, registered(address, "bob") as bob:
+        alice.send(type="send", to="bob", text=text)
+        assert bob.expect("message")["text"] == text
+
+
+def test_text_of_4000_characters_is_delivered(address: Address) -> None:
+    text = "é" * 3999 + "😀"
+    with registered(address, "alice") as alice, registered(address, "bob") as bob:
+        alice.send(type="send", to="bob", text=text)
+        assert bob.expect("message")["text"] == text
+
+
+def test_exit_says_bye_closes_and_the_others_see_left(address: Address) -> None:
+    with registered(address, "alice") as alice, registered(address, "bob") as bob:
+        bob.send(type="exit", id="x")
+        bob.expect("bye", id="x")
+        bob.expect_closed()
+        alice.expect("joined", name="bob")
+        alice.expect("left", name="bob")
+        assert alice.users() == ["alice"]
+
+
+def test_exit_before_hello_is_allowed(address: Address) -> None:
+    with RawClient(address) as client:
+        client.send(type="exit")
+        client.expect("bye")
+        client.expect_closed()
+
+
+def test_ping_before_and_after_hello(address: Address) -> None:
+    with RawClient(address) as client:
+        client.send(type="ping", id=5)
+        client.expect("pong", id=5)
+        client.hello("alice")
+        client.send(type="ping")
+        assert client.expect("pong").get("id") is None
+
+
+def test_requests_written_a_byte_at_a_time(address: Address) -> None:
+    with RawClient(address) as client:
+        for byte in b'{"type":"hello","name":"slow"}\r\n{"type":"ping"}\n':
+            client.send_raw(bytes([byte]))
+        client.expect("welcome", name="slow")
+        client.expect("pong")
+
+
+def test_many_requests_in_one_write(address: Address) -> None:
+    with RawClient(address) as client:
+        client.send_raw(b'{"type":"hello","name":"quick"}\n' + b'{"type":"ping"}\n' * 20)
+        client.expect("welcome")
+        for _ in range(20):
+            client.expect("pong")
+
+
+# --- the errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["with space", "emoji😀", "a" * 33, "", "tab\t", "dot.name"]
+)
+def test_bad_names_are_refused_and_the_connection_goes_on(address: Address, name: str) -> None:
+    with RawClient(address) as client:
+        client.send(type="hello", name=name, id="h")
+        error = client.expect("error", code="bad_name", id="h")
+        assert error["message"]
+        client.hello("good_name-32" + "x" * 20)
+
+
+def test_name_clash_is_case_insensitive(address: Address) -> None:
+    with registered(address, "Alice"), RawClient(address) as client:
+        client.send(type="hello", name="aLiCe")
+        assert "taken" in client.expect("error", code="name_taken")["message"]
+        client.hello("alice2")
+
+
+def test_second_hello_is_already_registered(address: Address) -> None:
+    with registered(address, "alice") as client:
+        client.send(type="hello", name="other")
+        client.expect("error", code="already_registered")
+        assert client.users() == ["alice"]
+
+
+@pytest.mark.parametrize("request_", [{"type": "list"}, {"type": "send", "to": "*", "text": "x"}])
+def test_list_and_send_before_hello_are_not_registered(
+    address: Address, request_: dict[str, str]
+) -> None:
+    with RawClient(address) as client:
+        client.send(**request_, id=3)
+        client.expect("error", code="not_registered", id=3)
+
+
+def test_send_to_nobody_is_no_such_user(address: Address) -> None:
+    with registered(address, "alice") as client:
+        client.send(type="send", to="ghost", text="boo", id=1)
+        client.expect("error", code="no_such_user", id=1)
+
+
+@pytest.mark.parametrize("text", ["", "x" * 4001])
+def test_bad_text_is_refused_and_nothing_is_delivered(address: Address, text: str) -> None:
+    with registered(address, "alice") as alice, registered(address, "bob") as bob:
+        alice.send(type="send", to="bob", text=text)
+        alice.expect("joined")
+        alice.expect("error", code="bad_text")
+        bob.assert_silent()
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"\xff\xfe\xfd\n", "bad_request"),
+        (b"hello there\n", "bad_request"),
+        (b"[1]\n", "bad_request"),
+        (b'{"type":"send","to":"x"}\n', "bad_request"),
+        (b'{"type":"shout"}\n', "unknown_type"),
+    ],
+)
+def test_malformed_lines_get_an_error_and_the_connection_goes_on(
+    address: Address, raw: bytes, code: str
+) -> None:
+    with RawClient(address) as client:
+        client.send_raw(raw)
+        client.expect("error", code=code)
+        client.hello("survivor")
+
+
+def test_line_of_70000_bytes_then_a_working_request(address: Address) -> None:
+    with registered(address, "alice") as client:
+        client.send_raw(b'{"type":"send","to":"*","text":"' + b"x" * 70_000 + b'"}\n')
+        client.send(type="ping", id="after")
+        client.expect("error", code="line_too_long")
+        client.expect("pong", id="after")
+
+
+def test_connections_beyond_the_maximum_get_server_full() -> None:
+    with running_server(max_clients=2) as server:
+        first, second = RawClient(server.address), RawClient(server.address)
+        try:
+            first.hello("one")
+            second.hello("two")
+            with RawClient(server.address) as third:
+                third.expect("error", code="server_full")
+                third.expect_closed()
+            first.send(type="exit")
+            first.expect("joined", name="two")
+            first.expect("bye")
+            wait_until(lambda: server.connection_count() == 1, what="the slot to free up")
+            with RawClient(server.address) as fourth:
+                fourth.hello("four")
+        finally:
+            first.close()
+            second.close()
+
+
+def test_flood_gets_rate_limited_and_the_connection_survives() -> None:
+    with running_server(rate_limit=5, rate_burst=10) as server, RawClient(server.address) as client:
+        client.send_raw(b'{"type":"ping"}\n' * 30)
+        replies = [client.recv() for _ in range(30)]
+        pongs = [r for r in replies if r["type"] == "pong"]
+        limited = [r for r in replies if r.get("code") == "rate_limited"]
+        assert len(pongs) >= 10  # the burst
+        assert len(pongs) + len(limited) == 30
+        assert len(limited) >= 15
+        client.send(type="exit")  # exit is never rate limited
+        client.expect("bye")
+
+
+def test_rate_limited_error_names_the_code() -> None:
+    with running_server(rate_limit=1, rate_burst=1) as server, RawClient(server.address) as client:
+        client.send_raw(b'{"type":"ping"}\n{"type":"ping","id":2}\n')
+        client.expect("pong")
+        client.expect("error", code="rate_limited", id=2)
+
+
+# --- the trusted gateway -------------------------------------------------------------------------
+
+
+def test_proxy_with_the_right_secret_lists_the_browser_address_via_web() -> None:
+    with running_server(gateway_secret="s3cret") as server, RawClient(server.address) as web:
+        web.send(type="proxy", secret="s3cret", ip="203.0.113.7", port=51000)
+        web.send(type="hello", name="browser")
+        web.expect("welcome", name="browser", ip="203.0.113.7", port=51000)
+        assert web.request("list")["users"] == [
+            {"name": "browser", "ip": "203.0.113.7", "port": 51000, "via": "web"}
+        ]
+
+
+@pytest.mark.parametrize("configured", [None, "s3cret"])
+def test_wrong_gateway_secret_is_forbidden_and_closed(configured: str | None) -> None:
+    with running_server(gateway_secret=configured) as server, RawClient(server.address) as c:
+        c.send(type="proxy", secret="guess", ip="1.2.3.4", port=1)
+        c.expect("error", code="forbidden")
+        c.expect_closed()
+
+
+def test_proxy_after_hello_is_forbidden() -> None:
+    with running_server(gateway_secret="s") as server, RawClient(server.address) as client:
+        client.hello("alice")
+        client.send(type="proxy", secret="s", ip="1.2.3.4", port=1)
+        client.expect("error", code="forbidden")
+        client.expect_closed()
+
+
+# --- the assignment's own test, and scale ------------------------------------------------------
+
+
+def test_five_clients_list_each_other_message_everyone_and_one_exits(address: Address) -> None:
+    names = ["ann", "ben", "cat", "dan", "eve"]
+    clients = {name: registered(address, name) for name in names}
+    try:
+        for client in clients.values():
+            assert client.users() == names
+        for sender in names:
+            for recipient in names:
+                if recipient != sender:
+                    text = f"{sender}>{recipient}"
+                    reply = clients[sender].request("send", to=recipient, text=text)
+                    assert reply["type"] == "sent", reply
+        for recipient in names:
+            got = set()
+            while len(got) < 4:
+                obj = clients[recipient].recv()
+                if obj["type"] == "message":
+                    got.add(obj["text"])
+            assert got == {f"{s}>{recipient}" for s in names if s != recipient}
+        clients["cat"].send(type="exit")
+        for name in ["ann", "ben", "dan", "eve"]:
+            wait_until(lambda name=name: "cat" not in clients[name].users(), what="cat to go")
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def test_two_hundred_clients_connected_at_once(address: Address) -> None:
+    clients = [RawClient(address) for _ in range(200)]
+    try:
+        for number, client in enumerate(clients):
+            client.send(type="hello", name=f"user{number}")
+        for number, client in enumerate(clients):
+            client.expect("welcome", name=f"user{number}")
+        assert len(clients[0].request("list")["users"]) == 200
+        clients[199].send(type="send", to="*", text="to all 199")
+        for client in clients[:199]:
+            while (obj := client.recv())["type"] != "message":
+                pass
+            assert obj["text"] == "to all 199"
+    finally:
+        for client in clients:
+            client.close()
+
+
+# --- misbehaving peers -----------------------------------------------------------------------
+
+
+def test_client_that_never_reads_is_dropped_and_the_others_chat_on() -> None:
+    with running_server(max_outbox_bytes=64_000, rate_limit=0) as server:
+        address = server.address
+        with (
+            registered(address, "sleeper"),
+            registered(address, "alice") as alice,
+            registered(address, "bob") as bob,
+        ):
+            text = "x" * 3900
+            # The kernel buffers megabytes for the sleeper before its 64 kB outbox fills:
+            # keep chatting until it is dropped, each message still reaching bob at once.
+            for number in range(5000):
+                alice.send(type="send", to="*", text=f"{number} {text}")
+                while (obj := bob.recv())["type"] != "message":
+                    assert obj == {"type": "left", "name": "sleeper"}
+                assert obj["text"].startswith(f"{number} ")
+                if number % 100 == 99 and "sleeper" not in bob.users():
+                    break
+            else:
+                raise AssertionError("the sleeper was never dropped")
+            bob.send(type="send", to="alice", text="still here")
+            while (obj := alice.recv())["type"] != "message" or obj["from"] != "bob":
+                assert obj["type"] in ("sent", "joined", "left")
+            assert obj["text"] == "still here"
+
+
+def test_connection_without_hello_is_closed_at_the_deadline() -> None:
+    with running_server(hello_timeout=0.3) as server, RawClient(server.address) as client:
+        assert "hello" in client.expect("bye")["reason"]
+        client.expect_closed()
+
+
+def test_hello_deadline_does_not_apply_once_registered() -> None:
+    with running_server(hello_timeout=0.3) as server, RawClient(server.address) as client:
+        client.hello("alice")
+        client.assert_silent(0.6)
+        assert client.request("ping")["type"] == "pong"
+
+
+def test_abrupt_disconnect_tells_the_others(address: Address) -> None:
+    with registered(address, "alice") as alice:
+        bob = registered(address, "bob")
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        bob.close()  # RST, no exit
+        alice.expect("joined", name="bob")
+        alice.expect("left", name="bob")
+
+
+def test_shutdown_says_bye_with_a_reason_to_every_client() -> None:
+    with running_server() as server:
+        clients = [registered(server.address, f"u{i}") for i in range(5)]
+        try:
+            server.stop("maintenance")
+            for client in clients:
+                while (obj := client.recv())["type"] != "bye":
+                    pass
+                assert obj["reason"] == "maintenance"
+                client.expect_closed()
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_thread_or_socket_left_after_500_connect_disconnect_cycles(
+    server: ChatServer,
+) -> None:
+    address = server.address
+    with registered(address, "watcher") as watcher:
+        threads_before, fds_before = threading.active_count(), _fd_count()
+        for cycle in range(500):
+            with socket.create_connection(address, timeout=5) as sock:
+                if cycle % 2:
+                    sock.sendall(b'{"type":"hello","name":"c%d"}\n{"type":"exit"}\n' % cycle)
+                    sock.recv(4096)
+        wait_until(lambda: server.connection_count() == 1, what="all cycles to end")
+        wait_until(lambda: threading.active_count() == threads_before, what="threads to end")
+        assert _fd_count() == fds_before
+        assert watcher.users() == ["watcher"]
+
+
+def test_events_are_one_json_line_each(address: Address) -> None:
+    with registered(address, "alice") as alice, registered(address, "bob") as bob:
+        alice.send(type="send", to="bob", text="a\nb")
+        line = bob.recv_line()
+        assert json.loads(line)["text"] == "a\nb"
