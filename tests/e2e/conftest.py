@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
-from werkzeug.serving import make_server
 
 from tcp_server.server import ChatServer
-from tests.support.core import WAIT_S, running_server
+from tests.support.core import running_server
+from tests.support.gateway import running_gateway
+from web_gateway import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC_DIR = ROOT / "static"
@@ -91,28 +91,14 @@ def core() -> Iterator[RestartableCore]:
 @pytest.fixture
 def gateway_url(core: RestartableCore) -> Iterator[str]:
     """The real web gateway, in-process on a free port, relaying to `core`; its http:// URL."""
-    from web_gateway import GatewayConfig, create_app, gateway_of
-
     config = GatewayConfig(
-        host="127.0.0.1",
-        port=0,
         core_host=core.address[0],
         core_port=core.port,
         gateway_secret=SECRET,
         static_dir=STATIC_DIR,
     )
-    app = create_app(config)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="e2e-gateway")
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        gateway_of(app).relays.stop_all()
-        server.shutdown()
-        thread.join(WAIT_S)
-        server.server_close()
-        assert not thread.is_alive(), "gateway did not stop"
+    with running_gateway(config) as gateway:
+        yield gateway.http
 
 
 class BrowserUsers:
