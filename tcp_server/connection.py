@@ -15,17 +15,17 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tcp_server.commands import Commands, Session
 from tcp_server.config import ServerConfig
+from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
 from tcp_server.outbox import Outbox
 from tcp_server.protocol import (
     Bye,
     ErrorCode,
     Event,
     Exit,
-    JsonLinesCodec,
     ProtocolError,
     Request,
 )
@@ -49,10 +49,20 @@ class Connection:
         self._sock_lock = threading.Lock()  # serializes shutdown() against close()
         self._config = config
         self._commands = commands
-        self._codec = JsonLinesCodec()
+        # Chosen by the reader from the first byte the client sends; until then the default
+        # speaks for it (a shutdown or hello-deadline bye). Read by other threads: one
+        # reference assignment, no lock needed.
+        self._codec: Codec | None = None
         self._outbox = Outbox(config.max_outbox_bytes)
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(ip=address[0], port=address[1], deliver=self.deliver)
+        # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
+        # the reader finish the request in hand and set _quiet; close() then queues the bye
+        # and sets _released. Between the two, every delivery in flight has reached its
+        # recipients' outboxes, so each "sent" the server gave is honoured.
+        self._stop_requested = False
+        self._quiet = threading.Event()
+        self._released = threading.Event()
         self._writer = threading.Thread(
             target=self._write_loop, name=f"writer-{self.session.peer}"
         )
@@ -65,13 +75,23 @@ class Connection:
 
     def deliver(self, envelope: Envelope) -> None:
         """Queue an event for this client without blocking; drop the client if it is full."""
-        if not self._outbox.put(envelope.encoded(self._codec)):
+        if not self._outbox.put(envelope.encoded(self._encoder)):
             self._drop(f"send queue full ({self._config.max_outbox_bytes} bytes): not reading")
+
+    def stop_reading(self) -> None:
+        """Handle no further request; the reader then waits for close(). Idempotent."""
+        self._stop_requested = True
+        self._shutdown(socket.SHUT_RD)  # wakes a reader blocked in recv() or poll()
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """After stop_reading(): wait until the reader has finished its last request."""
+        return self._quiet.wait(timeout)
 
     def close(self, reason: str) -> None:
         """End the connection after what is queued, with a bye. Idempotent."""
-        if self._outbox.close(self._codec.encode(Bye(reason=reason))):
+        if self._outbox.close(self._encoder.encode(Bye(reason=reason))):
             self._shutdown(socket.SHUT_RD)  # wakes the reader, which finishes the connection
+        self._released.set()
 
     # --- the reader thread --------------------------------------------------------------------
 
@@ -85,75 +105,111 @@ class Connection:
         except Exception:
             log.exception("%s unexpected error; closing this connection", self.peer)
         finally:
+            self._quiet.set()
+            if self._stop_requested:  # the server closes us, with a bye, once all are quiet
+                self._released.wait(2 * self._config.close_timeout)
             self._finish()
+
+    @property
+    def _encoder(self) -> Codec:
+        return self._codec or DEFAULT_CODEC
 
     def _read_loop(self) -> None:
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
         hello_deadline = time.monotonic() + self._config.hello_timeout
-        while not self._outbox.closed:
+        while not self._outbox.closed and not self._stop_requested:
             wait_s = self._wait_limit(hello_deadline)
             if wait_s is not None and not poller.poll(max(0.0, wait_s) * 1000):
                 if self.session.member is None and time.monotonic() >= hello_deadline:
                     log.info("%s sent no hello in time", self.peer)
                     self._reply(Bye(reason=f"no hello within {self._config.hello_timeout:g} s"))
                     return
-                if not self._process_all(self._codec.flush()):
+                if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
                     return
                 continue
             data = self._sock.recv(RECV_BYTES)
-            if not data or not self._process_all(self._codec.feed(data)):
+            if not data:
+                return
+            if self._codec is None:
+                data = skip_blank(data)
+                if not data:
+                    continue
+                self._codec = choose_codec(data, self._config)
+            if not self._handle_frames(self._codec, self._codec.feed(data)):
                 return
 
     def _wait_limit(self, hello_deadline: float) -> float | None:
-        limits = [self._codec.flush_timeout()]
+        limits = [self._codec.flush_timeout() if self._codec else None]
         if self.session.member is None:
             limits.append(hello_deadline - time.monotonic())
         present = [limit for limit in limits if limit is not None]
         return min(present) if present else None
 
-    def _process_all(self, items: list[Request | ProtocolError]) -> bool:
-        """Handle requests in order; False when the connection is to close."""
-        for item in items:
-            if self._outbox.closed:  # dropped or shut down meanwhile: handle nothing more
+    def _handle_frames(self, codec: Codec, frames: Sequence[bytes | ProtocolError]) -> bool:
+        """Parse and handle frames in order; False when the connection is to close.
+
+        Each frame is parsed only after the one before it was handled: in the plain-text
+        dialect the first line means a name and later ones commands.
+        """
+        for frame in frames:
+            if self._outbox.closed or self._stop_requested:  # dropped or stopping
                 return False
-            if isinstance(item, ProtocolError):
-                self._reply(item.to_event())
-                if item.code.closes_connection:
+            try:
+                if isinstance(frame, ProtocolError):
+                    raise frame
+                parsed = codec.parse(frame, registered=self.session.member is not None)
+            except ProtocolError as error:
+                self._reply(error.to_event())
+                if error.code.closes_connection:
                     return False
                 continue
-            if not isinstance(item, Exit) and not self._bucket.take():
-                self._reply(
-                    ProtocolError(
-                        ErrorCode.RATE_LIMITED,
-                        f"slow down: at most {self._config.rate_limit:g} requests a second",
-                        item.id,
-                    ).to_event()
-                )
+            if parsed is None:
                 continue
-            outcome = self._commands.handle(self.session, item)
-            for reply in outcome.replies:
-                self._reply(reply)
-            if outcome.close:
+            if isinstance(parsed, bytes):
+                self._put(parsed)
+            elif not self._handle(parsed):
                 return False
         return True
 
+    def _handle(self, request: Request) -> bool:
+        if not isinstance(request, Exit) and not self._bucket.take():
+            self._reply(
+                ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"slow down: at most {self._config.rate_limit:g} requests a second",
+                    request.id,
+                ).to_event()
+            )
+            return True
+        outcome = self._commands.handle(self.session, request)
+        for reply in outcome.replies:
+            self._reply(reply)
+        return not outcome.close
+
     def _reply(self, event: Event) -> None:
-        if not self._outbox.put(self._codec.encode(event)):
+        self._put(self._encoder.encode(event))
+
+    def _put(self, data: bytes) -> None:
+        if not self._outbox.put(data):
             self._drop("send queue full: not reading replies")
 
     def _finish(self) -> None:
         self._commands.leave(self.session)
         self._outbox.close()
+        if self._writer.ident is not None:  # started: start() may fail at the thread limit
+            self._join_writer()
+        with self._sock_lock:
+            self._sock.close()
+        log.info("%s disconnected", self.peer)
+
+    def _join_writer(self) -> None:
         self._writer.join(self._config.close_timeout)
         if self._writer.is_alive():  # the peer does not take our last bytes: cut it off
             self._shutdown(socket.SHUT_RDWR)
             self._writer.join(self._config.close_timeout)
             if self._writer.is_alive():
                 log.error("%s writer did not stop", self.peer)
-        with self._sock_lock:
-            self._sock.close()
-        log.info("%s disconnected", self.peer)
 
     # --- the writer thread --------------------------------------------------------------------
 
@@ -171,7 +227,7 @@ class Connection:
     # --- helpers ----------------------------------------------------------------------------
 
     def _drop(self, reason: str) -> None:
-        if self._outbox.close(self._codec.encode(Bye(reason=reason)), discard=True):
+        if self._outbox.close(self._encoder.encode(Bye(reason=reason)), discard=True):
             log.warning("%s dropped: %s", self.peer, reason)
             self._shutdown(socket.SHUT_RD)
 

@@ -238,10 +238,11 @@ def _is_encodable(text: str) -> bool:
 class LineBuffer:
     """Splits a byte stream into lines of at most `max_line_bytes` (terminator included).
 
-    feed() returns each complete line without its "\\n" (and without a "\\r" before it), or a
-    ProtocolError(line_too_long) for a line over the limit, whose bytes are then discarded up to
-    and including its newline. It remembers how far it has searched, so a line that arrives a
-    byte at a time costs linear, not quadratic, time.
+    feed() returns each complete line without its "\\n" (and without a "\\r" before it), or,
+    for a line over the limit, a ProtocolError(line_too_long) once that line has ended: its
+    bytes are dropped as they come, never held, so the error answers the whole line. It
+    remembers how far it has searched, so a line that arrives a byte at a time costs linear,
+    not quadratic, time.
     """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
@@ -257,12 +258,23 @@ class LineBuffer:
         """Bytes of an unfinished line (empty while discarding an over-long one)."""
         return bytes(self._buf)
 
-    def take_pending(self) -> bytes:
-        """Remove and return the unfinished line, for dialects that also end lines by a pause."""
-        pending = bytes(self._buf)
+    @property
+    def in_line(self) -> bool:
+        """Whether bytes of an unfinished line (kept or being discarded) have arrived."""
+        return bool(self._buf) or self._discarding
+
+    def end_line(self) -> bytes | ProtocolError | None:
+        """End the unfinished line here, for dialects that also end lines by a pause.
+
+        Returns its bytes, line_too_long if it was over the limit, or None if there was none.
+        """
+        line: bytes | ProtocolError | None = bytes(self._buf) if self._buf else None
+        if self._discarding:
+            line = self._too_long()
         self._buf.clear()
         self._searched = 0
-        return pending
+        self._discarding = False
+        return line
 
     def feed(self, data: bytes) -> list[bytes | ProtocolError]:
         buf = self._buf
@@ -273,6 +285,7 @@ class LineBuffer:
         while (newline := buf.find(b"\n", search_from)) >= 0:
             if self._discarding:
                 self._discarding = False
+                out.append(self._too_long())
             elif newline + 1 - start > self._max:
                 out.append(self._too_long())
             else:
@@ -283,7 +296,6 @@ class LineBuffer:
         if self._discarding:
             buf.clear()
         elif len(buf) >= self._max:  # even its newline would not fit any more
-            out.append(self._too_long())
             self._discarding = True
             buf.clear()
         self._searched = len(buf)
@@ -542,29 +554,30 @@ def parse_event(line: bytes) -> Event:
 
 
 class JsonLinesCodec:
-    """Protocol v1 for one connection, server side: bytes in -> requests, events -> bytes out."""
+    """Protocol v1 for one connection, server side: bytes in -> frames -> requests; events out.
+
+    Framing and parsing are separate steps so that the connection parses each frame only after
+    it has handled the one before (a dialect's parse may depend on the session's state).
+    """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._lines = LineBuffer(max_line_bytes)
 
-    def feed(self, data: bytes) -> list[Request | ProtocolError]:
-        results: list[Request | ProtocolError] = []
-        for line in self._lines.feed(data):
-            if isinstance(line, ProtocolError):
-                results.append(line)
-            elif line.strip(b" \t"):  # blank lines (an nc user pressing Enter) are ignored
-                try:
-                    results.append(parse_request(line))
-                except ProtocolError as error:
-                    results.append(error)
-        return results
+    def feed(self, data: bytes) -> list[bytes | ProtocolError]:
+        return self._lines.feed(data)
 
     def flush_timeout(self) -> float | None:
-        """Seconds after which a pause ends a pending command; v1 frames by newline only."""
+        """Seconds of silence after which pending bytes count as a frame; v1: newline only."""
         return None
 
-    def flush(self) -> list[Request | ProtocolError]:
+    def flush(self) -> list[bytes | ProtocolError]:
         return []
+
+    def parse(self, frame: bytes, registered: bool) -> Request | bytes | None:
+        """A request; or bytes to answer at once; or None for a frame to ignore."""
+        if not frame.strip(b" \t"):  # blank lines (an nc user pressing Enter) are ignored
+            return None
+        return parse_request(frame)
 
     def encode(self, event: Event) -> bytes:
         return encode_event(event)

@@ -65,6 +65,10 @@ class Room(Protocol):
     def users(self) -> tuple[UserInfo, ...]:
         """Everyone online, sorted by name."""
 
+    def shutdown(self) -> None:
+        """This node is stopping: its members go without being announced to one another
+        (each is about to get a bye); a room spanning nodes tells the other nodes instead."""
+
     def send(self, sender: str, to: str, text: str, ts: float) -> str | None:
         """Deliver a message to `to` (a name, any case, or "*" for everyone but the sender).
 
@@ -102,6 +106,10 @@ class LocalRoom:
         with self._lock:
             infos = [member.info for member in self._members.values()]
         return tuple(sorted(infos, key=lambda info: (name_key(info.name), info.name)))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._members.clear()
 
     def send(self, sender: str, to: str, text: str, ts: float) -> str | None:
         if to == EVERYONE:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import selectors
 import socket
 import threading
+import time
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
@@ -36,6 +39,8 @@ class ChatServer:
         self._stop_reason = "server shutting down"
         self._lock = threading.Lock()
         self._threads: dict[Connection, threading.Thread] = {}  # guarded by _lock
+        # Held in reserve for accepting (and refusing) a client when descriptors run out.
+        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -68,6 +73,7 @@ class ChatServer:
                 self._close_all(self._stop_reason)
                 self._wake_reader.close()
                 self._wake_writer.close()
+                os.close(self._spare_fd)
         log.info("stopped")
 
     def _accept_pending(self) -> None:
@@ -76,10 +82,27 @@ class ChatServer:
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # e.g. EMFILE: keep serving those already connected
-                log.error("accept failed: %s", error)
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_without_descriptors()
+                else:
+                    log.error("accept failed: %s", error)
                 return
             self._start(sock, address)
+
+    def _refuse_without_descriptors(self) -> None:
+        """Out of file descriptors: the pending client would keep the listener readable and
+        the loop spinning. Free the spare descriptor, take the client, refuse it, re-arm."""
+        log.error("out of file descriptors with %d connections", self.connection_count())
+        os.close(self._spare_fd)
+        try:
+            sock, address = self._listener.accept()
+        except OSError:
+            pass  # it went away, or another process took the descriptor: nothing to refuse
+        else:
+            self._refuse(sock, address)
+        finally:
+            self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
     def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setblocking(True)
@@ -97,7 +120,12 @@ class ChatServer:
         if full:
             self._refuse(sock, address)
             return
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as error:  # "can't start new thread": the system's limit
+            log.error("%s refused: %s", connection.peer, error)
+            self._forget(connection)
+            self._refuse(sock, address)
 
     def _refuse(self, sock: socket.socket, address: tuple[str, int]) -> None:
         log.warning("%s:%d refused: %d clients already", address[0], address[1],
@@ -122,6 +150,14 @@ class ChatServer:
         with self._lock:
             threads = dict(self._threads)
         log.info("closing %d connections: %s", len(threads), reason)
+        # First let every reader finish the request in hand, so that each message already
+        # acknowledged with "sent" is in its recipients' outboxes; only then queue the byes.
+        for connection in threads:
+            connection.stop_reading()
+        deadline = time.monotonic() + self._config.close_timeout
+        for connection in threads:
+            connection.wait_quiet(max(0.0, deadline - time.monotonic()))
+        self.room.shutdown()
         for connection in threads:
             connection.close(reason)
         for thread in threads.values():

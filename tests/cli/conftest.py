@@ -1,4 +1,5 @@
-"""Fixtures for the terminal client's tests: a core in-process and client subprocesses."""
+"""Fixtures for the terminal client's tests: client subprocesses of the test's core
+(`server`, from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ import pytest
 
 from tcp_server.server import ChatServer
 from tests.support.cli import ClientProcess, client_command, running_client
-from tests.support.core import running_server
 
 StartClient = Callable[..., ClientProcess]
-
-
-@pytest.fixture
-def server() -> Iterator[ChatServer]:
-    with running_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,8 +11,9 @@ import pytest
 from cli_client.render import CHOICE_PROMPT, NAME_PROMPT, RECIPIENT_PROMPT, TEXT_PROMPT
 from tcp_server.server import ChatServer
 from tests.cli.conftest import StartClient
-from tests.support.cli import ClientProcess, client_command, running_client, server_process
+from tests.support.cli import ClientProcess, client_command, running_client
 from tests.support.core import RawClient, running_server, wait_until
+from tests.support.process import core_process
 
 MENU_TEXT = (
     "1. List: View all connected users.\n"
@@ -221,11 +221,11 @@ def test_server_not_running_is_one_line_and_exit_code_2() -> None:
 
 
 def test_server_killed_mid_session_is_said_at_once_and_exit_code_1() -> None:
-    with server_process() as server, running_client(
-        client_command(server.port, "--name", "alice")
+    with core_process() as server, running_client(
+        client_command(server.address[1], "--name", "alice")
     ) as client:
         client.wait_for(CHOICE_PROMPT)
-        server.stop(signal.SIGKILL)
+        server.proc.kill()
         # stdin stays open: nobody presses a key, the client notices by itself.
         client.wait_for("Connection to the server lost.")
         assert client.wait_exit() == 1
@@ -233,11 +233,11 @@ def test_server_killed_mid_session_is_said_at_once_and_exit_code_1() -> None:
 
 
 def test_server_shutdown_is_said_with_its_reason_and_exit_code_1() -> None:
-    with server_process() as server, running_client(
-        client_command(server.port, "--name", "alice")
+    with core_process() as server, running_client(
+        client_command(server.address[1], "--name", "alice")
     ) as client:
         client.wait_for(CHOICE_PROMPT)
-        server.stop(signal.SIGTERM)
+        server.proc.terminate()
         client.wait_for("The server is closing the connection: server shutting down")
         client.wait_for("Connection to the server lost.")
         assert client.wait_exit() == 1
@@ -253,3 +253,12 @@ def test_name_can_be_given_after_the_servers_hello_timeout() -> None:
         wait_until(lambda: server.connection_count() == 0, what="the hello timeout")
         client.line("slowpoke")
         client.wait_for("Welcome, slowpoke!")
+
+
+def test_full_server_is_said_in_its_words_and_exit_code_1() -> None:
+    with running_server(max_clients=1) as server, RawClient(server.address) as holder:
+        holder.hello("holder")
+        with running_client(client_command(server.address[1], "--name", "alice")) as client:
+            client.wait_for("Server error: the server is full")
+            client.wait_for("Connection to the server lost.")
+            assert client.wait_exit() == 1

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-
 from cli_client import render
 from tcp_server.server import ChatServer
 from tests.cli.conftest import StartClient
-from tests.support.cli import client_command, running_client, server_process
+from tests.support.cli import client_command, running_client
 from tests.support.core import RawClient
+from tests.support.process import core_process
 
 # prompt_toolkit draws a prompt's trailing space as a cursor movement, so match without it.
 CHOICE_PROMPT = render.CHOICE_PROMPT.rstrip()
@@ -85,13 +84,13 @@ def test_ctrl_c_at_the_menu_prompt_exits_like_exit(
 
 
 def test_server_killed_while_at_the_prompt_is_said_at_once_and_exit_code_1() -> None:
-    with server_process() as server, running_client(
-        client_command(server.port, "--name", "alice"), pty_mode=True
+    with core_process() as server, running_client(
+        client_command(server.address[1], "--name", "alice"), pty_mode=True
     ) as alice:
         alice.wait_for(CHOICE_PROMPT)
         alice.write("1")  # a half-typed answer; the prompt must still give way
         alice.wait_for("1")
-        server.stop(signal.SIGKILL)
+        server.proc.kill()
         alice.wait_for("Connection to the server lost.")
         assert alice.wait_exit() == 1
         assert "Traceback" not in alice.text()

@@ -188,6 +188,8 @@ def test_malformed_lines_get_an_error_and_the_connection_goes_on(
     address: Address, raw: bytes, code: str
 ) -> None:
     with RawClient(address) as client:
+        client.send(type="ping")  # the first byte, "{", chooses protocol v1
+        client.expect("pong")
         client.send_raw(raw)
         client.expect("error", code=code)
         client.hello("survivor")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.support.core import RawClient
-from tests.support.process import ROOT, core_process
+from tests.support.process import ROOT, CoreProcess, core_process
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -50,3 +50,42 @@ def test_port_in_use_is_a_clear_error_with_exit_code_2() -> None:
     assert result.returncode == 2
     assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_out_of_file_descriptors_refuses_newcomers_and_keeps_serving() -> None:
+    launcher = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); "
+        "from tcp_server.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, "--port", "0"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    core = CoreProcess.attach(proc)
+    clients: list[RawClient] = []
+    try:
+        refused = None
+        for number in range(60):
+            client = RawClient(core.address)
+            clients.append(client)
+            client.send(type="hello", name=f"u{number}")
+            reply = client.recv()
+            if reply["type"] == "error":
+                refused = reply
+                break
+            assert reply["type"] == "welcome"
+        assert refused is not None, "never ran out of descriptors"
+        assert refused["code"] == "server_full"
+        survivors = clients[:-1]
+        assert survivors[0].request("exit")["type"] == "bye"
+        survivors[0].expect_closed()  # its descriptor is free again
+        with RawClient(core.address) as late:
+            late.hello("late")
+            users = survivors[1].users()
+        assert "late" in users
+        assert "u0" not in users
+        assert len(users) == len(survivors)
+    finally:
+        for client in clients:
+            client.close()
+        core.stop()

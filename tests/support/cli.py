@@ -1,5 +1,4 @@
-"""Test support for the terminal client: it as a subprocess, driven through a pipe or a pty,
-and the core as a subprocess (for tests that kill it mid-session).
+"""Test support for the terminal client: it as a subprocess, driven through a pipe or a pty.
 
 Every process is started in a context manager that kills and reaps it; every wait has a
 deadline; the threads that read the processes' output are named and joined.
@@ -11,7 +10,6 @@ import contextlib
 import fcntl
 import os
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -212,38 +210,3 @@ def running_client(argv: Sequence[str], *, pty_mode: bool = False) -> Iterator[C
         yield client
     finally:
         client.kill()
-
-
-class ServerProcess:
-    """The core (`python -m tcp_server --port 0`) as a subprocess, to be killed at will."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tcp_server", "--host", "127.0.0.1", "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        assert self.proc.stderr is not None
-        self.log = OutputCollector(partial_read(self.proc.stderr), "server-stderr")
-        pattern = re.compile(rb"listening on ([0-9.]+):(\d+)")
-        output = self.log.wait(lambda data: pattern.search(data) is not None, CLI_WAIT_S,
-                               "the server to listen")
-        match = pattern.search(output)
-        assert match is not None
-        self.port = int(match.group(2))
-
-    def stop(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(EXIT_WAIT_S)
-        self.log.wait_ended(EXIT_WAIT_S)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-
-@contextlib.contextmanager
-def server_process() -> Iterator[ServerProcess]:
-    server = ServerProcess()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -28,6 +28,14 @@ class CoreProcess:
         )
         self.address = self._read_address()
 
+    @classmethod
+    def attach(cls, proc: subprocess.Popen[str]) -> CoreProcess:
+        """Wrap a core started some other way (stderr piped, as text)."""
+        core = cls.__new__(cls)
+        core.proc = proc
+        core.address = core._read_address()
+        return core
+
     def _read_address(self) -> tuple[str, int]:
         assert self.proc.stderr is not None
         deadline = time.monotonic() + WAIT_S

@@ -79,9 +79,11 @@ def test_line_one_byte_over_the_limit_is_refused_and_the_next_line_survives(piec
     assert out[1] == b"next"
 
 
-def test_over_long_line_is_reported_once_while_it_keeps_coming() -> None:
+def test_over_long_line_is_reported_once_when_it_ends() -> None:
     buffer = LineBuffer(max_line_bytes=10)
-    out = buffer.feed(b"x" * 25) + buffer.feed(b"y" * 25) + buffer.feed(b"z\nok\n")
+    assert buffer.feed(b"x" * 25) == []
+    assert buffer.feed(b"y" * 25) == []
+    out = buffer.feed(b"z\nok\n")
     assert [type(item) for item in out] == [ProtocolError, bytes]
     assert out[1] == b"ok"
 
@@ -223,11 +225,13 @@ def test_unknown_event_type_is_reported_for_the_client_to_skip() -> None:
 # --- the codec -------------------------------------------------------------------------------
 
 
-def test_codec_turns_a_stream_into_requests_and_errors_in_order() -> None:
+def test_codec_frames_a_stream_and_parses_each_frame() -> None:
     codec = JsonLinesCodec()
-    items = codec.feed(b'{"type":"ping"}\n  \nbad\n{"type":"exit","id":2}\n')
-    assert items[0] == Ping()
-    assert isinstance(items[1], ProtocolError)
-    assert items[1].code is ErrorCode.BAD_REQUEST
-    assert items[2] == Exit(id=2)
-    assert len(items) == 3
+    frames = codec.feed(b'{"type":"ping"}\n  \nbad\n{"type":"exit","id":2}\n')
+    assert frames == [b'{"type":"ping"}', b"  ", b"bad", b'{"type":"exit","id":2}']
+    assert codec.parse(frames[0], registered=False) == Ping()
+    assert codec.parse(frames[1], registered=False) is None
+    with pytest.raises(ProtocolError):
+        codec.parse(frames[2], registered=True)
+    assert codec.parse(frames[3], registered=True) == Exit(id=2)
+    assert codec.flush_timeout() is None

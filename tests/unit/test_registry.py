@@ -93,3 +93,13 @@ def test_envelope_encodes_once_per_codec_class() -> None:
     first, second = envelope.encoded(Codec()), envelope.encoded(Codec())
     assert first == second == b'{"type":"joined","name":"x"}\n'
     assert len(calls) == 1
+
+
+def test_after_shutdown_members_leave_without_announcements() -> None:
+    room, alice, bob = LocalRoom(), Inbox("alice"), Inbox("bob")
+    room.join(alice.member)
+    room.join(bob.member)
+    room.shutdown()
+    room.leave(bob.member)
+    assert alice.events == [Joined("bob")]
+    assert room.users() == ()

@@ -1,0 +1,216 @@
+"""The assignment's plain-text dialect on port 9000, in the same room as protocol v1 users."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.support.core import WAIT_S, RawClient
+
+Address = tuple[str, int]
+
+
+class TextClient:
+    """A plain-text client. `scaffold` ones send each command with one bare send() and no
+    newline, and read with recv(1024), like the assignment's client.py; others end commands
+    with a newline, like nc."""
+
+    def __init__(self, address: Address, scaffold: bool) -> None:
+        self.sock = socket.create_connection(address, timeout=WAIT_S)
+        self.scaffold = scaffold
+        self._buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def command(self, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        self.sock.send(data if self.scaffold else data + b"\n")
+
+    def line(self) -> str:
+        deadline = time.monotonic() + WAIT_S
+        while b"\n" not in self._buffer:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(1024)
+            if not chunk:
+                raise ConnectionError(f"closed; have {self._buffer!r}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def line_with(self, fragment: str) -> str:
+        """The next line that contains fragment (events may come first)."""
+        while fragment not in (line := self.line()):
+            pass
+        return line
+
+    def closed(self) -> bool:
+        self.sock.settimeout(WAIT_S)
+        return self.sock.recv(1024) == b""
+
+
+@pytest.fixture(params=[True, False], ids=["scaffold", "nc"])
+def scaffold(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def joined(address: Address, name: str, scaffold: bool) -> TextClient:
+    client = TextClient(address, scaffold)
+    client.command(name)
+    assert client.line().startswith(f"welcome {name}!")
+    return client
+
+
+def test_username_then_list_shows_everyone_with_address_and_kind(
+    address: Address, scaffold: bool
+) -> None:
+    with RawClient(address) as v1:
+        v1.hello("json_user")
+        text = joined(address, "text_user", scaffold)
+        try:
+            text.command("LIST")
+            assert text.line() == "2 users online:"
+            rows = sorted(text.line().split() for _ in range(2))
+            ip, port = text.sock.getsockname()[:2]
+            assert rows[0][0] == "json_user"
+            assert rows[0][2] == "terminal"
+            assert rows[1] == ["text_user", f"{ip}:{port}", "terminal"]
+            assert v1.users() == ["json_user", "text_user"]
+        finally:
+            text.close()
+
+
+def test_messages_flow_both_ways_between_text_and_v1_users(
+    address: Address, scaffold: bool
+) -> None:
+    with RawClient(address) as v1:
+        v1.hello("json_user")
+        text = joined(address, "text_user", scaffold)
+        try:
+            text.command("send json_user hello from text")
+            assert text.line() == "sent to json_user"
+            while (obj := v1.recv())["type"] != "message":
+                pass
+            assert (obj["from"], obj["to"], obj["text"]) == (
+                "text_user", "json_user", "hello from text"
+            )
+            v1.send(type="send", to="text_user", text="two\nlines")
+            assert text.line_with("json_user ->").endswith("json_user -> you: two↵lines")
+            v1.send(type="send", to="*", text="to all")
+            assert text.line_with("everyone").endswith("json_user -> everyone: to all")
+            text.command("send * from text to all")
+            assert text.line_with("sent") == "sent to everyone"
+            while (obj := v1.recv())["type"] != "message":
+                pass
+            assert (obj["to"], obj["text"]) == ("*", "from text to all")
+        finally:
+            text.close()
+
+
+def test_scaffold_and_nc_users_chat_with_each_other(address: Address) -> None:
+    student = joined(address, "student", scaffold=True)
+    netcat = joined(address, "netcat", scaffold=False)
+    try:
+        assert student.line() == "* netcat joined"
+        student.command("send netcat hi from the scaffold")
+        assert netcat.line_with("student").endswith("student -> you: hi from the scaffold")
+        netcat.command("send STUDENT hi back")
+        assert student.line_with("netcat ->").endswith("netcat -> you: hi back")
+    finally:
+        student.close()
+        netcat.close()
+
+
+def test_exit_says_goodbye_closes_and_others_see_left(address: Address, scaffold: bool) -> None:
+    with RawClient(address) as v1:
+        v1.hello("watcher")
+        text = joined(address, "leaver", scaffold)
+        try:
+            text.command("exit")
+            assert text.line_with("bye") == "bye"
+            assert text.closed()
+            v1.expect("joined", name="leaver")
+            v1.expect("left", name="leaver")
+        finally:
+            text.close()
+
+
+def test_help_lists_the_commands(address: Address, scaffold: bool) -> None:
+    text = TextClient(address, scaffold)
+    try:
+        text.command("help")
+        assert text.line().startswith("commands")
+        assert "send <name> <message>" in "".join(text.line() for _ in range(3))
+    finally:
+        text.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "fragment"),
+    [
+        ("dance", "unknown command 'dance'"),
+        ("send", "usage: send <name> <message>"),
+        ("send json_user", "the message is empty"),
+        ("send ghost hello", "no user named 'ghost'"),
+        (b"send json_user caf\xe9", "not valid UTF-8"),
+        ("x" * 70_000, "longer than 65536 bytes"),
+    ],
+)
+def test_bad_commands_get_an_error_line_and_the_connection_goes_on(
+    address: Address, scaffold: bool, command: str | bytes, fragment: str
+) -> None:
+    with RawClient(address) as v1:
+        v1.hello("json_user")
+        text = joined(address, "text_user", scaffold)
+        try:
+            text.command(command)
+            error = text.line()
+            assert error.startswith("error: ")
+            assert fragment in error
+            text.command("send json_user still here")
+            assert text.line() == "sent to json_user"
+        finally:
+            text.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("bad name", "may only contain"), ("x" * 33, "the most is 32"), ("list", "username first")],
+)
+def test_bad_usernames_get_an_error_line_and_another_try(
+    address: Address, scaffold: bool, name: str, fragment: str
+) -> None:
+    text = TextClient(address, scaffold)
+    try:
+        text.command(name)
+        error = text.line()
+        assert error.startswith("error: ")
+        assert fragment in error
+        text.command("second_try")
+        assert text.line().startswith("welcome second_try!")
+    finally:
+        text.close()
+
+
+def test_taken_username_gets_an_error_line(address: Address, scaffold: bool) -> None:
+    with RawClient(address) as v1:
+        v1.hello("Taken")
+        text = TextClient(address, scaffold)
+        try:
+            text.command("taken")
+            assert text.line() == "error: the name taken is taken"
+        finally:
+            text.close()
+
+
+def test_control_characters_from_v1_users_are_neutralised(address: Address) -> None:
+    with RawClient(address) as v1:
+        v1.hello("json_user")
+        text = joined(address, "text_user", scaffold=False)
+        try:
+            v1.send(type="send", to="text_user", text="\x1b[2Jcleared?")
+            assert text.line_with("json_user ->").endswith("you: \\x1b[2Jcleared?")
+        finally:
+            text.close()
