@@ -11,11 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.e2e.conftest import BrowserUsers, RestartableCore
 from tests.support.chat_client_process import ChatClientProcess
 from tests.support.core import WAIT_S, RawClient
+from tests.support.gateway import SECRET as PROCESS_SECRET
+from tests.support.gateway import gateway_process
+from tests.support.process import core_process
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +120,39 @@ def expect_in_browser(page: Page, conversation: str, sender: str, text: str) -> 
     entry = log_of(page).locator(".entry").filter(has_text=text)
     expect(entry).to_have_count(1)
     expect(entry.locator(".from")).to_have_text(sender)
+
+
+# --- what a new user does ----------------------------------------------------------------------
+
+
+def test_two_tabs_and_a_terminal_chat_through_the_real_processes(browser: Browser) -> None:
+    """The README's way: chat-server and chat-web as processes, two tabs of one browser and a
+    chat-client in a terminal."""
+    with (
+        core_process("--gateway-secret", PROCESS_SECRET) as core,
+        gateway_process("--core", "{}:{}".format(*core.address)) as gateway,
+    ):
+        context = browser.new_context(base_url=gateway.origin)
+        try:
+            tabs = {}
+            for name in ("alice", "bob"):
+                tab = context.new_page()
+                tab.goto("/")
+                tab.get_by_label("Username").fill(name)
+                tab.get_by_role("button", name="Join").click()
+                expect(tab.get_by_role("status")).to_have_text(f"Online as {name}")
+                tabs[name] = tab
+            with ChatClientProcess(core.address, "carol") as carol:
+                carol.wait_for("Welcome, carol!")
+                send_from_browser(tabs["alice"], "*", "hello from the first tab")
+                expect_in_browser(tabs["bob"], "*", "alice", "hello from the first tab")
+                carol.wait_for("alice (to everyone): hello from the first tab")
+                carol.send("alice", "hello from the terminal")
+                expect_in_browser(tabs["alice"], "carol", "carol", "hello from the terminal")
+                send_from_browser(tabs["bob"], "carol", "hello from the second tab")
+                carol.wait_for("bob (to you): hello from the second tab")
+        finally:
+            context.close()
 
 
 # --- joining -----------------------------------------------------------------------------------
