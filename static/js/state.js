@@ -95,7 +95,9 @@ const HANDLERS = {
     if (status !== "online") {
       next = failAllPending(next, "not confirmed: the connection was lost");
     }
-    if (status === "online") next = { ...next, notice: "" };
+    // A notice belongs to the connection it came on (e.g. the gateway's last words before it
+    // closed): the status line takes over when that connection ends.
+    next = { ...next, notice: "" };
     // Offline means out of the room (after Leave or a refused name): the join form shows again.
     if (status === "offline") next = { ...next, me: null, users: [] };
     return next;
@@ -192,7 +194,9 @@ const HANDLERS = {
 
   error: (state, { id, message }) => {
     const pending = id === undefined ? undefined : state.pending[id];
-    if (!pending) return { ...state, notice: message };
+    // While not online, an error without a request (the gateway's "unavailable") is already
+    // the status line's reason; while online it is worth a notice.
+    if (!pending) return state.status === "online" ? { ...state, notice: message } : state;
     const { [id]: _, ...rest } = state.pending;
     const next = updateEntry(state, pending.conv, pending.key, { state: "failed", error: message });
     return { ...next, pending: rest };

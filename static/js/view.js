@@ -152,6 +152,9 @@ export function createView(doc, handlers) {
   // --- rendering -------------------------------------------------------------------------
   function renderStatus(state) {
     ui.status.dataset.status = state.status;
+    // Who is online is only known while online: otherwise the list is the last one known.
+    if (state.status === "online") delete ui.users.dataset.stale;
+    else ui.users.dataset.stale = "";
     ui.status.textContent = statusText(state);
   }
 

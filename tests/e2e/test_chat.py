@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -386,8 +387,9 @@ def test_leave_removes_the_user_from_the_other_lists(
 # --- the connection ----------------------------------------------------------------------------
 
 
-def test_core_restart_shows_the_status_and_recovers(users: BrowserUsers, core: RestartableCore
-                                                    ) -> None:
+def test_core_restart_shows_the_status_and_recovers(
+    users: BrowserUsers, core: RestartableCore, results_dir: Path
+) -> None:
     alice = users.join("alice")
     bob = users.join("bob")
     core.stop()
@@ -395,6 +397,9 @@ def test_core_restart_shows_the_status_and_recovers(users: BrowserUsers, core: R
         status = page.get_by_role("status")
         expect(status).to_have_attribute("data-status", "reconnecting")
         expect(status).to_contain_text("Reconnecting")
+    # While the core is down, the gateway's own refusal is what the status tells.
+    expect(alice.get_by_role("status")).to_contain_text("attempt 2", timeout=RECOVERY_S * 1000)
+    alice.screenshot(path=results_dir / "reconnecting.png")
     core.start()
     for page, name in ((alice, "alice"), (bob, "bob")):
         expect(page.get_by_role("status")).to_have_text(
@@ -471,7 +476,7 @@ def test_room_fits_a_phone_width_screen(users: BrowserUsers, raw_user: RawUser) 
 
 
 def test_screenshots_of_the_room_with_messages(
-    users: BrowserUsers, terminal_user: ChatClientProcess, raw_user: RawUser, results_dir: Any
+    users: BrowserUsers, terminal_user: ChatClientProcess, raw_user: RawUser, results_dir: Path
 ) -> None:
     """Saves test-results/room.png and room-375.png for a look by eye."""
     alice = users.join("alice", viewport={"width": 1100, "height": 680})

@@ -185,6 +185,15 @@ def test_discard_removes_a_failed_message_for_its_retry(module_page: Page) -> No
     assert [m["text"] for m in state["conversations"]["bob"]["messages"]] == ["kept"]
 
 
+def test_error_without_a_request_is_a_notice_only_while_online(module_page: Page) -> None:
+    unavailable = {"type": "error", "code": "unavailable", "message": "core unreachable"}
+    online = {"type": "local/status", "status": "online", "reason": "", "attempt": 0}
+    lost = {"type": "local/status", "status": "reconnecting", "reason": "gone", "attempt": 1}
+    assert run_state(module_page, [WELCOME, online, unavailable])["notice"] == "core unreachable"
+    assert run_state(module_page, [WELCOME, online, lost, unavailable])["notice"] == ""
+    assert run_state(module_page, [WELCOME, online, unavailable, lost])["notice"] == ""
+
+
 def test_unknown_event_types_leave_the_state_unchanged(module_page: Page) -> None:
     same = module_page.evaluate(
         """async () => {
