@@ -333,6 +333,30 @@ def test_message_to_someone_who_left_shows_the_servers_refusal(
     expect(mine).to_contain_text("not sent")
 
 
+def test_retry_sends_a_refused_message_again(users: BrowserUsers, core: RestartableCore) -> None:
+    alice = users.join("alice")
+    with RawClient(core.address) as erin:
+        erin.hello("erin")
+        expect(users_list(alice)).to_contain_text("erin")
+        open_conversation(alice, "erin")
+        erin.send(type="exit")
+        erin.expect("bye")
+    expect(users_list(alice)).not_to_contain_text("erin")
+    box = alice.get_by_label("Message", exact=True)
+    box.fill("second chance")
+    box.press("Enter")
+    mine = log_of(alice).locator(".entry.out").filter(has_text="second chance")
+    expect(mine).to_have_attribute("data-state", "failed")
+    with RawClient(core.address) as erin_again:
+        erin_again.hello("erin")
+        expect(users_list(alice)).to_contain_text("erin")
+        mine.get_by_role("button", name="Retry").click()
+        message = erin_again.expect("message", text="second chance")
+        assert message["from"] == "alice"
+    expect(mine).to_have_count(1)
+    expect(mine).to_have_attribute("data-state", "sent")
+
+
 # --- text is text ------------------------------------------------------------------------------
 
 
