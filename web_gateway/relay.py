@@ -287,8 +287,8 @@ class Relay:
             try:
                 upstream = frame_to_line(frame)
             except ProtocolError as error:
-                log.info("websocket %d from %s: refused %s: %s",
-                         self.number, self.peer, error.code, error.message)
+                log.debug("websocket %d from %s: refused %s: %s",
+                          self.number, self.peer, error.code, error.message)
                 reply = error_frame(error.code, error.message)
                 self._to_browser(reply, len(reply))
                 continue

@@ -161,6 +161,7 @@ def ws(ws: WebSocket) -> None:
                 close_timeout=config.close_timeout,
             )
             slot.attach(relay)
+            _keep_alive(ws.sock)
             relay.run()
     except Refused as refused:
         log.warning("websocket from %s refused: %s", peer_name(browser), refused)
@@ -169,6 +170,24 @@ def ws(ws: WebSocket) -> None:
 
 # flask-sock does the handshake (after _check_websocket_handshake) and hands over the socket.
 sock.route("/ws", bp=bp)(ws)
+
+
+# A browser that vanishes without closing (a laptop lid, a lost network) would otherwise stay
+# online until something is sent to it; TCP keep-alive probes notice it within about 2 minutes.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 6
+
+
+def _keep_alive(browser: socket.socket) -> None:
+    try:
+        browser.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults apply
+            browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+            browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except OSError as error:  # the browser is gone already: the relay will notice at once
+        log.debug("cannot enable keep-alive: %s", error)
 
 
 def _connect_core(

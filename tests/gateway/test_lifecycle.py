@@ -116,7 +116,7 @@ def test_stopping_the_gateway_ends_every_websocket_with_a_reason(
         gateway.relays.stop_all()
         for browser in (alice, carol):
             while (obj := browser.recv())["type"] != "error":
-                assert obj["type"] == "joined"
+                assert obj["type"] in ("joined", "left")  # the other browser may go first
             assert obj["code"] == "unavailable"
             assert browser.expect_close() == (1001, "the web gateway is shutting down")
         assert {bob.expect("left")["name"], bob.expect("left")["name"]} == {"alice", "carol"}
@@ -153,3 +153,45 @@ def test_gateway_without_a_secret_refuses_websockets_with_a_reason(
         assert "CHAT_GATEWAY_SECRET" in error["message"]
         code, _reason = alice.expect_close()
         assert code == 1013
+
+
+def test_browser_that_does_not_read_is_dropped_and_the_others_see_left(
+    gateway_config: GatewayConfig, core: ChatServer
+) -> None:
+    config = replace(gateway_config, max_queue_bytes=4_000)
+    # A small receive buffer, and no reading: what the core sends piles up in the gateway.
+    small_buffer = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4_096),)
+    with (
+        running_gateway(config) as gateway,
+        WsClient(gateway.url, gateway.origin, sockopt=small_buffer) as alice,
+        RawClient(core.address) as bob,
+    ):
+        alice.hello("alice")
+        bob.hello("bob")
+        for number in range(50):  # within the core's rate burst; 200 KB in all
+            bob.send(type="send", to="alice", text=f"{number:04d}" + "x" * 3_996)
+        while (obj := bob.recv())["type"] == "sent":
+            pass
+        assert obj == {"type": "left", "name": "alice"}
+
+
+def test_core_that_does_not_read_ends_the_websocket_with_a_reason(
+    gateway_config: GatewayConfig,
+) -> None:
+    with socket.socket() as fake_core:
+        # A small receive buffer, and no reading: the browser's frames pile up in the gateway.
+        fake_core.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4_096)
+        fake_core.bind(("127.0.0.1", 0))
+        fake_core.listen()
+        fake_core.settimeout(WAIT_S)
+        config = replace(gateway_config, core_port=fake_core.getsockname()[1],
+                         max_queue_bytes=4_000)
+        with running_gateway(config) as gateway, WsClient(gateway.url, gateway.origin) as alice:
+            connection, _ = fake_core.accept()
+            with connection:
+                frame = json.dumps({"type": "ping", "pad": "x" * 4_000})
+                for _ in range(100):
+                    alice.send_text(frame)
+                error = alice.expect("error", code="unavailable")
+                assert "not keeping up" in error["message"]
+                assert alice.expect_close() == (1013, "the chat server is not keeping up")
