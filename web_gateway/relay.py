@@ -260,6 +260,10 @@ class Relay:
         self._down.close(ending.frames())
         self._shutdown_core()
 
+    def abort(self, reason: str) -> None:
+        """Cut both connections now (for a browser that cannot even be told). Idempotent."""
+        self._drop(reason)
+
     # --- the request thread -----------------------------------------------------------------
 
     def run(self) -> None:
