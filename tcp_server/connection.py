@@ -119,12 +119,14 @@ class Connection:
         poller.register(self._sock, select.POLLIN)
         hello_deadline = time.monotonic() + self._config.hello_timeout
         while not self._outbox.closed and not self._stop_requested:
+            # Checked before every read, not only once the socket is quiet: a client that keeps
+            # sending would otherwise outlive the deadline.
+            if self.session.member is None and time.monotonic() >= hello_deadline:
+                log.info("%s sent no hello in time", self.peer)
+                self._reply(Bye(reason=f"no hello within {self._config.hello_timeout:g} s"))
+                return
             wait_s = self._wait_limit(hello_deadline)
             if wait_s is not None and not poller.poll(max(0.0, wait_s) * 1000):
-                if self.session.member is None and time.monotonic() >= hello_deadline:
-                    log.info("%s sent no hello in time", self.peer)
-                    self._reply(Bye(reason=f"no hello within {self._config.hello_timeout:g} s"))
-                    return
                 if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
                     return
                 continue

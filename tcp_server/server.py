@@ -137,8 +137,12 @@ class ChatServer:
         try:
             # A fresh socket's send buffer always has room for one short line: never blocks.
             sock.send(JsonLinesCodec().encode(error.to_event()), socket.MSG_DONTWAIT)
+            # Closing with unread bytes (a hello sent at once) would reset the connection and
+            # the client could lose the error: end our side first, then read what came.
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(65_536, socket.MSG_DONTWAIT)
         except OSError:
-            pass  # the client is gone already
+            pass  # the client is gone already, or sent nothing yet
         finally:
             sock.close()
 
