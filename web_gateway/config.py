@@ -53,6 +53,12 @@ class GatewayConfig:
         return self.core_host, self.core_port
 
     @property
+    def stop_grace(self) -> float:
+        """Seconds a stopping gateway gives each websocket to close before cutting it: enough
+        to send what is queued, the error and the close frame, and to hear the browser's."""
+        return 3 * self.close_timeout
+
+    @property
     def threads(self) -> int:
         """Server threads: each open websocket holds one for its whole life."""
         return self.max_websockets + SPARE_THREADS
