@@ -7,8 +7,10 @@ simulated user.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
 from tcp_server.server import ChatServer
-from tests.support.core import running_server
+from tests.support.core import WAIT_S, RawClient, running_server
 from tests.support.gateway import running_gateway
 from web_gateway import GatewayConfig
 
@@ -167,3 +169,56 @@ def results_dir() -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
     return RESULTS_DIR
 
+
+class RawUser:
+    """A raw protocol-v1 client that keeps the events it reads while waiting for replies."""
+
+    def __init__(self, address: tuple[str, int], name: str) -> None:
+        self.name = name
+        self.client = RawClient(address)
+        self.client.hello(name)
+        self.inbox: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        request_id = f"raw{next(self._ids)}"
+        self.client.send(type=kind, id=request_id, **fields)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            obj = self.client.recv(max(0.01, deadline - time.monotonic()))
+            if obj.get("id") == request_id:
+                return obj
+            self.inbox.append(obj)
+
+    def users(self) -> list[dict[str, Any]]:
+        reply = self.request("list")
+        assert reply["type"] == "users", reply
+        users: list[dict[str, Any]] = reply["users"]
+        return users
+
+    def send(self, to: str, text: str) -> dict[str, Any]:
+        reply = self.request("send", to=to, text=text)
+        assert reply["type"] == "sent", reply
+        return reply
+
+    def wait_message(self, sender: str, text: str) -> dict[str, Any]:
+        """The message event from `sender` with `text`, read now or earlier."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            for obj in self.inbox:
+                if obj.get("type") == "message" and obj["from"] == sender and obj["text"] == text:
+                    self.inbox.remove(obj)
+                    return obj
+            self.inbox.append(self.client.recv(max(0.01, deadline - time.monotonic())))
+
+
+@pytest.fixture
+def raw_user(core: RestartableCore) -> Iterator[RawUser]:
+    user = RawUser(core.address, "dave")
+    try:
+        yield user
+    finally:
+        user.close()

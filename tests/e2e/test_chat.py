@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.e2e.conftest import BrowserUsers, RestartableCore
+from tests.e2e.conftest import BrowserUsers, RawUser, RestartableCore
 from tests.support.chat_client_process import ChatClientProcess
-from tests.support.core import WAIT_S, RawClient
+from tests.support.core import RawClient
 from tests.support.gateway import SECRET as PROCESS_SECRET
 from tests.support.gateway import gateway_process
 from tests.support.process import core_process
@@ -25,60 +23,6 @@ pytestmark = pytest.mark.e2e
 
 XSS = "<img src=x onerror=alert(1)>"
 RECOVERY_S = 30.0  # the core comes back at once; the browsers' backoff decides how soon they do
-
-
-class RawUser:
-    """A raw protocol-v1 client that keeps the events it reads while waiting for replies."""
-
-    def __init__(self, address: tuple[str, int], name: str) -> None:
-        self.name = name
-        self.client = RawClient(address)
-        self.client.hello(name)
-        self.inbox: list[dict[str, Any]] = []
-        self._ids = itertools.count(1)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
-        request_id = f"raw{next(self._ids)}"
-        self.client.send(type=kind, id=request_id, **fields)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            obj = self.client.recv(max(0.01, deadline - time.monotonic()))
-            if obj.get("id") == request_id:
-                return obj
-            self.inbox.append(obj)
-
-    def users(self) -> list[dict[str, Any]]:
-        reply = self.request("list")
-        assert reply["type"] == "users", reply
-        users: list[dict[str, Any]] = reply["users"]
-        return users
-
-    def send(self, to: str, text: str) -> dict[str, Any]:
-        reply = self.request("send", to=to, text=text)
-        assert reply["type"] == "sent", reply
-        return reply
-
-    def wait_message(self, sender: str, text: str) -> dict[str, Any]:
-        """The message event from `sender` with `text`, read now or earlier."""
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            for obj in self.inbox:
-                if obj.get("type") == "message" and obj["from"] == sender and obj["text"] == text:
-                    self.inbox.remove(obj)
-                    return obj
-            self.inbox.append(self.client.recv(max(0.01, deadline - time.monotonic())))
-
-
-@pytest.fixture
-def raw_user(core: RestartableCore) -> Iterator[RawUser]:
-    user = RawUser(core.address, "dave")
-    try:
-        yield user
-    finally:
-        user.close()
 
 
 @pytest.fixture
