@@ -164,13 +164,13 @@ def trickle(sock: socket.socket, data: bytes, interval_s: float, stop: threading
 
 def test_slowloris_that_trickles_a_byte_a_second_is_dropped_at_the_hello_deadline() -> None:
     with running_server(hello_timeout=1.5) as server, clients(server, "alice") as (alice,):
+        started = time.monotonic()  # before connecting: the server's deadline starts at accept
         slow = CollectingClient(server.address, "slowloris")
         stop = threading.Event()
         trickler = threading.Thread(
             target=trickle, args=(slow.sock, b'{"type":"hello","name":"slow"}\n', 1.0, stop),
             name="test-trickler",
         )
-        started = time.monotonic()
         trickler.start()
         try:
             slow.wait_closed(timeout=1.5 + WAIT_S)

@@ -1,0 +1,1 @@
+"""The chatroom's terminal client: `chat-client` (python -m cli_client)."""

@@ -1,0 +1,91 @@
+"""`python -m cli_client` / `chat-client`: the chatroom's terminal client.
+
+At a terminal (stdin and stdout both ttys) it prompts with prompt_toolkit, and incoming
+messages appear above the prompt while the user types (patch_stdout). Otherwise (a pipe, a file,
+a test driving it) it reads the same answers line by line and prints plain, flushed lines; the
+end of input means Exit.
+
+Exit codes: 0 after a goodbye, 1 when the connection was lost, 2 when the server could not be
+reached (or the arguments are wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+from prompt_toolkit.patch_stdout import patch_stdout
+
+from cli_client.connection import ServerConnection
+from cli_client.console import Console, PipeConsole, TerminalConsole
+from cli_client.menu import ExitCode, run
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535: {text}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of chat-client."""
+    parser = argparse.ArgumentParser(
+        prog="chat-client",
+        description="Chat with everyone connected to a chatroom server.",
+        epilog="When stdin is not a terminal, the menu answers are read from it line by line "
+        "and the end of input means Exit.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"the chat server's address (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                        help=f"the chat server's port (default {DEFAULT_PORT})")
+    parser.add_argument("--name", help="your username (asked for when not given)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the client; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    connect = partial(ServerConnection.open, args.host, args.port)
+    try:
+        connection = connect()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        print(f"chat-client: cannot connect to the chat server at {args.host}:{args.port}: "
+              f"{reason}", file=sys.stderr)
+        return ExitCode.CANNOT_CONNECT
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A text from another user must not crash a client whose terminal or pipe cannot
+        # encode some of its characters: show a replacement character instead.
+        sys.stdout.reconfigure(errors="replace")
+    with contextlib.ExitStack() as stack:
+        console: Console
+        if interactive:
+            # Everything printed from now on, by any thread, appears above the prompt.
+            stack.enter_context(patch_stdout())
+            console = TerminalConsole()
+        else:
+            pipe_console = PipeConsole()
+            stack.callback(pipe_console.close)
+            console = pipe_console
+        # Configured here so that log lines, too, go through patch_stdout's stderr.
+        logging.basicConfig(level=logging.WARNING, format="chat-client: %(message)s")
+        try:
+            code = run(connection, connect, console, args.name)
+        except BrokenPipeError:
+            # Whoever read our output has gone; there is nobody left to tell.
+            code = ExitCode.CONNECTION_LOST
+    return code
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""What the terminal client shows: protocol events and replies turned into text lines.
+
+Pure functions, no I/O: the clock and the time zone come in as arguments, so that every line the
+client prints can be unit-tested byte for byte. Everything a peer controls (names, texts, bye
+reasons) goes through `printable()` first: a chat message must never be able to move the
+cursor, clear the screen or retitle the terminal of the person reading it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime, tzinfo
+from typing import Final
+
+from tcp_server.protocol import EVERYONE, Bye, Error, Event, Joined, Left, Message, UserInfo
+
+MENU: Final = (
+    "1. List: View all connected users.",
+    "2. Send: Send a message to a user.",
+    "3. Exit: Exit the program.",
+)
+CHOICE_PROMPT: Final = "Enter your choice (1/2/3): "
+NAME_PROMPT: Final = "Enter your username: "
+RECIPIENT_PROMPT: Final = "Send to (a username, or * for everyone): "
+TEXT_PROMPT: Final = "Message: "
+TAB_WIDTH: Final = 4
+
+VIA_LABELS: Final = {"tcp": "terminal", "web": "browser"}
+
+# Bidirectional-text controls can make a line read differently from what was sent
+# ("Trojan Source"); they are shown escaped like the C0/C1 controls.
+_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                  "\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """`text` with control characters shown as escapes (\\x1b, \\u202e) instead of obeyed.
+
+    Tabs become spaces; newlines are kept only when `keep_newlines` is true (then "\\r\\n" and
+    a lone "\\r" count as newlines too).
+    """
+    if keep_newlines:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    out: list[str] = []
+    for char in text:
+        if char == "\n" and keep_newlines:
+            out.append(char)
+        elif char == "\t":
+            out.append(" " * TAB_WIDTH)
+        elif unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def format_time(ts: float, tz: tzinfo | None = None) -> str:
+    """HH:MM:SS of an epoch timestamp, in `tz` (None: the local time zone)."""
+    return datetime.fromtimestamp(ts, tz).strftime("%H:%M:%S")
+
+
+def _with_body(header: str, text: str) -> str:
+    """`header` then `text`; continuation lines of a multi-line text are indented under it."""
+    lines = printable(text, keep_newlines=True).split("\n")
+    indent = " " * len(header)
+    return "\n".join([header + lines[0], *(indent + line for line in lines[1:])])
+
+
+def render_message(message: Message, tz: tzinfo | None = None) -> str:
+    """An incoming message: time, sender, whether it went to everyone or to you, the text."""
+    scope = "to everyone" if message.to == EVERYONE else "to you"
+    sender = printable(message.sender)
+    return _with_body(f"[{format_time(message.ts, tz)}] {sender} ({scope}): ", message.text)
+
+
+def render_joined(event: Joined, now: float, tz: tzinfo | None = None) -> str:
+    return f"[{format_time(now, tz)}] * {printable(event.name)} joined the chat"
+
+
+def render_left(event: Left, now: float, tz: tzinfo | None = None) -> str:
+    return f"[{format_time(now, tz)}] * {printable(event.name)} left the chat"
+
+
+def render_bye(event: Bye) -> str:
+    """A bye the server sent on its own: it is about to close the connection."""
+    if event.reason:
+        return f"The server is closing the connection: {printable(event.reason)}"
+    return "The server is closing the connection."
+
+
+def render_error(event: Error) -> str:
+    """An error reply, in the server's own words (its `message` is meant for people)."""
+    return f"Server error: {printable(event.message)}"
+
+
+def render_event(event: Event, now: float, tz: tzinfo | None = None) -> str | None:
+    """The line to show for an unsolicited event, or None for one that shows nothing.
+
+    `now` stamps events that carry no time of their own (joins and leaves).
+    """
+    match event:
+        case Message():
+            return render_message(event, tz)
+        case Joined():
+            return render_joined(event, now, tz)
+        case Left():
+            return render_left(event, now, tz)
+        case Bye():
+            return render_bye(event)
+        case Error():
+            return render_error(event)
+        case _:
+            # Replies that arrive after their request gave up waiting: nothing to show.
+            return None
+
+
+def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
+    """The List answer: an aligned table of name, IP, port and client, marking the caller."""
+    header = ("NAME", "IP", "PORT", "CLIENT")
+    rows = [
+        (
+            printable(user.name),
+            printable(user.ip),
+            str(user.port),
+            VIA_LABELS.get(user.via, printable(user.via)),
+        )
+        for user in users
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    count = len(users)
+    lines = [f"{count} user{'' if count == 1 else 's'} online:"]
+    for index, row in enumerate([header, *rows]):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
+                 row[2].rjust(widths[2]), row[3].ljust(widths[3])]
+        line = "  " + "  ".join(cells)
+        if index > 0 and users[index - 1].name == me:
+            line += "  (you)"
+        lines.append(line.rstrip())
+    return lines
+
+
+def render_sent(to: str) -> str:
+    """Confirmation of a message the server accepted."""
+    if to == EVERYONE:
+        return "Message sent to everyone."
+    return f"Message sent to {printable(to)}."
+
+
+def render_not_sent(error: Error) -> str:
+    """A refused message, with the server's reason in plain words."""
+    return f"Message not sent: {printable(error.message)}."

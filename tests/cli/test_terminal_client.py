@@ -1,0 +1,96 @@
+"""The real chat-client at a terminal: a subprocess on a pseudo-terminal (the pty module)."""
+
+from __future__ import annotations
+
+from cli_client import render
+from tcp_server.server import ChatServer
+from tests.cli.conftest import StartClient
+from tests.support.cli import client_command, running_client
+from tests.support.core import RawClient
+from tests.support.process import core_process
+
+# prompt_toolkit draws a prompt's trailing space as a cursor movement, so match without it.
+CHOICE_PROMPT = render.CHOICE_PROMPT.rstrip()
+RECIPIENT_PROMPT = render.RECIPIENT_PROMPT.rstrip()
+TEXT_PROMPT = render.TEXT_PROMPT.rstrip()
+CTRL_C = "\x03"
+CTRL_D = "\x04"
+
+
+def test_message_arriving_at_the_menu_prompt_is_shown_without_a_key_press(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as dave:
+        dave.hello("dave")
+        alice = start_client("--name", "alice", pty_mode=True)
+        alice.wait_for(CHOICE_PROMPT)
+        dave.expect("joined", name="alice")
+        assert dave.request("send", to="alice", text="are you there?")["type"] == "sent"
+        alice.wait_for("dave (to you): are you there?")
+
+
+def test_half_typed_answer_is_intact_after_an_incoming_message(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as dave:
+        dave.hello("dave")
+        alice = start_client("--name", "alice", pty_mode=True)
+        alice.wait_for(CHOICE_PROMPT)
+        dave.expect("joined", name="alice")
+        alice.line("2")
+        alice.wait_for(RECIPIENT_PROMPT)
+        alice.line("dave")
+        alice.wait_for(TEXT_PROMPT)
+        alice.write("hello wor")
+        alice.wait_for("hello wor")  # echoed: the terminal has it
+
+        dave.request("send", to="*", text="interruption!")
+        alice.wait_for("dave (to everyone): interruption!")
+        # The prompt and what was typed so far are drawn again below the message...
+        alice.wait_for(TEXT_PROMPT)
+        alice.wait_for("hello wor")
+        # ...and typing goes on where it stopped.
+        alice.line("ld")
+        dave.expect("message", **{"from": "alice", "to": "dave", "text": "hello world"})
+        alice.wait_for("Message sent to dave.")
+
+
+def test_ctrl_d_at_the_menu_prompt_exits_like_exit(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as dave:
+        dave.hello("dave")
+        alice = start_client("--name", "alice", pty_mode=True)
+        alice.wait_for(CHOICE_PROMPT)
+        alice.write(CTRL_D)
+        alice.wait_for("Goodbye!")
+        assert alice.wait_exit() == 0
+        dave.expect("joined", name="alice")
+        dave.expect("left", name="alice")
+
+
+def test_ctrl_c_at_the_menu_prompt_exits_like_exit(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as dave:
+        dave.hello("dave")
+        alice = start_client("--name", "alice", pty_mode=True)
+        alice.wait_for(CHOICE_PROMPT)
+        alice.write("half an answer" + CTRL_C)
+        alice.wait_for("Goodbye!")
+        assert alice.wait_exit() == 0
+        dave.expect("joined", name="alice")
+        dave.expect("left", name="alice")
+
+
+def test_server_killed_while_at_the_prompt_is_said_at_once_and_exit_code_1() -> None:
+    with core_process() as server, running_client(
+        client_command(server.address[1], "--name", "alice"), pty_mode=True
+    ) as alice:
+        alice.wait_for(CHOICE_PROMPT)
+        alice.write("1")  # a half-typed answer; the prompt must still give way
+        alice.wait_for("1")
+        server.proc.kill()
+        alice.wait_for("Connection to the server lost.")
+        assert alice.wait_exit() == 1
+        assert "Traceback" not in alice.text()

@@ -1,0 +1,123 @@
+"""The gateway relays between a browser's websocket and the core, both ways, message by message."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+
+from tcp_server.server import ChatServer
+from tests.support.core import RawClient
+from tests.support.gateway import InProcessGateway, WsClient, running_gateway
+from web_gateway.config import GatewayConfig
+
+Browser = Callable[[], WsClient]
+
+
+def test_browser_request_gets_its_reply_from_the_core(open_browser: Browser) -> None:
+    alice = open_browser()
+    alice.send(type="ping", id=7)
+    alice.expect("pong", id=7)
+
+
+def test_welcome_reports_the_browsers_own_address(open_browser: Browser) -> None:
+    alice = open_browser()
+    ip, port = alice.address
+    alice.send(type="hello", name="alice", id=1)
+    alice.expect("welcome", name="alice", ip=ip, port=port, id=1)
+
+
+def test_list_shows_the_browsers_address_with_via_web(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    alice = open_browser()
+    alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        users = {user["name"]: user for user in bob.request("list")["users"]}
+    ip, port = alice.address
+    assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web"}
+    assert users["bob"]["via"] == "tcp"
+
+
+def test_message_from_a_tcp_user_reaches_the_browser(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    alice = open_browser()
+    alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        bob.send(type="send", to="alice", text="hi alice\nline two 😀")
+        bob.expect("sent", to="alice")
+        alice.expect("joined", name="bob")
+        message = alice.expect("message", to="alice", text="hi alice\nline two 😀")
+        assert message["from"] == "bob"
+
+
+def test_message_from_the_browser_reaches_a_tcp_user(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    alice = open_browser()
+    alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        alice.expect("joined", name="bob")
+        alice.send(type="send", to="*", text="hello everyone", id="m1")
+        alice.expect("sent", to="*", id="m1")
+        message = bob.expect("message", to="*", text="hello everyone")
+        assert message["from"] == "alice"
+
+
+def test_each_frame_is_one_request_and_replies_keep_their_order(open_browser: Browser) -> None:
+    alice = open_browser()
+    for number in range(50):
+        alice.send(type="ping", id=number)
+    assert [alice.expect("pong")["id"] for _ in range(50)] == list(range(50))
+
+
+def test_each_core_line_is_one_frame(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    alice = open_browser()
+    alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        alice.expect("joined", name="bob")
+        texts = [f"message {number}" for number in range(50)]  # within the core's rate burst
+        for text in texts:
+            bob.send(type="send", to="alice", text=text)
+        received = [alice.recv() for _ in texts]
+    assert [obj["text"] for obj in received] == texts
+    assert all(obj["type"] == "message" for obj in received)
+
+
+def test_pretty_printed_json_with_raw_newlines_is_still_one_request(open_browser: Browser) -> None:
+    alice = open_browser()
+    alice.send_text(json.dumps({"type": "ping", "id": "pretty"}, indent=2))
+    alice.send(type="ping", id="next")
+    alice.expect("pong", id="pretty")
+    alice.expect("pong", id="next")
+
+
+def test_core_errors_are_relayed_unchanged(open_browser: Browser) -> None:
+    alice = open_browser()
+    alice.send(type="list", id=3)
+    alice.expect("error", code="not_registered", id=3)
+
+
+def test_trusted_forwarded_for_is_the_address_the_core_sees(
+    gateway_config: GatewayConfig,
+) -> None:
+    config = replace(gateway_config, trust_forwarded=True)
+    with running_gateway(config) as gateway, WsClient(
+        gateway.url, gateway.origin, header=["X-Forwarded-For: 203.0.113.9, 198.51.100.7"]
+    ) as alice:
+        alice.send(type="hello", name="alice")
+        alice.expect("welcome", ip="198.51.100.7", port=0)
+
+
+def test_forwarded_for_is_ignored_unless_trusted(gateway: InProcessGateway) -> None:
+    with WsClient(gateway.url, gateway.origin, header=["X-Forwarded-For: 203.0.113.9"]) as alice:
+        ip, port = alice.address
+        alice.send(type="hello", name="alice")
+        alice.expect("welcome", ip=ip, port=port)

@@ -1,0 +1,160 @@
+"""Every setting of the web gateway in one frozen object, built from flags (and one variable).
+
+Only `__main__` reads the environment: it passes `os.environ` to `config_from_args`. The
+gateway secret comes from `CHAT_GATEWAY_SECRET` only, never from a flag, so that it does not
+show up in `ps` output or shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SECRET_ENV = "CHAT_GATEWAY_SECRET"
+
+# static/ sits next to the package in the repository (an editable install serves it from here).
+DEFAULT_STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+# A browser frame is refused with line_too_long above the protocol's line limit; this is the
+# hard cap above which simple-websocket closes the websocket (1009) instead of buffering the
+# frame in full. It is far above the line limit so that every over-long frame a real browser
+# sends gets an error object, and low enough that one websocket cannot take much memory.
+MAX_MESSAGE_BYTES = 1_048_576
+# Per websocket and direction, like the core's send queue: a browser that does not read what
+# it is sent for this many bytes is dropped, and so is one whose core stops reading.
+MAX_QUEUE_BYTES = 1_048_576
+# Server threads kept free for page and file requests beyond the websockets' own.
+SPARE_THREADS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    core_host: str = "127.0.0.1"
+    core_port: int = 9000
+    gateway_secret: str | None = field(default=None, repr=False)
+    allow_origins: tuple[str, ...] = ()
+    trust_forwarded: bool = False
+    static_dir: Path = DEFAULT_STATIC_DIR
+    max_websockets: int = 500
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_queue_bytes: int = MAX_QUEUE_BYTES
+    connect_timeout: float = 5.0
+    close_timeout: float = 1.0
+    graceful_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def core_address(self) -> tuple[str, int]:
+        return self.core_host, self.core_port
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds a stopping gateway gives each websocket to close before cutting it: enough
+        to send what is queued, the error and the close frame, and to hear the browser's."""
+        return 3 * self.close_timeout
+
+    @property
+    def threads(self) -> int:
+        """Server threads: each open websocket holds one for its whole life."""
+        return self.max_websockets + SPARE_THREADS
+
+
+def normalize_origin(origin: str) -> str:
+    """The form in which origins are compared: lower case, no trailing slash or path.
+
+    Raises ValueError for anything that is not scheme://host[:port].
+    """
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    netloc = parts.netloc.lower()
+    default_port = {"http": ":80", "https": ":443"}[parts.scheme]
+    if netloc.endswith(default_port):  # Origin headers never carry the scheme's own port
+        netloc = netloc.removesuffix(default_port)
+    return f"{parts.scheme}://{netloc}"
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65_535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _origin(text: str) -> str:
+    try:
+        return normalize_origin(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = GatewayConfig()
+    parser = argparse.ArgumentParser(
+        prog="chat-web",
+        description="The chatroom's web gateway: serves the browser frontend and relays its "
+        "websocket /ws to the chat core, one core connection per browser.",
+        epilog=f"The gateway secret is read from {SECRET_ENV}; the core must be started "
+        "with the same one.",
+    )
+    parser.add_argument("--host", default=defaults.host,
+                        help=f"address to listen on (default: {defaults.host})")
+    parser.add_argument("--port", type=_non_negative(int), default=defaults.port,
+                        help=f"HTTP port to listen on, 0 for a free one (default: {defaults.port})")
+    parser.add_argument("--core", type=_address, metavar="HOST:PORT",
+                        default=defaults.core_address,
+                        help="the chat core to relay to (default: 127.0.0.1:9000)")
+    parser.add_argument("--allow-origin", type=_origin, action="append", default=[],
+                        metavar="ORIGIN",
+                        help="another origin allowed to open websockets, e.g. "
+                        "https://chat.example.com (repeatable; the gateway's own is always "
+                        "allowed)")
+    parser.add_argument("--trust-forwarded", action="store_true",
+                        help="take the browser's IP from the last X-Forwarded-For entry; only "
+                        "behind a reverse proxy that sets it")
+    parser.add_argument("--static-dir", type=Path, default=defaults.static_dir,
+                        help="the frontend's files (default: static/ of this repository)")
+    parser.add_argument("--max-websockets", type=_non_negative(int),
+                        default=defaults.max_websockets,
+                        help="websockets open at once; more are refused with error "
+                        f"unavailable (default: {defaults.max_websockets})")
+    parser.add_argument("--log-level", default=defaults.log_level,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help=f"(default: {defaults.log_level})")
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> GatewayConfig:
+    """Parse the command line; the secret comes from `environ` (None when unset or empty)."""
+    args = build_parser().parse_args(argv)
+    core_host, core_port = args.core
+    return GatewayConfig(
+        host=args.host,
+        port=args.port,
+        core_host=core_host,
+        core_port=core_port,
+        gateway_secret=environ.get(SECRET_ENV) or None,
+        allow_origins=tuple(args.allow_origin),
+        trust_forwarded=args.trust_forwarded,
+        static_dir=args.static_dir,
+        max_websockets=args.max_websockets,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,423 @@
+"""One browser's websocket relayed to one core connection: two pumps with bounded queues.
+
+Threads of one relay (N is the relay's number):
+
+- the server's request thread runs `Relay.run()`: it receives the browser's frames, checks
+  them (web_gateway.frames) and queues each accepted one for the core, or queues the gateway's
+  own error object for the browser. It never blocks on anything but the websocket.
+- `relay-up-N` is the only thread that writes to the core socket (batches from the up queue);
+- `relay-core-N` reads the core socket, splits it into lines with the core's LineBuffer and
+  queues each line, as one text frame, for the browser;
+- `relay-down-N` is the only thread that calls `ws.send()` and `ws.close()` (flask-sock's
+  websocket is not safe for concurrent senders, flask-sock#85).
+
+Nobody blocks on a full queue: a browser that does not read what it is sent is dropped (like
+the core drops a TCP client that does not read), and so is one whose core stops reading.
+Every wait has a wake-up path: closing a queue wakes its consumer, shutting down a socket
+wakes its reader and writer, and the websocket's own thread ends when the browser answers
+our close (or when we cut the socket after `close_timeout`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from simple_websocket import ConnectionClosed
+
+from tcp_server.outbox import Outbox
+from tcp_server.protocol import LineBuffer, ProtocolError, Proxy, encode_request
+from web_gateway.frames import UNAVAILABLE, error_frame, frame_to_line
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES: Final = 65_536
+# Lines from the core may be longer than a request line: a users list of 1,000 users is about
+# 100 KB. This only bounds memory against a broken core; no real line comes near it.
+MAX_CORE_LINE_BYTES: Final = 16 * 1_048_576
+
+# Websocket close codes (RFC 6455, section 7.4.1) the gateway uses.
+CLOSE_NORMAL: Final = 1000  # the browser sent exit and the core said bye
+CLOSE_GOING_AWAY: Final = 1001  # the core closed the connection, or the gateway is stopping
+CLOSE_POLICY: Final = 1008  # the browser did not read what it was sent
+CLOSE_TRY_LATER: Final = 1013  # the core is unreachable or not keeping up, or the gateway full
+
+
+class WebSocket(Protocol):
+    """The part of simple_websocket.Server (what flask-sock hands a route) the relay uses."""
+
+    sock: socket.socket
+    thread: threading.Thread
+
+    def send(self, data: str) -> None: ...
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None: ...
+
+    def close(self, reason: int | None = None, message: str | None = None) -> None: ...
+
+
+class WebSocketThread(threading.Thread):
+    """simple-websocket's own reader thread (SOCK_SERVER_OPTIONS thread_class), made safe.
+
+    When that thread stops after a frame over max_message_size or a protocol error, it sets
+    its event before it marks the websocket closed, so a receive() that wakes in between
+    waits again, for ever. Marking it closed and setting the event once more when the
+    thread ends gives receive() its wake-up path in every case.
+    """
+
+    def __init__(self, *, target: Callable[[], object]) -> None:
+        super().__init__(target=target, name="ws-reader")
+        self._websocket = getattr(target, "__self__", None)  # the simple_websocket.Server
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self._websocket is not None:
+                self._websocket.connected = False
+                self._websocket.event.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The last item of a frame queue: close the websocket with this code and reason."""
+
+    code: int
+    reason: str  # at most 123 bytes of UTF-8 (RFC 6455); keep it short
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a relay ends for the browser: an optional error object, then a close frame."""
+
+    close: Close
+    error: str | None = None  # the message of an "unavailable" error object
+
+    def frames(self) -> list[str | Close]:
+        first: list[str | Close] = [] if self.error is None else [
+            error_frame(UNAVAILABLE, self.error)
+        ]
+        return [*first, self.close]
+
+
+BYE = Ending(Close(CLOSE_NORMAL, "bye"))
+CORE_CLOSED = Ending(
+    Close(CLOSE_GOING_AWAY, "the chat server closed the connection"),
+    "the chat server closed the connection",
+)
+GATEWAY_STOPPING = Ending(
+    Close(CLOSE_GOING_AWAY, "the web gateway is shutting down"),
+    "the web gateway is shutting down",
+)
+CORE_STALLED = Ending(
+    Close(CLOSE_TRY_LATER, "the chat server is not keeping up"),
+    "the chat server is not keeping up; try again later",
+)
+
+
+CORE_UNREACHABLE = Ending(
+    Close(CLOSE_TRY_LATER, "the chat server is unreachable"),
+    "the chat server is unreachable; try again later",
+)
+
+
+def end_websocket(ws: WebSocket, ending: Ending, close_timeout: float) -> None:
+    """Tell the browser why and close, from the thread that is the websocket's only writer.
+
+    Waits at most `close_timeout` for the browser to answer the close frame, then cuts the
+    socket, so that the websocket's own reader thread always ends.
+    """
+    try:
+        for item in ending.frames():
+            if isinstance(item, Close):
+                ws.close(reason=item.code, message=item.reason)
+            else:
+                ws.send(item)
+    except (ConnectionClosed, OSError) as error:
+        log.debug("websocket ended before its close: %r", error)
+    ws.thread.join(close_timeout)
+    if ws.thread.is_alive():
+        with contextlib.suppress(OSError):  # closed by the websocket's own thread meanwhile
+            ws.sock.shutdown(socket.SHUT_RDWR)
+
+
+class FrameQueue:
+    """Frames for one websocket, bounded in bytes; one consumer takes them one at a time.
+
+    Like tcp_server.outbox.Outbox, but it keeps frames apart (each is one websocket message)
+    and ends with a Close item.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        # _ready guards everything below; put() and close() notify it, take() waits on it.
+        self._ready = threading.Condition(threading.Lock())
+        self._items: deque[tuple[str | Close, int]] = deque()  # (item, its size in bytes)
+        self._queued_bytes = 0
+        self._closed = False
+
+    def put(self, frame: str, size: int) -> bool:
+        """Queue a frame of `size` bytes without blocking. False: the queue is full.
+
+        A frame larger than the whole budget is still taken when the queue is empty, so that
+        no single line can wedge a reader. After close() frames are discarded (True).
+        """
+        with self._ready:
+            if self._closed:
+                return True
+            if self._items and self._queued_bytes + size > self._max_bytes:
+                return False
+            self._items.append((frame, size))
+            self._queued_bytes += size
+            self._ready.notify()
+            return True
+
+    def close(self, final: list[str | Close] | None = None, *, discard: bool = False) -> bool:
+        """Accept nothing more, then `final`; the first close wins (False for later ones).
+
+        `discard` drops what is still queued, even when the queue was closed already.
+        """
+        with self._ready:
+            if discard:
+                self._items.clear()
+                self._queued_bytes = 0
+            if self._closed:
+                return False
+            self._closed = True
+            self._items.extend((item, 0) for item in final or ())
+            self._ready.notify()
+            return True
+
+    def take(self) -> str | Close | None:
+        """Wait for the next item; None once closed and empty. close() always comes."""
+        with self._ready:
+            while not self._items and not self._closed:
+                self._ready.wait()
+            if not self._items:
+                return None
+            item, size = self._items.popleft()
+            self._queued_bytes -= size
+            return item
+
+
+def peer_name(address: tuple[str, int]) -> str:
+    ip, port = address
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class Relay:
+    """Relays one websocket to one already connected core socket; run() until both end."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        core: socket.socket,
+        *,
+        browser: tuple[str, int],
+        secret: str,
+        number: int,
+        max_queue_bytes: int,
+        close_timeout: float,
+    ) -> None:
+        self._ws = ws
+        self._core = core
+        self.browser = browser
+        self.number = number
+        self._close_timeout = close_timeout
+        self._up = Outbox(max_queue_bytes)
+        self._down = FrameQueue(max_queue_bytes)
+        # _lock guards the three flags below and the sockets' shutdown() against close().
+        self._lock = threading.Lock()
+        self._exit_sent = False  # the browser sent exit: the core's close is the normal end
+        self._browser_gone = False  # run() has seen the websocket end
+        self._core_closed = False  # the core socket is closed (shutdown would fail)
+        self._threads = [
+            threading.Thread(target=self._pump_up, name=f"relay-up-{number}"),
+            threading.Thread(target=self._pump_core, name=f"relay-core-{number}"),
+            threading.Thread(target=self._pump_down, name=f"relay-down-{number}"),
+        ]
+        # The proxy request goes first, before anything the browser sends.
+        proxy = Proxy(secret=secret, ip=browser[0], port=browser[1])
+        self._up.put(encode_request(proxy))
+
+    @property
+    def peer(self) -> str:
+        return peer_name(self.browser)
+
+    # --- called from any thread -------------------------------------------------------------
+
+    def stop(self, ending: Ending = GATEWAY_STOPPING) -> None:
+        """End the relay: the browser gets `ending` after what is queued. Idempotent.
+
+        Safe from a signal handler: it takes only this relay's locks and blocks on no I/O.
+        """
+        self._down.close(ending.frames())
+        self._shutdown_core()
+
+    def abort(self, reason: str) -> None:
+        """Cut both connections now (for a browser that cannot even be told). Idempotent."""
+        self._drop(reason)
+
+    # --- the request thread -----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Relay until the browser and the core are both done; every thread is joined."""
+        log.info("websocket %d from %s relayed", self.number, self.peer)
+        try:
+            for thread in self._threads:
+                thread.start()  # RuntimeError when the system has no thread to spare
+            self._receive_loop()
+        except Exception:
+            log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
+            self._drop("internal error")
+        finally:
+            self._finish()
+        log.info("websocket %d from %s closed", self.number, self.peer)
+
+    def _receive_loop(self) -> None:
+        while True:
+            try:
+                frame = self._ws.receive()
+            except ConnectionClosed:
+                return
+            if frame is None:  # only after a timeout, which we do not use; be safe
+                continue
+            try:
+                upstream = frame_to_line(frame)
+            except ProtocolError as error:
+                log.debug("websocket %d from %s: refused %s: %s",
+                          self.number, self.peer, error.code, error.message)
+                reply = error_frame(error.code, error.message)
+                self._to_browser(reply, len(reply))
+                continue
+            if upstream.type == "exit":
+                with self._lock:
+                    self._exit_sent = True
+            if not self._up.put(upstream.line):
+                log.warning("websocket %d from %s: the core is not reading; closing",
+                            self.number, self.peer)
+                self._up.close(discard=True)  # what follows is discarded, not refused again
+                self.stop(CORE_STALLED)
+
+    def _to_browser(self, frame: str, size: int) -> None:
+        if not self._down.put(frame, size):
+            self._drop("the browser is not reading what it is sent")
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._browser_gone = True
+        pump_up, pump_core, pump_down = self._threads
+        # What the browser sent before leaving still reaches the core (a message, an exit).
+        self._up.close()
+        self._join(pump_up)
+        # Then the core connection ends: the core sees it close, and the others see left.
+        self._shutdown_core()
+        self._join(pump_core)
+        self._join(pump_down)
+        with self._lock:
+            self._core_closed = True
+            self._core.close()
+
+    def _join(self, thread: threading.Thread) -> None:
+        if thread.ident is None:  # never started
+            return
+        # Each pump is woken by its queue's close or its socket's shutdown; a second chance
+        # after cutting both sockets bounds the wait even if the browser stopped reading.
+        thread.join(2 * self._close_timeout)
+        if thread.is_alive():
+            log.warning("%s is stuck; cutting the connections", thread.name)
+            self._drop("stuck")
+            thread.join(self._close_timeout)
+            if thread.is_alive():
+                log.error("%s did not stop", thread.name)
+
+    # --- relay-up-N: the only writer of the core socket -----------------------------------
+
+    def _pump_up(self) -> None:
+        try:
+            while (batch := self._up.take()) is not None:
+                self._core.sendall(batch)
+        except OSError as error:
+            log.debug("websocket %d: core write failed: %s", self.number, error)
+        except Exception:
+            log.exception("websocket %d: core writer failed", self.number)
+            self._shutdown_core()
+        finally:
+            self._up.close(discard=True)  # later frames are discarded, not "queue full"
+
+    # --- relay-core-N: reads the core, one frame per line --------------------------------
+
+    def _pump_core(self) -> None:
+        lines = LineBuffer(MAX_CORE_LINE_BYTES)
+        try:
+            while data := self._core.recv(RECV_BYTES):
+                for line in lines.feed(data):
+                    if isinstance(line, ProtocolError):
+                        log.error("websocket %d: the core sent an over-long line; skipped",
+                                  self.number)
+                        continue
+                    self._to_browser(line.decode("utf-8"), len(line))
+        except OSError as error:
+            log.debug("websocket %d: core read ended: %s", self.number, error)
+        except Exception:
+            log.exception("websocket %d: core reader failed", self.number)
+        finally:
+            self._core_ended()
+
+    def _core_ended(self) -> None:
+        with self._lock:
+            browser_gone, exit_sent = self._browser_gone, self._exit_sent
+        if browser_gone:
+            self._down.close()
+        elif self._down.close((BYE if exit_sent else CORE_CLOSED).frames()):
+            log.info("websocket %d from %s: the core closed the connection",
+                     self.number, self.peer)
+
+    # --- relay-down-N: the only caller of ws.send() and ws.close() ------------------------
+
+    def _pump_down(self) -> None:
+        try:
+            while (item := self._down.take()) is not None:
+                if isinstance(item, Close):
+                    self._ws.close(reason=item.code, message=item.reason)
+                    self._await_browser_close()
+                    break
+                self._ws.send(item)
+        except (ConnectionClosed, OSError) as error:
+            log.debug("websocket %d: browser write ended: %r", self.number, error)
+        except Exception:
+            log.exception("websocket %d: browser writer failed", self.number)
+            self._drop("internal error")
+        finally:
+            self._down.close(discard=True)
+
+    def _await_browser_close(self) -> None:
+        # The websocket's own reader thread ends when the browser answers our close frame; if
+        # it does not, cutting the socket ends it (and so wakes run() in ws.receive()).
+        self._ws.thread.join(self._close_timeout)
+        if self._ws.thread.is_alive():
+            self._shutdown_browser()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        """Cut both connections now, discarding what is queued for the browser."""
+        if self._down.close(discard=True):
+            log.warning("websocket %d from %s dropped: %s", self.number, self.peer, reason)
+        self._shutdown_browser()
+        self._shutdown_core()
+
+    def _shutdown_core(self) -> None:
+        with self._lock, contextlib.suppress(OSError):  # OSError: not connected any more
+            if not self._core_closed:
+                self._core.shutdown(socket.SHUT_RDWR)
+
+    def _shutdown_browser(self) -> None:
+        with contextlib.suppress(OSError):  # already closed by the websocket's own thread
+            self._ws.sock.shutdown(socket.SHUT_RDWR)
