@@ -12,6 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# The browser tests here use Debian's Chromium exactly as tests/e2e does.
+from tests.e2e.conftest import base_url, browser_type_launch_args  # noqa: F401
+
 
 class _ErrorRecords(logging.Handler):
     def __init__(self) -> None:
