@@ -305,7 +305,9 @@ export function createView(doc, handlers) {
       "div",
       { className: `entry ${entry.kind}`, dataset: { state: entry.state } },
       meta,
-      el("div", { className: "text", text: entry.text }),
+      // dir=auto: a message takes its direction from its own text (Hebrew or Arabic reads
+      // right to left), and bidi controls inside it cannot reorder the page around it.
+      el("div", { className: "text", dir: "auto", text: entry.text }),
     );
   }
 
