@@ -20,8 +20,9 @@ DEFAULT_STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # A browser frame is refused with line_too_long above the protocol's line limit; this is the
 # hard cap above which simple-websocket closes the websocket (1009) instead of buffering the
-# frame in full. It is far above the line limit so that every over-long frame a real browser
-# sends gets an error object, and low enough that one websocket cannot take much memory.
+# frame in full (it counts characters for text frames, bytes for binary ones). It is far
+# above the line limit so that every over-long frame a real browser sends gets an error
+# object, and low enough that one websocket cannot take much memory.
 MAX_MESSAGE_BYTES = 1_048_576
 # Per websocket and direction, like the core's send queue: a browser that does not read what
 # it is sent for this many bytes is dropped, and so is one whose core stops reading.
