@@ -129,7 +129,8 @@ class Connection:
             # sending would otherwise outlive the deadline.
             if self.session.member is None and time.monotonic() >= hello_deadline:
                 log.info("%s sent no hello in time", self.peer)
-                self._reply(Bye(reason=f"no hello within {self._config.hello_timeout:g} s"))
+                timeout = self._config.hello_timeout
+                self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
                 return
             wait_s = self._wait_limit(hello_deadline)
             if wait_s is not None and not poller.poll(max(0.0, wait_s) * 1000):

@@ -96,12 +96,25 @@ def test_exit_says_goodbye_closes_and_others_see_left(address: Address, scaffold
             text.close()
 
 
-def test_help_lists_the_commands(address: Address, scaffold: bool) -> None:
+def test_help_before_the_username_says_to_type_it_first(address: Address, scaffold: bool) -> None:
     text = TextClient(address, scaffold)
     try:
         text.command("help")
+        assert text.line().startswith("first type your username")
         assert text.line().startswith("commands")
         assert "send <name> <message>" in "".join(text.line() for _ in range(3))
+    finally:
+        text.close()
+
+
+def test_help_lists_the_commands(address: Address, scaffold: bool) -> None:
+    text = joined(address, "helpme", scaffold)
+    try:
+        text.command("help")
+        assert text.line().startswith("commands")
+        lines = [text.line() for _ in range(6)]
+        commands = [line.split()[0] for line in lines]
+        assert commands == ["list", "send", "send", "ping", "exit", "help"]
     finally:
         text.close()
 
