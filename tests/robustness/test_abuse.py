@@ -250,6 +250,9 @@ def test_client_that_never_reads_is_dropped_when_its_outbox_is_full_and_nobody_e
                            what="stuck to be dropped")
         finally:
             stuck.close()
+        # Each message reached the readers before its "sent" was queued: wait for the last.
+        talker.wait_until(lambda got: sum(1 for o in got if o["type"] == "sent") >= sent,
+                          timeout=WAIT_S, what="every acknowledgement")
         acks = [o for o in talker.snapshot() if o.get("type") == "sent"]
         assert len(acks) == sent
         for peer in (alice, bob):
