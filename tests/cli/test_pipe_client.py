@@ -155,12 +155,28 @@ def test_name_is_asked_for_when_not_given(start_client: StartClient) -> None:
     client.wait_for("Welcome, dave!")
 
 
-def test_taken_name_is_refused_in_the_servers_words_and_asked_again(
+def test_taken_name_from_the_command_line_ends_the_client_with_exit_code_3(
     start_client: StartClient, server: ChatServer
 ) -> None:
     with RawClient(server.address) as holder:
         holder.hello("alice")
         client = start_client("--name", "ALICE")
+        # A menu answer already waiting must not be taken for a name.
+        client.line("1")
+        assert client.wait_exit() == 3
+        assert "That name cannot be used: the name ALICE is taken." in client.text()
+        assert NAME_PROMPT not in client.text()
+        assert holder.users() == ["alice"]
+
+
+def test_refused_name_read_from_input_is_asked_again_from_the_next_line(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as holder:
+        holder.hello("alice")
+        client = start_client()
+        client.wait_for(NAME_PROMPT)
+        client.line("ALICE")
         client.wait_for("That name cannot be used: the name ALICE is taken. "
                         "Please choose another one.")
         client.wait_for(NAME_PROMPT)

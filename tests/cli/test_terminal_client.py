@@ -13,6 +13,7 @@ from tests.support.process import core_process
 CHOICE_PROMPT = render.CHOICE_PROMPT.rstrip()
 RECIPIENT_PROMPT = render.RECIPIENT_PROMPT.rstrip()
 TEXT_PROMPT = render.TEXT_PROMPT.rstrip()
+NAME_PROMPT = render.NAME_PROMPT.rstrip()
 CTRL_C = "\x03"
 CTRL_D = "\x04"
 
@@ -53,6 +54,20 @@ def test_half_typed_answer_is_intact_after_an_incoming_message(
         alice.line("ld")
         dave.expect("message", **{"from": "alice", "to": "dave", "text": "hello world"})
         alice.wait_for("Message sent to dave.")
+
+
+def test_taken_name_from_the_command_line_is_asked_again_at_a_terminal(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as holder:
+        holder.hello("alice")
+        client = start_client("--name", "ALICE", pty_mode=True)
+        client.wait_for("That name cannot be used: the name ALICE is taken. "
+                        "Please choose another one.")
+        client.wait_for(NAME_PROMPT)
+        client.line("alice2")
+        client.wait_for("Welcome, alice2!")
+        holder.expect("joined", name="alice2")
 
 
 def test_ctrl_d_at_the_menu_prompt_exits_like_exit(
