@@ -9,6 +9,9 @@ on its own thread:
   the user is typing at;
 - interrupt() -> from any thread: make the current (or the next) ask() raise Interrupted.
   The printer calls it when the connection is lost, so the menu stops waiting for the user.
+
+and `interactive`, true at a terminal: there a person can be asked again, while through a pipe
+each line is an answer the script author wrote for one particular question.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class Interrupted(Exception):
 
 
 class Console(Protocol):
+    @property
+    def interactive(self) -> bool:
+        """Whether a person answers at a terminal (rather than a script through a pipe)."""
+        ...
+
     def ask(self, prompt: str) -> str:
         """Show `prompt` and return the line the user answers, without its newline."""
         ...
@@ -57,6 +65,10 @@ class TerminalConsole:
         self._lock = threading.Lock()
         self._interrupted = False  # guarded by _lock
         self._loop: AbstractEventLoop | None = None  # the running prompt's loop; by _lock
+
+    @property
+    def interactive(self) -> bool:
+        return True
 
     def ask(self, prompt: str) -> str:
         try:
@@ -124,6 +136,10 @@ class PipeConsole:
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
+
+    @property
+    def interactive(self) -> bool:
+        return False
 
     def ask(self, prompt: str) -> str:
         with self._lock:

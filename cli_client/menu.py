@@ -61,6 +61,7 @@ class ExitCode(IntEnum):
     OK = 0
     CONNECTION_LOST = 1
     CANNOT_CONNECT = 2
+    NAME_REFUSED = 3  # in pipe mode: the server refused the --name given
 
 
 Connect = Callable[[], ServerConnection]
@@ -68,6 +69,10 @@ Connect = Callable[[], ServerConnection]
 
 class _Lost(Exception):
     """The connection ended during registration and could not be made again."""
+
+
+class _NameRefused(Exception):
+    """The name given on the command line was refused, and nobody is there to pick another."""
 
 
 def run(
@@ -85,6 +90,9 @@ def run(
     except _Lost:
         client.connection.close()
         return ExitCode.CONNECTION_LOST
+    except _NameRefused:
+        _leave_unregistered(client.connection)
+        return ExitCode.NAME_REFUSED
     connection = client.connection
     me = welcome.name
     console.show(f"Welcome, {printable(me)}! You are connected as {welcome.ip}:{welcome.port}.")
@@ -117,9 +125,12 @@ class _Registrar:
     def register(self, name: str | None) -> Welcome:
         """Register `name`, or names asked for, until one is welcomed.
 
+        A refused `name` (from the command line) is final through a pipe (_NameRefused): the
+        lines that follow are the script's menu answers, not names to try.
         The server closes a connection that stays unregistered for a while (its hello
         timeout): if that happened while the user was thinking of a name, connect once more.
         """
+        final = name is not None and not self._console.interactive
         while True:
             if name is None:
                 name = self._console.ask(NAME_PROMPT).strip()
@@ -129,10 +140,13 @@ class _Registrar:
             if isinstance(reply, Welcome):
                 return reply
             if isinstance(reply, Error):
-                self._console.show(f"That name cannot be used: {printable(reply.message)}. "
-                                   "Please choose another one.")
+                refusal = f"That name cannot be used: {printable(reply.message)}."
             else:
-                self._console.show(f"Unexpected answer from the server: {type(reply).__name__}")
+                refusal = f"Unexpected answer from the server: {type(reply).__name__}."
+            if final:
+                self._console.show(refusal)
+                raise _NameRefused
+            self._console.show(refusal + " Please choose another one.")
             name = None
 
     def _hello_once_more_if_closed(self, name: str) -> Event:
@@ -246,10 +260,14 @@ def goodbye(
 
 
 def _goodbye_unregistered(connection: ServerConnection, console: Console) -> ExitCode:
+    _leave_unregistered(connection)
+    console.show("Goodbye!")
+    return ExitCode.OK
+
+
+def _leave_unregistered(connection: ServerConnection) -> None:
     with contextlib.suppress(ConnectionClosed, ReplyTimeout, KeyboardInterrupt):
         connection.request(Exit(), timeout=BYE_TIMEOUT_S)
     connection.close()
-    console.show("Goodbye!")
-    return ExitCode.OK
 
 
