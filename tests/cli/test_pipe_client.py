@@ -193,10 +193,47 @@ def test_invalid_name_is_refused_in_the_servers_words(start_client: StartClient)
     client.wait_for(NAME_PROMPT)
 
 
-def test_unknown_recipient_is_refused_in_the_servers_words(start_client: StartClient) -> None:
+def test_unknown_recipient_is_said_before_the_message_and_its_line_is_skipped(
+    start_client: StartClient,
+) -> None:
     client = start_registered(start_client, "alice")
-    answer = send(client, "nobody", "hello?")
-    assert "Message not sent: no user named 'nobody' is online." in answer
+    client.line("2")
+    client.wait_for(RECIPIENT_PROMPT)
+    client.line("nobody")
+    # Said at once, before the message is read...
+    shown = client.wait_for("No user named 'nobody' is online")
+    assert TEXT_PROMPT not in shown
+    # ...and the script's message line is then skipped, not taken for a menu answer.
+    client.line("1")
+    client.wait_for(TEXT_PROMPT + "1\n")
+    client.wait_for(CHOICE_PROMPT)
+    client.line("3")
+    assert client.wait_exit() == 0
+    assert "online:" not in client.text()
+    assert "Message sent" not in client.text()
+
+
+def test_recipient_is_checked_whatever_the_case_of_the_name(room: Room) -> None:
+    since = room.bob.mark()
+    assert "Message sent to bob." in send(room.alice, "BOB", "hi bob")
+    room.bob.wait_for("alice (to you): hi bob", since=since)
+
+
+def test_recipient_leaving_while_the_message_is_typed_is_refused_in_the_servers_words(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as dave:
+        dave.hello("dave")
+        client = start_registered(start_client, "alice")
+        client.line("2")
+        client.wait_for(RECIPIENT_PROMPT)
+        client.line("dave")
+        client.wait_for(TEXT_PROMPT)
+        since = client.mark()
+    client.wait_for("* dave left the chat", since=since)
+    client.line("still there?")
+    assert "Message not sent: no user named 'dave' is online." in (
+        client.wait_for("Message ") + client.wait_for(".\n"))
 
 
 def test_too_long_text_is_refused_in_plain_words(start_client: StartClient) -> None:

@@ -70,6 +70,19 @@ def test_taken_name_from_the_command_line_is_asked_again_at_a_terminal(
         holder.expect("joined", name="alice2")
 
 
+def test_unknown_recipient_is_said_at_once_without_asking_for_the_message(
+    start_client: StartClient,
+) -> None:
+    alice = start_client("--name", "alice", pty_mode=True)
+    alice.wait_for(CHOICE_PROMPT)
+    alice.line("2")
+    alice.wait_for(RECIPIENT_PROMPT)
+    alice.line("dave")
+    shown = alice.wait_for("No user named 'dave' is online.")
+    shown += alice.wait_for(CHOICE_PROMPT)
+    assert TEXT_PROMPT not in shown
+
+
 def test_ctrl_d_at_the_menu_prompt_exits_like_exit(
     start_client: StartClient, server: ChatServer
 ) -> None:
