@@ -30,11 +30,13 @@ from cli_client.render import (
     printable,
     render_bye,
     render_error,
+    render_not_online,
     render_not_sent,
     render_sent,
     render_users,
 )
 from tcp_server.protocol import (
+    EVERYONE,
     Bye,
     Error,
     Event,
@@ -47,6 +49,7 @@ from tcp_server.protocol import (
     Users,
     Welcome,
     check_text,
+    name_key,
 )
 
 log = logging.getLogger(__name__)
@@ -220,10 +223,24 @@ def list_users(connection: ServerConnection, console: Console, me: str) -> None:
 
 
 def send_message(connection: ServerConnection, console: Console) -> None:
-    """Menu 2: ask for a recipient and a text, send it, and say whether it went."""
+    """Menu 2: ask for a recipient and a text, send it, and say whether it went.
+
+    A recipient who is not online is said before the text is asked for. The server checks
+    again when the text is sent (the recipient may have left meanwhile).
+    """
     to = console.ask(RECIPIENT_PROMPT).strip()
     if not to:
         console.show("No recipient given; nothing was sent.")
+        return
+    if not is_online(connection, to):
+        if console.interactive:
+            console.show(render_not_online(to))
+            return
+        # The script's next line is the message it wrote for this recipient: read and drop
+        # it, so that it is not taken for a menu answer.
+        console.show(render_not_online(to).removesuffix(".")
+                     + "; the message line that follows is skipped.")
+        console.ask(TEXT_PROMPT)
         return
     text = console.ask(TEXT_PROMPT)
     try:
@@ -238,6 +255,20 @@ def send_message(connection: ServerConnection, console: Console) -> None:
         console.show(render_sent(reply.to))
     elif isinstance(reply, Error):
         console.show(render_not_sent(reply))
+
+
+def is_online(connection: ServerConnection, to: str) -> bool:
+    """Whether `to` is `*` or a user in a fresh list from the server.
+
+    True as well when the list cannot be had (an error reply): the server's own check when the
+    text is sent decides then.
+    """
+    if to == EVERYONE:
+        return True
+    reply = connection.request(ListUsers())
+    if not isinstance(reply, Users):
+        return True
+    return name_key(to) in {name_key(user.name) for user in reply.users}
 
 
 def goodbye(

@@ -148,6 +148,11 @@ def render_sent(to: str) -> str:
     return f"Message sent to {printable(to)}."
 
 
+def render_not_online(name: str) -> str:
+    """A recipient who is not in the server's list of users online."""
+    return f"No user named '{printable(name)}' is online."
+
+
 def render_not_sent(error: Error) -> str:
     """A refused message, with the server's reason in plain words."""
     return f"Message not sent: {printable(error.message)}."
