@@ -240,6 +240,10 @@ def test_too_long_text_is_refused_in_plain_words(start_client: StartClient) -> N
     client = start_registered(start_client, "alice")
     answer = send(client, "*", "x" * 4001)
     assert "Message not sent: the text is 4001 characters long; the most is 4000." in answer
+    # Piped, the script goes on with its next answer: the menu.
+    client.wait_for(CHOICE_PROMPT)
+    client.line("3")
+    assert client.wait_exit() == 0
 
 
 def test_multi_line_message_is_shown_with_indented_continuation_lines(room: Room) -> None:
