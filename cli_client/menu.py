@@ -23,6 +23,7 @@ from cli_client.console import Console, Interrupted
 from cli_client.printer import EventPrinter
 from cli_client.render import (
     CHOICE_PROMPT,
+    EDIT_HINT,
     MENU,
     NAME_PROMPT,
     RECIPIENT_PROMPT,
@@ -243,18 +244,31 @@ def send_message(connection: ServerConnection, console: Console) -> None:
         console.ask(TEXT_PROMPT)
         return
     text = console.ask(TEXT_PROMPT)
-    try:
-        # The shared codec's own rule, so that an oversized text is refused here in the
-        # server's words rather than as an over-long line.
-        check_text(text)
-    except ProtocolError as error:
-        console.show(render_not_sent(Error(code=error.code, message=error.message)))
-        return
+    while (problem := text_problem(text)) is not None:
+        console.show(render_not_sent(problem))
+        if not (console.interactive and text):
+            return  # piped: the script goes on with its next answer
+        # Rather than make the user type it all again: the text, back in the prompt.
+        console.show(EDIT_HINT)
+        text = console.ask(TEXT_PROMPT, default=text)
     reply = connection.request(Send(to=to, text=text))
     if isinstance(reply, Sent):
         console.show(render_sent(reply.to))
     elif isinstance(reply, Error):
         console.show(render_not_sent(reply))
+
+
+def text_problem(text: str) -> Error | None:
+    """Why the server would refuse `text` (too long, empty), or None when it is fine.
+
+    The shared codec's own rule, so that an oversized text is refused here in the server's
+    words rather than as an over-long line, and before it is lost.
+    """
+    try:
+        check_text(text)
+    except ProtocolError as error:
+        return Error(code=error.code, message=error.message)
+    return None
 
 
 def is_online(connection: ServerConnection, to: str) -> bool:

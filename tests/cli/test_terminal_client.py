@@ -99,8 +99,10 @@ def test_too_long_message_is_offered_again_for_editing_and_sent_once_short_enoug
         alice.wait_for(TEXT_PROMPT)
         alice.line("a" * 3_999 + "bc")
         alice.wait_for("Message not sent: the text is 4001 characters long; the most is 4000.")
-        alice.wait_for(TEXT_PROMPT)
-        alice.wait_for("bc")  # the text is back in the prompt, not to be typed again
+        alice.wait_for(render.EDIT_HINT)
+        # The text is back in the prompt, not to be typed again. (It is taller than the
+        # terminal, so the prompt's label has scrolled away.)
+        alice.wait_for("bc")
         alice.line(BACKSPACE)
         dave.expect("message", **{"from": "alice", "to": "dave", "text": "a" * 3_999 + "b"})
         alice.wait_for("Message sent to dave.")
@@ -120,7 +122,8 @@ def test_too_long_message_cleared_while_editing_is_not_sent(
         alice.wait_for(TEXT_PROMPT)
         alice.line("x" * 4_001)
         alice.wait_for("the most is 4000.")
-        alice.wait_for(TEXT_PROMPT)
+        alice.wait_for(render.EDIT_HINT)
+        alice.wait_for("x" * 50)
         alice.line(CTRL_U)  # clears the line
         alice.wait_for("Message not sent: the text is empty.")
         alice.wait_for(CHOICE_PROMPT)
