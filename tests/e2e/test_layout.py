@@ -78,3 +78,53 @@ def test_every_user_in_a_long_list_can_be_reached_on_a_phone(
     last.get_by_role("button", name="user11").click()
     expect(page.get_by_role("heading", name="user11")).to_be_visible()
     page.screenshot(path=results_dir / "users-375-scrolled.png")
+
+
+@pytest.fixture
+def three_raw_users(core: RestartableCore) -> Iterator[list[RawUser]]:
+    """A small room: three more users, on raw sockets."""
+    crowd: list[RawUser] = []
+    try:
+        for name in ("bob", "carol", "dave"):
+            crowd.append(RawUser(core.address, name))
+        yield crowd
+    finally:
+        for user in crowd:
+            user.close()
+
+
+LONG_NAME = "a_very-long_user_name_of_32_chrs"  # as long as a name may be, without a break
+
+
+@pytest.fixture
+def long_named_user(core: RestartableCore) -> Iterator[RawUser]:
+    user = RawUser(core.address, LONG_NAME)
+    try:
+        yield user
+    finally:
+        user.close()
+
+
+def test_a_small_room_shows_every_user_whole_on_a_phone(
+    users: BrowserUsers, three_raw_users: list[RawUser], results_dir: Path
+) -> None:
+    page = users.join("alice", viewport=PHONE)
+    items = page.get_by_role("list", name="Users").get_by_role("listitem")
+    expect(items).to_have_count(4)
+    page.screenshot(path=results_dir / "small-room-375.png")
+    for index in range(4):
+        expect(items.nth(index)).to_be_in_viewport(ratio=1)
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=list(VIEWPORTS))
+def test_a_long_user_name_shows_whole_in_the_users_list(
+    users: BrowserUsers, long_named_user: RawUser, viewport: str, results_dir: Path
+) -> None:
+    page = users.join("alice", viewport=VIEWPORTS[viewport])
+    name = page.get_by_role("list", name="Users").get_by_role("button", name=LONG_NAME)
+    expect(name).to_be_visible()
+    page.screenshot(path=results_dir / f"long-name-{viewport}.png")
+    # An ellipsis would hide the end: the text must fit the box it is drawn in.
+    clipped = name.evaluate("(node) => node.scrollWidth > node.clientWidth")
+    assert clipped is False
+    assert page_width(page) <= window_width(page)
