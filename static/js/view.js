@@ -9,7 +9,8 @@ const STATUS_TEXT = {
   connecting: "Connecting…",
   online: "Online",
   reconnecting: "Reconnecting…",
-  offline: "Offline",
+  // Neutral: before the first join (or after a refused name) nothing is wrong with the server.
+  offline: "Not connected",
 };
 
 const VIA_TEXT = { web: "browser", tcp: "terminal" };

@@ -103,6 +103,19 @@ def test_two_tabs_and_a_terminal_chat_through_the_real_processes(browser: Browse
 # --- joining -----------------------------------------------------------------------------------
 
 
+def test_join_page_says_not_connected_before_the_first_join(
+    users: BrowserUsers, results_dir: Path
+) -> None:
+    # "Offline" before anyone tried anything reads as if the server were down.
+    page = users.open()
+    status = page.get_by_role("status")
+    expect(status).to_have_text("Not connected")
+    page.screenshot(path=results_dir / "join.png")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_role("button", name="Join").click()
+    expect(status).to_have_text("Online as alice")
+
+
 @pytest.mark.parametrize("name", ["DAVE", "no spaces", "x" * 33])
 def test_refused_name_shows_the_servers_message_beside_the_field(
     users: BrowserUsers, raw_user: RawUser, core: RestartableCore, name: str
