@@ -145,6 +145,42 @@ def test_refused_name_can_be_replaced_by_another(users: BrowserUsers, raw_user: 
     expect(page.locator("#username-error")).to_be_empty()
 
 
+# --- the Message box ---------------------------------------------------------------------------
+
+TOO_LONG_ERROR = "A message is at most 4,000 characters."
+
+
+def refuse_a_too_long_message(page: Page) -> Locator:
+    """Type one character over the limit and press Enter; the box's error, now showing."""
+    box = page.get_by_label("Message", exact=True)
+    box.fill("x" * 4001)
+    box.press("Enter")
+    error = page.locator("#message-error")
+    expect(error).to_have_text(TOO_LONG_ERROR)
+    expect(box).to_have_attribute("aria-invalid", "true")
+    return error
+
+
+@pytest.mark.parametrize("text", ["", "x" * 4000], ids=["cleared", "at-the-limit"])
+def test_too_long_error_goes_once_the_text_is_valid_again(users: BrowserUsers, text: str) -> None:
+    page = users.join("alice")
+    error = refuse_a_too_long_message(page)
+    box = page.get_by_label("Message", exact=True)
+    box.fill(text)
+    expect(error).to_be_empty()
+    expect(error).to_be_hidden()
+    expect(box).not_to_have_attribute("aria-invalid", "true")
+
+
+def test_too_long_error_stays_while_the_text_is_still_too_long(users: BrowserUsers) -> None:
+    page = users.join("alice")
+    error = refuse_a_too_long_message(page)
+    page.get_by_label("Message", exact=True).press("End")
+    page.get_by_label("Message", exact=True).press("y")
+    expect(page.get_by_label("Message", exact=True)).to_have_value("x" * 4001 + "y")
+    expect(error).to_have_text(TOO_LONG_ERROR)
+
+
 # --- the Users list ----------------------------------------------------------------------------
 
 
