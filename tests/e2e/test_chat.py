@@ -401,6 +401,26 @@ def test_leave_removes_the_user_from_the_other_lists(
     assert [user["name"] for user in raw_user.users()] == ["bob", "carol", "dave"]
 
 
+def test_conversation_with_a_peer_shows_them_leave_and_come_back(
+    users: BrowserUsers, core: RestartableCore
+) -> None:
+    alice = users.join("alice")
+    bob = RawUser(core.address, "bob")
+    try:
+        bob.send("alice", "brb")
+        expect_in_browser(alice, "bob", "bob", "brb")
+    finally:
+        bob.close()
+    notices = log_of(alice).locator(".entry.notice")
+    expect(notices).to_have_text(["bob left"])
+    bob = RawUser(core.address, "bob")
+    try:
+        expect(notices).to_have_text(["bob left", "bob joined"])
+        expect(alice.get_by_label("To", exact=True)).to_have_value("bob")
+    finally:
+        bob.close()
+
+
 # --- the connection ----------------------------------------------------------------------------
 
 

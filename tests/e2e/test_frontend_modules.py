@@ -168,6 +168,27 @@ def test_left_removes_the_user_and_says_so(module_page: Page) -> None:
     assert state["conversations"]["bob"]["messages"][-1]["text"] == "Bob left"
 
 
+def test_join_of_a_peer_shows_in_the_conversation_with_them_as_their_leave_does(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "message", "from": "Bob", "to": "alice", "text": "brb", "ts": 1.0},
+        {"type": "local/select", "key": "*", "title": "Everyone"},
+        {"type": "left", "name": "Bob"},
+        {"type": "joined", "name": "Bob"},
+    ])
+    bob = state["conversations"]["bob"]
+    assert [m["text"] for m in bob["messages"]] == ["brb", "Bob left", "Bob joined"]
+    assert bob["unread"] == 1  # the message; notices are not unread
+    assert state["conversations"]["*"]["messages"][-1]["text"] == "Bob joined"
+
+
+def test_join_of_someone_never_written_to_opens_no_conversation(module_page: Page) -> None:
+    state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"}])
+    assert sorted(state["conversations"]) == ["*"]
+
+
 def test_discard_removes_a_failed_message_for_its_retry(module_page: Page) -> None:
     state = run_state(module_page, [
         WELCOME,
