@@ -62,6 +62,9 @@ export class ChatConnection extends EventTarget {
     this._exitId = null;
     this._pingId = null;
     this._reason = ""; // why the server or gateway is closing the current socket, if it said
+    // The most telling reason since the last welcome (what the server or gateway said, or why we
+    // gave up on a socket): later attempts that fail without a word keep showing it.
+    this._lastReason = "";
     this._retryTimer = null;
     this._pingTimer = null;
     this._pongTimer = null;
@@ -75,6 +78,7 @@ export class ChatConnection extends EventTarget {
     this._everWelcomed = false;
     this._attempt = 0;
     this._nameRetries = 0;
+    this._lastReason = "";
     this._open();
   }
 
@@ -124,7 +128,10 @@ export class ChatConnection extends EventTarget {
 
   _open() {
     this._reason = "";
-    this._setStatus(this._everWelcomed || this._attempt > 0 ? Status.RECONNECTING : Status.CONNECTING);
+    this._setStatus(
+      this._everWelcomed || this._attempt > 0 ? Status.RECONNECTING : Status.CONNECTING,
+      this._lastReason,
+    );
     let ws;
     try {
       ws = new this._WebSocket(this.url);
@@ -145,7 +152,7 @@ export class ChatConnection extends EventTarget {
         this._finishLeave();
         return;
       }
-      const reason = this._reason || close.reason || "the connection was closed";
+      const reason = this._reason || close.reason || this._lastReason || "the connection was closed";
       this._lost(reason);
     };
     // onerror is always followed by onclose, which does the work.
@@ -193,6 +200,7 @@ export class ChatConnection extends EventTarget {
     // the websocket and closes it at once, and resetting there would retry at full speed.
     this._attempt = 0;
     this._nameRetries = 0;
+    this._lastReason = "";
     this.name = welcome.name;
     this._setStatus(Status.ONLINE);
     this._startPing();
@@ -221,6 +229,7 @@ export class ChatConnection extends EventTarget {
     this._ws = null;
     this._stopPing();
     this._closeQuietly(ws);
+    this._lastReason = reason;
     if (this.name === null) {
       this._setStatus(Status.OFFLINE, reason);
       return;

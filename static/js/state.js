@@ -165,7 +165,11 @@ const HANDLERS = {
       next = { ...state, users };
     }
     const notice = { kind: "notice", text: `${name} joined`, ts: null };
-    return append(next, EVERYONE_KEY, "Everyone", notice)[0];
+    next = append(next, EVERYONE_KEY, "Everyone", notice)[0];
+    // As with "left": the conversation with them says they are back (and can be written to).
+    const key = nameKey(name);
+    if (next.conversations[key]) next = append(next, key, name, notice)[0];
+    return next;
   },
 
   left: (state, { name }) => {

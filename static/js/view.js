@@ -9,7 +9,8 @@ const STATUS_TEXT = {
   connecting: "Connecting…",
   online: "Online",
   reconnecting: "Reconnecting…",
-  offline: "Offline",
+  // Neutral: before the first join (or after a refused name) nothing is wrong with the server.
+  offline: "Not connected",
 };
 
 const VIA_TEXT = { web: "browser", tcp: "terminal" };
@@ -100,18 +101,32 @@ export function createView(doc, handlers) {
     handlers.onJoin(name);
   });
 
+  function showMessageError(text) {
+    ui.messageError.textContent = text;
+    if (text) ui.message.setAttribute("aria-invalid", "true");
+    else ui.message.removeAttribute("aria-invalid");
+  }
+
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.message.value;
     if (text.trim() === "") return; // nothing worth sending
     if (codePointLength(text) > MAX_TEXT_CHARS) {
-      ui.messageError.textContent = `A message is at most ${MAX_TEXT_CHARS.toLocaleString("en")} characters.`;
+      showMessageError(`A message is at most ${MAX_TEXT_CHARS.toLocaleString("en")} characters.`);
       return;
     }
-    ui.messageError.textContent = "";
+    showMessageError("");
     handlers.onSend(ui.to.value, text);
     ui.message.value = "";
     ui.message.focus();
+  });
+
+  // The error is about the text in the box: it goes as soon as that text could be sent (or is
+  // gone), not at the next Send.
+  ui.message.addEventListener("input", () => {
+    if (ui.messageError.textContent && codePointLength(ui.message.value) <= MAX_TEXT_CHARS) {
+      showMessageError("");
+    }
   });
 
   ui.message.addEventListener("keydown", (event) => {

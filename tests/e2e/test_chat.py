@@ -103,6 +103,19 @@ def test_two_tabs_and_a_terminal_chat_through_the_real_processes(browser: Browse
 # --- joining -----------------------------------------------------------------------------------
 
 
+def test_join_page_says_not_connected_before_the_first_join(
+    users: BrowserUsers, results_dir: Path
+) -> None:
+    # "Offline" before anyone tried anything reads as if the server were down.
+    page = users.open()
+    status = page.get_by_role("status")
+    expect(status).to_have_text("Not connected")
+    page.screenshot(path=results_dir / "join.png")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_role("button", name="Join").click()
+    expect(status).to_have_text("Online as alice")
+
+
 @pytest.mark.parametrize("name", ["DAVE", "no spaces", "x" * 33])
 def test_refused_name_shows_the_servers_message_beside_the_field(
     users: BrowserUsers, raw_user: RawUser, core: RestartableCore, name: str
@@ -130,6 +143,42 @@ def test_refused_name_can_be_replaced_by_another(users: BrowserUsers, raw_user: 
     page.get_by_role("button", name="Join").click()
     expect(page.get_by_role("status")).to_have_text("Online as alice")
     expect(page.locator("#username-error")).to_be_empty()
+
+
+# --- the Message box ---------------------------------------------------------------------------
+
+TOO_LONG_ERROR = "A message is at most 4,000 characters."
+
+
+def refuse_a_too_long_message(page: Page) -> Locator:
+    """Type one character over the limit and press Enter; the box's error, now showing."""
+    box = page.get_by_label("Message", exact=True)
+    box.fill("x" * 4001)
+    box.press("Enter")
+    error = page.locator("#message-error")
+    expect(error).to_have_text(TOO_LONG_ERROR)
+    expect(box).to_have_attribute("aria-invalid", "true")
+    return error
+
+
+@pytest.mark.parametrize("text", ["", "x" * 4000], ids=["cleared", "at-the-limit"])
+def test_too_long_error_goes_once_the_text_is_valid_again(users: BrowserUsers, text: str) -> None:
+    page = users.join("alice")
+    error = refuse_a_too_long_message(page)
+    box = page.get_by_label("Message", exact=True)
+    box.fill(text)
+    expect(error).to_be_empty()
+    expect(error).to_be_hidden()
+    expect(box).not_to_have_attribute("aria-invalid", "true")
+
+
+def test_too_long_error_stays_while_the_text_is_still_too_long(users: BrowserUsers) -> None:
+    page = users.join("alice")
+    error = refuse_a_too_long_message(page)
+    page.get_by_label("Message", exact=True).press("End")
+    page.get_by_label("Message", exact=True).press("y")
+    expect(page.get_by_label("Message", exact=True)).to_have_value("x" * 4001 + "y")
+    expect(error).to_have_text(TOO_LONG_ERROR)
 
 
 # --- the Users list ----------------------------------------------------------------------------
@@ -350,6 +399,26 @@ def test_leave_removes_the_user_from_the_other_lists(
     terminal_user.wait_for("alice left the chat")
     assert "alice" not in "\n".join(terminal_user.list_users())
     assert [user["name"] for user in raw_user.users()] == ["bob", "carol", "dave"]
+
+
+def test_conversation_with_a_peer_shows_them_leave_and_come_back(
+    users: BrowserUsers, core: RestartableCore
+) -> None:
+    alice = users.join("alice")
+    bob = RawUser(core.address, "bob")
+    try:
+        bob.send("alice", "brb")
+        expect_in_browser(alice, "bob", "bob", "brb")
+    finally:
+        bob.close()
+    notices = log_of(alice).locator(".entry.notice")
+    expect(notices).to_have_text(["bob left"])
+    bob = RawUser(core.address, "bob")
+    try:
+        expect(notices).to_have_text(["bob left", "bob joined"])
+        expect(alice.get_by_label("To", exact=True)).to_have_value("bob")
+    finally:
+        bob.close()
 
 
 # --- the connection ----------------------------------------------------------------------------

@@ -168,6 +168,27 @@ def test_left_removes_the_user_and_says_so(module_page: Page) -> None:
     assert state["conversations"]["bob"]["messages"][-1]["text"] == "Bob left"
 
 
+def test_join_of_a_peer_shows_in_the_conversation_with_them_as_their_leave_does(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "message", "from": "Bob", "to": "alice", "text": "brb", "ts": 1.0},
+        {"type": "local/select", "key": "*", "title": "Everyone"},
+        {"type": "left", "name": "Bob"},
+        {"type": "joined", "name": "Bob"},
+    ])
+    bob = state["conversations"]["bob"]
+    assert [m["text"] for m in bob["messages"]] == ["brb", "Bob left", "Bob joined"]
+    assert bob["unread"] == 1  # the message; notices are not unread
+    assert state["conversations"]["*"]["messages"][-1]["text"] == "Bob joined"
+
+
+def test_join_of_someone_never_written_to_opens_no_conversation(module_page: Page) -> None:
+    state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"}])
+    assert sorted(state["conversations"]) == ["*"]
+
+
 def test_discard_removes_a_failed_message_for_its_retry(module_page: Page) -> None:
     state = run_state(module_page, [
         WELCOME,
@@ -285,6 +306,56 @@ def test_status_tells_the_reason_the_gateway_gave(module_page: Page) -> None:
     }""")
     last = js(module_page, "() => statuses.at(-1)")
     assert (last["status"], last["reason"]) == ("reconnecting", "the chat server is not reachable")
+
+
+def test_the_gateways_reason_stays_while_later_attempts_fail_without_one(
+    module_page: Page,
+) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "the web gateway is shutting down" });
+        sockets[0].serverCloses();
+    }""")
+    since_bye = js(module_page, "() => statuses.length") - 1
+    for _ in range(3):  # the gateway is gone: each attempt just fails, saying nothing
+        module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+        js(module_page, "() => sockets.at(-1).serverCloses()")
+    assert js(module_page, "() => sockets.length") == 4
+    shown = js(module_page, f"() => statuses.slice({since_bye})")
+    assert [s["status"] for s in shown] == ["reconnecting"] * 7
+    assert {s["reason"] for s in shown} == {"the web gateway is shutting down"}
+
+
+def test_a_newer_reason_replaces_an_older_one_while_reconnecting(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "the web gateway is shutting down" });
+        sockets[0].serverCloses();
+    }""")
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    js(module_page, """() => {
+        const ws = sockets.at(-1);
+        ws.serverOpen();
+        ws.serverSends({ type: "error", code: "unavailable",
+                         message: "the chat server is not reachable" });
+        ws.serverCloses();
+    }""")
+    assert js(module_page, "() => statuses.at(-1).reason") == "the chat server is not reachable"
+
+
+def test_a_reason_is_forgotten_once_back_online(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "the web gateway is shutting down" });
+        sockets[0].serverCloses();
+    }""")
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    last_socket_welcomes(module_page)
+    js(module_page, "() => sockets.at(-1).serverCloses()")
+    assert js(module_page, "() => statuses.at(-1).reason") == "the connection was closed"
 
 
 def test_name_taken_at_first_join_is_a_refusal_without_retry(module_page: Page) -> None:
