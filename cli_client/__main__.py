@@ -6,7 +6,8 @@ a test driving it) it reads the same answers line by line and prints plain, flus
 end of input means Exit.
 
 Exit codes: 0 after a goodbye, 1 when the connection was lost, 2 when the server could not be
-reached (or the arguments are wrong).
+reached (or the arguments are wrong), 3 when the server refused the --name given and stdin is not
+a terminal (at a terminal another name is asked for).
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chat-client",
         description="Chat with everyone connected to a chatroom server.",
         epilog="When stdin is not a terminal, the menu answers are read from it line by line "
-        "and the end of input means Exit.",
+        "and the end of input means Exit; a --name the server refuses then ends the client "
+        "(exit code 3) instead of taking the next line for a name. "
+        "Exit codes: 0 after a goodbye, 1 connection lost, 2 server not reachable or bad "
+        "arguments, 3 name refused.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"the chat server's address (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help=f"the chat server's port (default {DEFAULT_PORT})")
-    parser.add_argument("--name", help="your username (asked for when not given)")
+    parser.add_argument("--name", help="your username (asked for when not given or, at a "
+                        "terminal, when refused)")
     return parser
 
 

@@ -3,12 +3,16 @@
 Both offer the same three calls, used by the menu on the main thread and by the event printer
 on its own thread:
 
-- ask(prompt) -> the user's answer; raises EOFError at end of input (Ctrl-D),
-  KeyboardInterrupt on Ctrl-C, and Interrupted once interrupt() was called;
+- ask(prompt, default="") -> the user's answer, `default` already typed in it at a terminal
+  (for editing); raises EOFError at end of input (Ctrl-D), KeyboardInterrupt on Ctrl-C, and
+  Interrupted once interrupt() was called;
 - show(text) -> print a line (or several) at once, from any thread, without garbling a prompt
   the user is typing at;
 - interrupt() -> from any thread: make the current (or the next) ask() raise Interrupted.
   The printer calls it when the connection is lost, so the menu stops waiting for the user.
+
+and `interactive`, true at a terminal: there a person can be asked again, while through a pipe
+each line is an answer the script author wrote for one particular question.
 """
 
 from __future__ import annotations
@@ -32,8 +36,17 @@ class Interrupted(Exception):
 
 
 class Console(Protocol):
-    def ask(self, prompt: str) -> str:
-        """Show `prompt` and return the line the user answers, without its newline."""
+    @property
+    def interactive(self) -> bool:
+        """Whether a person answers at a terminal (rather than a script through a pipe)."""
+        ...
+
+    def ask(self, prompt: str, default: str = "") -> str:
+        """Show `prompt` and return the line the user answers, without its newline.
+
+        At a terminal, the answer starts as `default`, for the user to edit; a pipe's answer
+        is the next line as written, whatever `default` is.
+        """
         ...
 
     def show(self, text: str) -> None:
@@ -58,9 +71,13 @@ class TerminalConsole:
         self._interrupted = False  # guarded by _lock
         self._loop: AbstractEventLoop | None = None  # the running prompt's loop; by _lock
 
-    def ask(self, prompt: str) -> str:
+    @property
+    def interactive(self) -> bool:
+        return True
+
+    def ask(self, prompt: str, default: str = "") -> str:
         try:
-            return self._session.prompt(prompt, pre_run=self._prompt_started)
+            return self._session.prompt(prompt, default=default, pre_run=self._prompt_started)
         finally:
             with self._lock:
                 self._loop = None
@@ -125,7 +142,11 @@ class PipeConsole:
         self._wake_reader.close()
         self._wake_writer.close()
 
-    def ask(self, prompt: str) -> str:
+    @property
+    def interactive(self) -> bool:
+        return False
+
+    def ask(self, prompt: str, default: str = "") -> str:
         with self._lock:
             self._out.write(prompt)
             self._out.flush()

@@ -23,6 +23,7 @@ from cli_client.console import Console, Interrupted
 from cli_client.printer import EventPrinter
 from cli_client.render import (
     CHOICE_PROMPT,
+    EDIT_HINT,
     MENU,
     NAME_PROMPT,
     RECIPIENT_PROMPT,
@@ -30,11 +31,13 @@ from cli_client.render import (
     printable,
     render_bye,
     render_error,
+    render_not_online,
     render_not_sent,
     render_sent,
     render_users,
 )
 from tcp_server.protocol import (
+    EVERYONE,
     Bye,
     Error,
     Event,
@@ -47,6 +50,7 @@ from tcp_server.protocol import (
     Users,
     Welcome,
     check_text,
+    name_key,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ class ExitCode(IntEnum):
     OK = 0
     CONNECTION_LOST = 1
     CANNOT_CONNECT = 2
+    NAME_REFUSED = 3  # in pipe mode: the server refused the --name given
 
 
 Connect = Callable[[], ServerConnection]
@@ -68,6 +73,10 @@ Connect = Callable[[], ServerConnection]
 
 class _Lost(Exception):
     """The connection ended during registration and could not be made again."""
+
+
+class _NameRefused(Exception):
+    """The name given on the command line was refused, and nobody is there to pick another."""
 
 
 def run(
@@ -85,6 +94,9 @@ def run(
     except _Lost:
         client.connection.close()
         return ExitCode.CONNECTION_LOST
+    except _NameRefused:
+        _leave_unregistered(client.connection)
+        return ExitCode.NAME_REFUSED
     connection = client.connection
     me = welcome.name
     console.show(f"Welcome, {printable(me)}! You are connected as {welcome.ip}:{welcome.port}.")
@@ -117,9 +129,12 @@ class _Registrar:
     def register(self, name: str | None) -> Welcome:
         """Register `name`, or names asked for, until one is welcomed.
 
+        A refused `name` (from the command line) is final through a pipe (_NameRefused): the
+        lines that follow are the script's menu answers, not names to try.
         The server closes a connection that stays unregistered for a while (its hello
         timeout): if that happened while the user was thinking of a name, connect once more.
         """
+        final = name is not None and not self._console.interactive
         while True:
             if name is None:
                 name = self._console.ask(NAME_PROMPT).strip()
@@ -129,10 +144,13 @@ class _Registrar:
             if isinstance(reply, Welcome):
                 return reply
             if isinstance(reply, Error):
-                self._console.show(f"That name cannot be used: {printable(reply.message)}. "
-                                   "Please choose another one.")
+                refusal = f"That name cannot be used: {printable(reply.message)}."
             else:
-                self._console.show(f"Unexpected answer from the server: {type(reply).__name__}")
+                refusal = f"Unexpected answer from the server: {type(reply).__name__}."
+            if final:
+                self._console.show(refusal)
+                raise _NameRefused
+            self._console.show(refusal + " Please choose another one.")
             name = None
 
     def _hello_once_more_if_closed(self, name: str) -> Event:
@@ -206,24 +224,65 @@ def list_users(connection: ServerConnection, console: Console, me: str) -> None:
 
 
 def send_message(connection: ServerConnection, console: Console) -> None:
-    """Menu 2: ask for a recipient and a text, send it, and say whether it went."""
+    """Menu 2: ask for a recipient and a text, send it, and say whether it went.
+
+    A recipient who is not online is said before the text is asked for. The server checks
+    again when the text is sent (the recipient may have left meanwhile).
+    """
     to = console.ask(RECIPIENT_PROMPT).strip()
     if not to:
         console.show("No recipient given; nothing was sent.")
         return
-    text = console.ask(TEXT_PROMPT)
-    try:
-        # The shared codec's own rule, so that an oversized text is refused here in the
-        # server's words rather than as an over-long line.
-        check_text(text)
-    except ProtocolError as error:
-        console.show(render_not_sent(Error(code=error.code, message=error.message)))
+    if not is_online(connection, to):
+        if console.interactive:
+            console.show(render_not_online(to))
+            return
+        # The script's next line is the message it wrote for this recipient: read and drop
+        # it, so that it is not taken for a menu answer.
+        console.show(render_not_online(to).removesuffix(".")
+                     + "; the message line that follows is skipped.")
+        console.ask(TEXT_PROMPT)
         return
+    text = console.ask(TEXT_PROMPT)
+    while (problem := text_problem(text)) is not None:
+        console.show(render_not_sent(problem))
+        if not (console.interactive and text):
+            return  # piped: the script goes on with its next answer
+        # Rather than make the user type it all again: the text, back in the prompt.
+        console.show(EDIT_HINT)
+        text = console.ask(TEXT_PROMPT, default=text)
     reply = connection.request(Send(to=to, text=text))
     if isinstance(reply, Sent):
         console.show(render_sent(reply.to))
     elif isinstance(reply, Error):
         console.show(render_not_sent(reply))
+
+
+def text_problem(text: str) -> Error | None:
+    """Why the server would refuse `text` (too long, empty), or None when it is fine.
+
+    The shared codec's own rule, so that an oversized text is refused here in the server's
+    words rather than as an over-long line, and before it is lost.
+    """
+    try:
+        check_text(text)
+    except ProtocolError as error:
+        return Error(code=error.code, message=error.message)
+    return None
+
+
+def is_online(connection: ServerConnection, to: str) -> bool:
+    """Whether `to` is `*` or a user in a fresh list from the server.
+
+    True as well when the list cannot be had (an error reply): the server's own check when the
+    text is sent decides then.
+    """
+    if to == EVERYONE:
+        return True
+    reply = connection.request(ListUsers())
+    if not isinstance(reply, Users):
+        return True
+    return name_key(to) in {name_key(user.name) for user in reply.users}
 
 
 def goodbye(
@@ -246,10 +305,14 @@ def goodbye(
 
 
 def _goodbye_unregistered(connection: ServerConnection, console: Console) -> ExitCode:
+    _leave_unregistered(connection)
+    console.show("Goodbye!")
+    return ExitCode.OK
+
+
+def _leave_unregistered(connection: ServerConnection) -> None:
     with contextlib.suppress(ConnectionClosed, ReplyTimeout, KeyboardInterrupt):
         connection.request(Exit(), timeout=BYE_TIMEOUT_S)
     connection.close()
-    console.show("Goodbye!")
-    return ExitCode.OK
 
 

@@ -24,6 +24,7 @@ CHOICE_PROMPT: Final = "Enter your choice (1/2/3): "
 NAME_PROMPT: Final = "Enter your username: "
 RECIPIENT_PROMPT: Final = "Send to (a username, or * for everyone): "
 TEXT_PROMPT: Final = "Message: "
+EDIT_HINT: Final = "Edit the message and press Enter to send it, or clear it to cancel."
 TAB_WIDTH: Final = 4
 
 VIA_LABELS: Final = {"tcp": "terminal", "web": "browser"}
@@ -146,6 +147,11 @@ def render_sent(to: str) -> str:
     if to == EVERYONE:
         return "Message sent to everyone."
     return f"Message sent to {printable(to)}."
+
+
+def render_not_online(name: str) -> str:
+    """A recipient who is not in the server's list of users online."""
+    return f"No user named '{printable(name)}' is online."
 
 
 def render_not_sent(error: Error) -> str:

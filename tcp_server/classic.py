@@ -47,9 +47,11 @@ HELP: Final = (
     b"  list                    who is online: name, ip:port, terminal or browser\n"
     b"  send <name> <message>   a message to one user\n"
     b"  send * <message>        a message to everyone else\n"
+    b"  ping                    the server answers pong\n"
     b"  exit                    leave the chat\n"
     b"  help                    this text\n"
 )
+HELP_BEFORE_NAME: Final = b"first type your username (1-32 of A-Z a-z 0-9 _ -), then:\n" + HELP
 
 # Control characters from another user must not drive the reader's terminal (escape
 # sequences); line breaks become a visible mark so that every event stays on one line.
@@ -99,7 +101,7 @@ class PlainTextCodec:
         word, _, rest = command_line.partition(" ")
         command = word.lower()
         if command == "help":
-            return HELP
+            return HELP if registered else HELP_BEFORE_NAME
         if command == "exit":
             return Exit()
         if command == "ping":

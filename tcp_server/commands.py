@@ -117,7 +117,10 @@ class Commands:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, "this server accepts no gateway connections", rid
             )
-        if not hmac.compare_digest(request.secret.encode(), self._gateway_secret):
+        # surrogatepass: a JSON "\ud800" in the secret is a wrong secret, not a crash.
+        if not hmac.compare_digest(
+            request.secret.encode("utf-8", "surrogatepass"), self._gateway_secret
+        ):
             log.warning("%s sent a proxy request with a wrong secret", session.peer)
             raise ProtocolError(ErrorCode.FORBIDDEN, "wrong gateway secret", rid)
         log.info("%s is a gateway for browser %s:%d", session.peer, request.ip, request.port)

@@ -22,6 +22,7 @@ class ServerConfig:
     rate_burst: int = 60
     max_outbox_bytes: int = 1_048_576
     close_timeout: float = 1.0
+    shutdown_timeout: float = 1.5
     text_pause: float = 0.1
     gateway_secret: str | None = None
     log_level: str = "INFO"
@@ -36,6 +37,8 @@ _HELP: dict[str, str] = {
     "rate_burst": "requests a connection may send at once before rate_limit applies",
     "max_outbox_bytes": "bytes queued for a client that does not read before it is dropped",
     "close_timeout": "seconds to flush the last bytes (a bye) to a closing connection",
+    "shutdown_timeout": "seconds a shutdown may take to finish requests in hand and flush "
+    "every client's queue and bye (then the rest is cut off)",
     "text_pause": "seconds of silence that end a plain-text command sent without a newline",
     "gateway_secret": "shared secret of the trusted web gateway (none: refuse proxy requests)",
     "log_level": "DEBUG, INFO, WARNING or ERROR; message texts are only logged at DEBUG",

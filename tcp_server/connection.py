@@ -67,6 +67,7 @@ class Connection:
         # and sets _released. Between the two, every delivery in flight has reached its
         # recipients' outboxes, so each "sent" the server gave is honoured.
         self._stop_requested = False
+        self._flush_deadline: float | None = None  # set by close() during a shutdown
         self._quiet = threading.Event()
         self._released = threading.Event()
         self._writer = threading.Thread(
@@ -93,8 +94,13 @@ class Connection:
         """After stop_reading(): wait until the reader has finished its last request."""
         return self._quiet.wait(timeout)
 
-    def close(self, reason: str) -> None:
-        """End the connection after what is queued, with a bye. Idempotent."""
+    def close(self, reason: str, flush_deadline: float | None = None) -> None:
+        """End the connection after what is queued, with a bye. Idempotent.
+
+        `flush_deadline` (time.monotonic()) bounds the flush instead of close_timeout: a
+        server shutdown gives every connection the same end.
+        """
+        self._flush_deadline = flush_deadline
         if self._outbox.close(self._encoder.encode(Bye(reason=reason))):
             self._shutdown(socket.SHUT_RD)  # wakes the reader, which finishes the connection
         self._released.set()
@@ -113,7 +119,7 @@ class Connection:
         finally:
             self._quiet.set()
             if self._stop_requested:  # the server closes us, with a bye, once all are quiet
-                self._released.wait(2 * self._config.close_timeout)
+                self._released.wait(self._config.shutdown_timeout)
             self._finish()
 
     @property
@@ -125,12 +131,15 @@ class Connection:
         poller.register(self._sock, select.POLLIN)
         hello_deadline = time.monotonic() + self._config.hello_timeout
         while not self._outbox.closed and not self._stop_requested:
+            # Checked before every read, not only once the socket is quiet: a client that keeps
+            # sending would otherwise outlive the deadline.
+            if self.session.member is None and time.monotonic() >= hello_deadline:
+                log.info("%s sent no hello in time", self.peer)
+                timeout = self._config.hello_timeout
+                self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
+                return
             wait_s = self._wait_limit(hello_deadline)
             if wait_s is not None and not poller.poll(max(0.0, wait_s) * 1000):
-                if self.session.member is None and time.monotonic() >= hello_deadline:
-                    log.info("%s sent no hello in time", self.peer)
-                    self._reply(Bye(reason=f"no hello within {self._config.hello_timeout:g} s"))
-                    return
                 if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
                     return
                 continue
@@ -210,7 +219,10 @@ class Connection:
         log.info("%s disconnected", self.peer)
 
     def _join_writer(self) -> None:
-        self._writer.join(self._config.close_timeout)
+        flush_s = self._config.close_timeout
+        if self._flush_deadline is not None:
+            flush_s = max(0.0, self._flush_deadline - time.monotonic())
+        self._writer.join(flush_s)
         if self._writer.is_alive():  # the peer does not take our last bytes: cut it off
             self._shutdown(socket.SHUT_RDWR)
             self._writer.join(self._config.close_timeout)

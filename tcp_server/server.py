@@ -143,8 +143,12 @@ class ChatServer:
         try:
             # A fresh socket's send buffer always has room for one short line: never blocks.
             sock.send(JsonLinesCodec().encode(error.to_event()), socket.MSG_DONTWAIT)
+            # Closing with unread bytes (a hello sent at once) would reset the connection and
+            # the client could lose the error: end our side first, then read what came.
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(65_536, socket.MSG_DONTWAIT)
         except OSError:
-            pass  # the client is gone already
+            pass  # the client is gone already, or sent nothing yet
         finally:
             sock.close()
 
@@ -158,17 +162,20 @@ class ChatServer:
         log.info("closing %d connections: %s", len(threads), reason)
         # First let every reader finish the request in hand, so that each message already
         # acknowledged with "sent" is in its recipients' outboxes; only then queue the byes.
+        # One deadline for all: the queues flush in parallel, and the process ends in time.
+        started = time.monotonic()
+        deadline = started + self._config.shutdown_timeout
         for connection in threads:
             connection.stop_reading()
-        deadline = time.monotonic() + self._config.close_timeout
+        quiet_by = started + self._config.shutdown_timeout / 3
         for connection in threads:
-            connection.wait_quiet(max(0.0, deadline - time.monotonic()))
+            connection.wait_quiet(max(0.0, quiet_by - time.monotonic()))
         self.room.shutdown()
         for connection in threads:
-            connection.close(reason)
+            connection.close(reason, flush_deadline=deadline)
         for thread in threads.values():
-            # Each connection bounds its own ending by close_timeout (twice at the most).
-            thread.join(2 * self._config.close_timeout + 1.0)
+            # Past the deadline a connection cuts its writer off (close_timeout at the most).
+            thread.join(max(0.0, deadline - time.monotonic()) + self._config.close_timeout)
             if thread.is_alive():
                 log.error("%s did not stop", thread.name)
 

@@ -31,7 +31,8 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
         "max_message_size": config.max_message_bytes,
         "thread_class": WebSocketThread,
     }
-    app.extensions[EXTENSION] = Gateway(config, RelayRegistry(config.max_websockets))
+    relays = RelayRegistry(config.max_websockets, stop_grace_s=config.stop_grace)
+    app.extensions[EXTENSION] = Gateway(config, relays)
     app.register_blueprint(views.bp)
     if not (config.static_dir / "index.html").is_file():
         log.warning("the web frontend is missing: %s has no index.html; / answers 404",

@@ -20,8 +20,9 @@ DEFAULT_STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # A browser frame is refused with line_too_long above the protocol's line limit; this is the
 # hard cap above which simple-websocket closes the websocket (1009) instead of buffering the
-# frame in full. It is far above the line limit so that every over-long frame a real browser
-# sends gets an error object, and low enough that one websocket cannot take much memory.
+# frame in full (it counts characters for text frames, bytes for binary ones). It is far
+# above the line limit so that every over-long frame a real browser sends gets an error
+# object, and low enough that one websocket cannot take much memory.
 MAX_MESSAGE_BYTES = 1_048_576
 # Per websocket and direction, like the core's send queue: a browser that does not read what
 # it is sent for this many bytes is dropped, and so is one whose core stops reading.
@@ -51,6 +52,12 @@ class GatewayConfig:
     @property
     def core_address(self) -> tuple[str, int]:
         return self.core_host, self.core_port
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds a stopping gateway gives each websocket to close before cutting it: enough
+        to send what is queued, the error and the close frame, and to hear the browser's."""
+        return 3 * self.close_timeout
 
     @property
     def threads(self) -> int:
@@ -130,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
                         default=defaults.max_websockets,
                         help="websockets open at once; more are refused with error "
                         f"unavailable (default: {defaults.max_websockets})")
+    parser.add_argument("--max-message-bytes", type=_non_negative(int),
+                        default=defaults.max_message_bytes,
+                        help="a browser frame this long closes its websocket (1009); longer "
+                        "than a line is refused with line_too_long before that "
+                        f"(default: {defaults.max_message_bytes})")
+    parser.add_argument("--max-queue-bytes", type=_non_negative(int),
+                        default=defaults.max_queue_bytes,
+                        help="bytes queued per websocket and direction before a peer that does "
+                        f"not read is dropped (default: {defaults.max_queue_bytes})")
+    parser.add_argument("--connect-timeout", type=_non_negative(float),
+                        default=defaults.connect_timeout,
+                        help="seconds to reach the core for a new websocket "
+                        f"(default: {defaults.connect_timeout:g})")
+    parser.add_argument("--close-timeout", type=_non_negative(float),
+                        default=defaults.close_timeout,
+                        help="seconds a closing websocket has to flush and answer the close "
+                        f"(default: {defaults.close_timeout:g})")
+    parser.add_argument("--graceful-timeout", type=_non_negative(float),
+                        default=defaults.graceful_timeout,
+                        help="seconds gunicorn gives a stopping worker "
+                        f"(default: {defaults.graceful_timeout:g})")
     parser.add_argument("--log-level", default=defaults.log_level,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help=f"(default: {defaults.log_level})")
@@ -150,5 +178,10 @@ def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
         trust_forwarded=args.trust_forwarded,
         static_dir=args.static_dir,
         max_websockets=args.max_websockets,
+        max_message_bytes=args.max_message_bytes,
+        max_queue_bytes=args.max_queue_bytes,
+        connect_timeout=args.connect_timeout,
+        close_timeout=args.close_timeout,
+        graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
     )

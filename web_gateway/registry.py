@@ -40,15 +40,17 @@ class Slot:
 class RelayRegistry:
     """Every open websocket of one app. Any thread, and a signal handler, may call it."""
 
-    def __init__(self, max_websockets: int) -> None:
+    def __init__(self, max_websockets: int, stop_grace_s: float) -> None:
         self._max = max_websockets
+        self._stop_grace_s = stop_grace_s
         self._numbers = itertools.count(1)
-        # _lock guards _slots and _stopping; _idle (on the same lock) is notified whenever a
-        # slot is released, for wait_idle().
+        # _lock guards _slots, _stopping and _stopper; _idle (on the same lock) is notified
+        # whenever a slot is released, for wait_idle().
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._slots: dict[int, Relay | None] = {}
         self._stopping = False
+        self._stopper: threading.Thread | None = None
 
     def count(self) -> int:
         with self._lock:
@@ -87,21 +89,44 @@ class RelayRegistry:
     def stop_all(self) -> None:
         """Refuse new websockets and end every open one (their browsers are told). Idempotent.
 
+        A browser that does not read cannot be told: the websockets still open after the
+        grace period are cut by a `gateway-stop` thread, so that stopping always ends.
         Safe from a signal handler: nothing here blocks on I/O.
         """
         with self._lock:
-            first = not self._stopping
+            if self._stopping:
+                return
             self._stopping = True
             relays = [relay for relay in self._slots.values() if relay is not None]
-        if first:
-            log.info("stopping %d websockets", len(relays))
+            self._stopper = threading.Thread(target=self._cut_stragglers, name="gateway-stop")
+        log.info("stopping %d websockets", len(relays))
         for relay in relays:
             relay.stop()
+        self._stopper.start()
+
+    def _cut_stragglers(self) -> None:
+        if self.wait_idle(self._stop_grace_s):
+            return
+        with self._lock:
+            relays = [relay for relay in self._slots.values() if relay is not None]
+        log.warning("%d websockets did not close within %g s; cutting them",
+                    len(relays), self._stop_grace_s)
+        for relay in relays:
+            relay.abort("the web gateway is shutting down")
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no websocket is open; False if some still are after `timeout`."""
         with self._idle:
             return self._idle.wait_for(lambda: not self._slots, timeout)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """After stop_all(): wait for every websocket to end and join the stopper thread."""
+        idle = self.wait_idle(timeout)
+        with self._lock:
+            stopper = self._stopper
+        if stopper is not None:
+            stopper.join(max(0.0, timeout))
+        return idle
 
 
 EXTENSION = "chat_gateway"

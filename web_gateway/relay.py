@@ -260,14 +260,18 @@ class Relay:
         self._down.close(ending.frames())
         self._shutdown_core()
 
+    def abort(self, reason: str) -> None:
+        """Cut both connections now (for a browser that cannot even be told). Idempotent."""
+        self._drop(reason)
+
     # --- the request thread -----------------------------------------------------------------
 
     def run(self) -> None:
         """Relay until the browser and the core are both done; every thread is joined."""
         log.info("websocket %d from %s relayed", self.number, self.peer)
-        for thread in self._threads:
-            thread.start()
         try:
+            for thread in self._threads:
+                thread.start()  # RuntimeError when the system has no thread to spare
             self._receive_loop()
         except Exception:
             log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
@@ -321,6 +325,8 @@ class Relay:
             self._core.close()
 
     def _join(self, thread: threading.Thread) -> None:
+        if thread.ident is None:  # never started
+            return
         # Each pump is woken by its queue's close or its socket's shutdown; a second chance
         # after cutting both sockets bounds the wait even if the browser stopped reading.
         thread.join(2 * self._close_timeout)

@@ -49,9 +49,17 @@ class GatewayWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type
             gateway = gateway_of(app)
             gateway.relays.stop_all()
             # gunicorn's quick exit would otherwise wait for the websockets' threads to end.
-            if not gateway.relays.wait_idle(3 * gateway.config.close_timeout + 1.0):
+            if not gateway.relays.wait_stopped(gateway.config.stop_grace + 2.0):
                 log.warning("%d websockets did not end in time", gateway.relays.count())
         super().handle_quit(sig, frame)
+
+    def run(self) -> None:
+        """gunicorn's loop; after a SIGTERM it returns once every connection ended."""
+        super().run()
+        if (app := self._gateway_app()) is not None:
+            gateway = gateway_of(app)
+            gateway.relays.stop_all()  # a no-op after SIGTERM; needed if the arbiter died
+            gateway.relays.wait_stopped(gateway.config.stop_grace + 2.0)  # joins gateway-stop
 
 
 def bind_address(host: str, port: int) -> str:

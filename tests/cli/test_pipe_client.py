@@ -155,12 +155,28 @@ def test_name_is_asked_for_when_not_given(start_client: StartClient) -> None:
     client.wait_for("Welcome, dave!")
 
 
-def test_taken_name_is_refused_in_the_servers_words_and_asked_again(
+def test_taken_name_from_the_command_line_ends_the_client_with_exit_code_3(
     start_client: StartClient, server: ChatServer
 ) -> None:
     with RawClient(server.address) as holder:
         holder.hello("alice")
         client = start_client("--name", "ALICE")
+        # A menu answer already waiting must not be taken for a name.
+        client.line("1")
+        assert client.wait_exit() == 3
+        assert "That name cannot be used: the name ALICE is taken." in client.text()
+        assert NAME_PROMPT not in client.text()
+        assert holder.users() == ["alice"]
+
+
+def test_refused_name_read_from_input_is_asked_again_from_the_next_line(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as holder:
+        holder.hello("alice")
+        client = start_client()
+        client.wait_for(NAME_PROMPT)
+        client.line("ALICE")
         client.wait_for("That name cannot be used: the name ALICE is taken. "
                         "Please choose another one.")
         client.wait_for(NAME_PROMPT)
@@ -177,16 +193,57 @@ def test_invalid_name_is_refused_in_the_servers_words(start_client: StartClient)
     client.wait_for(NAME_PROMPT)
 
 
-def test_unknown_recipient_is_refused_in_the_servers_words(start_client: StartClient) -> None:
+def test_unknown_recipient_is_said_before_the_message_and_its_line_is_skipped(
+    start_client: StartClient,
+) -> None:
     client = start_registered(start_client, "alice")
-    answer = send(client, "nobody", "hello?")
-    assert "Message not sent: no user named 'nobody' is online." in answer
+    client.line("2")
+    client.wait_for(RECIPIENT_PROMPT)
+    client.line("nobody")
+    # Said at once, before the message is read...
+    shown = client.wait_for("No user named 'nobody' is online")
+    assert TEXT_PROMPT not in shown
+    # ...and the script's message line is then skipped, not taken for a menu answer.
+    client.line("1")
+    client.wait_for(TEXT_PROMPT + "1\n")
+    client.wait_for(CHOICE_PROMPT)
+    client.line("3")
+    assert client.wait_exit() == 0
+    assert "online:" not in client.text()
+    assert "Message sent" not in client.text()
+
+
+def test_recipient_is_checked_whatever_the_case_of_the_name(room: Room) -> None:
+    since = room.bob.mark()
+    assert "Message sent to bob." in send(room.alice, "BOB", "hi bob")
+    room.bob.wait_for("alice (to you): hi bob", since=since)
+
+
+def test_recipient_leaving_while_the_message_is_typed_is_refused_in_the_servers_words(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as dave:
+        dave.hello("dave")
+        client = start_registered(start_client, "alice")
+        client.line("2")
+        client.wait_for(RECIPIENT_PROMPT)
+        client.line("dave")
+        client.wait_for(TEXT_PROMPT)
+        since = client.mark()
+    client.wait_for("* dave left the chat", since=since)
+    client.line("still there?")
+    assert "Message not sent: no user named 'dave' is online." in (
+        client.wait_for("Message ") + client.wait_for(".\n"))
 
 
 def test_too_long_text_is_refused_in_plain_words(start_client: StartClient) -> None:
     client = start_registered(start_client, "alice")
     answer = send(client, "*", "x" * 4001)
     assert "Message not sent: the text is 4001 characters long; the most is 4000." in answer
+    # Piped, the script goes on with its next answer: the menu.
+    client.wait_for(CHOICE_PROMPT)
+    client.line("3")
+    assert client.wait_exit() == 0
 
 
 def test_multi_line_message_is_shown_with_indented_continuation_lines(room: Room) -> None:

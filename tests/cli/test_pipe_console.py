@@ -112,3 +112,13 @@ def test_regular_file_input_is_read_without_polling(tmp_path: os.PathLike[str]) 
 
 def _wait_for_text(out: io.StringIO, text: str) -> None:
     wait_until(lambda: text in out.getvalue(), what=repr(text))
+
+
+def test_a_default_answer_is_not_added_to_what_a_pipe_answers(
+    pipe: tuple[PipeConsole, int, io.StringIO],
+) -> None:
+    console, write_fd, out = pipe
+    os.write(write_fd, b"short\n")
+    assert console.ask("text: ", default="a long text") == "short"
+    assert out.getvalue() == "text: short\n"
+    assert not console.interactive

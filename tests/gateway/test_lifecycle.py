@@ -195,3 +195,4 @@ def test_core_that_does_not_read_ends_the_websocket_with_a_reason(
                 error = alice.expect("error", code="unavailable")
                 assert "not keeping up" in error["message"]
                 assert alice.expect_close() == (1013, "the chat server is not keeping up")
+

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from tcp_server.protocol import ProtocolError
+from tests.support.core import WAIT_S
 from web_gateway.config import SECRET_ENV, config_from_args, normalize_origin
 from web_gateway.frames import MAX_FRAME_BYTES, error_frame, frame_to_line
+from web_gateway.registry import Refused, RelayRegistry
 from web_gateway.relay import Close, FrameQueue
 from web_gateway.views import browser_address
 
@@ -163,3 +166,48 @@ def test_config_flags() -> None:
 def test_bad_flags_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         config_from_args(argv, {})
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+class StuckRelay:
+    """A relay whose browser cannot be told anything: stop() changes nothing."""
+
+    def __init__(self) -> None:
+        self.aborted = threading.Event()
+
+    def stop(self) -> None:
+        pass
+
+    def abort(self, reason: str) -> None:
+        self.aborted.set()
+
+
+def test_stop_all_cuts_the_websockets_still_open_after_the_grace() -> None:
+    registry = RelayRegistry(max_websockets=2, stop_grace_s=0.05)
+    relay = StuckRelay()
+    with registry.slot() as slot:
+        slot.attach(relay)  # type: ignore[arg-type]
+        registry.stop_all()
+        assert relay.aborted.wait(WAIT_S)
+    assert registry.wait_stopped(WAIT_S)
+
+
+def test_a_stopping_registry_refuses_new_websockets() -> None:
+    registry = RelayRegistry(max_websockets=2, stop_grace_s=0.05)
+    registry.stop_all()
+    with pytest.raises(Refused) as refused, registry.slot():
+        pass
+    assert refused.value.ending.close.code == 1001
+    assert registry.wait_stopped(WAIT_S)
+
+
+def test_the_registry_refuses_beyond_its_limit_and_frees_slots() -> None:
+    registry = RelayRegistry(max_websockets=1, stop_grace_s=0.05)
+    with registry.slot():
+        with pytest.raises(Refused) as refused, registry.slot():
+            pass
+        assert refused.value.ending.close.code == 1013
+    with registry.slot():
+        assert registry.count() == 1

@@ -2,53 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 
-from tests.support.core import WAIT_S, RawClient
+from tests.support.core import RawClient
+from tests.support.text_client import TextClient
 
 Address = tuple[str, int]
-
-
-class TextClient:
-    """A plain-text client. `scaffold` ones send each command with one bare send() and no
-    newline, and read with recv(1024), like the assignment's client.py; others end commands
-    with a newline, like nc."""
-
-    def __init__(self, address: Address, scaffold: bool) -> None:
-        self.sock = socket.create_connection(address, timeout=WAIT_S)
-        self.scaffold = scaffold
-        self._buffer = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def command(self, text: str | bytes) -> None:
-        data = text.encode() if isinstance(text, str) else text
-        self.sock.send(data if self.scaffold else data + b"\n")
-
-    def line(self) -> str:
-        deadline = time.monotonic() + WAIT_S
-        while b"\n" not in self._buffer:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = self.sock.recv(1024)
-            if not chunk:
-                raise ConnectionError(f"closed; have {self._buffer!r}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-    def line_with(self, fragment: str) -> str:
-        """The next line that contains fragment (events may come first)."""
-        while fragment not in (line := self.line()):
-            pass
-        return line
-
-    def closed(self) -> bool:
-        self.sock.settimeout(WAIT_S)
-        return self.sock.recv(1024) == b""
 
 
 @pytest.fixture(params=[True, False], ids=["scaffold", "nc"])
@@ -137,12 +96,25 @@ def test_exit_says_goodbye_closes_and_others_see_left(address: Address, scaffold
             text.close()
 
 
-def test_help_lists_the_commands(address: Address, scaffold: bool) -> None:
+def test_help_before_the_username_says_to_type_it_first(address: Address, scaffold: bool) -> None:
     text = TextClient(address, scaffold)
     try:
         text.command("help")
+        assert text.line().startswith("first type your username")
         assert text.line().startswith("commands")
         assert "send <name> <message>" in "".join(text.line() for _ in range(3))
+    finally:
+        text.close()
+
+
+def test_help_lists_the_commands(address: Address, scaffold: bool) -> None:
+    text = joined(address, "helpme", scaffold)
+    try:
+        text.command("help")
+        assert text.line().startswith("commands")
+        lines = [text.line() for _ in range(6)]
+        commands = [line.split()[0] for line in lines]
+        assert commands == ["list", "send", "send", "ping", "exit", "help"]
     finally:
         text.close()
 

@@ -50,7 +50,7 @@ class InProcessGateway:
     def stop(self) -> None:
         relays = gateway_of(self.app).relays
         relays.stop_all()
-        idle = relays.wait_idle(WAIT_S)
+        idle = relays.wait_stopped(WAIT_S)
         self.server.shutdown()
         self._thread.join(WAIT_S)
         self.server.server_close()

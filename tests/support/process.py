@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,42 +20,61 @@ _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 class CoreProcess:
+    """A core process whose log (stderr) is read all along by a thread, so that it never
+    blocks on a full pipe; `log_lines` keeps what it said."""
+
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tcp_server", "--port", "0", *args],
+        proc = subprocess.Popen(
+            # INFO at least: the address is read from the "listening on" line.
+            [sys.executable, "-m", "tcp_server", "--port", "0", *args, "--log-level", "INFO"],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.address = self._read_address()
+        self._attach(proc)
 
     @classmethod
     def attach(cls, proc: subprocess.Popen[str]) -> CoreProcess:
-        """Wrap a core started some other way (stderr piped, as text)."""
+        """Wrap a core started some other way (stderr piped, as text, logging at INFO)."""
         core = cls.__new__(cls)
-        core.proc = proc
-        core.address = core._read_address()
+        core._attach(proc)
         return core
 
-    def _read_address(self) -> tuple[str, int]:
+    def _attach(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.log_lines: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._drain = threading.Thread(target=self._read_log, name="test-core-log")
+        self._drain.start()
+        self.address = self._read_address()
+
+    def _read_log(self) -> None:
         assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log_lines.append(line)
+            self._lines.put(line)
+        self._lines.put(None)  # the process closed its stderr: it has ended
+
+    def _read_address(self) -> tuple[str, int]:
         deadline = time.monotonic() + WAIT_S
-        # The core logs "listening on HOST:PORT" as soon as it is bound; readline returns at
-        # EOF too, so an early exit cannot hang this loop.
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
                 break
             if match := _LISTENING.search(line):
                 return match.group(1), int(match.group(2))
-        self.proc.kill()
-        raise AssertionError(f"the core did not start (exit code {self.proc.wait(WAIT_S)})")
+        self.stop()
+        raise AssertionError(f"the core did not start: {''.join(self.log_lines)[-2000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(WAIT_S)
+        self._drain.join(WAIT_S)
         if self.proc.stderr:
             self.proc.stderr.close()
 

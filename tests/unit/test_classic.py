@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tcp_server.classic import HELP, PlainTextCodec, printable
+from tcp_server.classic import HELP, HELP_BEFORE_NAME, PlainTextCodec, printable
 from tcp_server.protocol import (
     MAX_LINE_BYTES,
     Bye,
@@ -43,7 +43,8 @@ def parse(line: str, registered: bool = True) -> object:
         ("exit", False, Exit()),
         ("EXIT", True, Exit()),
         ("ping", True, Ping()),
-        ("help", False, HELP),
+        ("help", False, HELP_BEFORE_NAME),
+        ("HELP", True, HELP),
         ("", True, None),
         ("   ", False, None),
     ],

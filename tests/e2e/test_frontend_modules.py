@@ -1,0 +1,453 @@
+"""The frontend's pure modules in the real browser, without any server.
+
+state.js (the pure apply) and connection.js (backoff, re-join, leave) are loaded from static/
+through a routed fake origin; connection.js gets a scripted fake WebSocket and Playwright's fake
+clock, so the backoff delays are checked exactly and nothing waits for real time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, Route
+
+pytestmark = pytest.mark.e2e
+
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+ORIGIN = "http://frontend.test"
+TYPES = {".js": "text/javascript", ".html": "text/html", ".css": "text/css"}
+
+# A WebSocket stand-in: the test opens, feeds and closes it by hand and reads what was sent.
+FAKE_SOCKET = """() => {
+window.sockets = [];
+window.FakeWebSocket = class {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) { this.url = url; this.readyState = 0; this.sent = []; sockets.push(this); }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close() { this.readyState = 3; }
+  serverOpen() { this.readyState = 1; this.onopen && this.onopen({}); }
+  serverSends(obj) { this.onmessage && this.onmessage({ data: JSON.stringify(obj) }); }
+  serverCloses(reason = "") {
+    this.readyState = 3;
+    this.onclose && this.onclose({ code: 1006, reason });
+  }
+};
+}"""
+
+
+@pytest.fixture
+def module_page(page: Page) -> Page:
+    """A blank page on a fake origin that serves static/, with a fake clock installed."""
+
+    def serve(route: Route) -> None:
+        path = route.request.url.removeprefix(ORIGIN).split("?")[0]
+        if path == "/":
+            route.fulfill(body="<!doctype html><title>modules</title>", content_type="text/html")
+            return
+        file = (STATIC_DIR / path.lstrip("/")).resolve()
+        if STATIC_DIR.resolve() not in file.parents or not file.is_file():
+            route.fulfill(status=404, body="not found")
+            return
+        route.fulfill(body=file.read_bytes(), content_type=TYPES.get(file.suffix, "text/plain"))
+
+    page.route(f"{ORIGIN}/**", serve)
+    page.clock.install()
+    page.goto(f"{ORIGIN}/")
+    page.evaluate(FAKE_SOCKET)
+    return page
+
+
+def run_state(page: Page, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """initialState() with `events` applied in order, as JSON."""
+    result: dict[str, Any] = page.evaluate(
+        """async (events) => {
+             const { apply, initialState } = await import('/js/state.js');
+             return events.reduce(apply, initialState());
+           }""",
+        events,
+    )
+    return result
+
+
+WELCOME = {"type": "welcome", "name": "alice", "ip": "127.0.0.1", "port": 5000}
+
+
+def test_direct_message_opens_a_conversation_with_an_unread_count(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "message", "from": "Bob", "to": "alice", "text": "hi", "ts": 1.5},
+    ])
+    bob = state["conversations"]["bob"]
+    assert bob["title"] == "Bob"
+    assert bob["unread"] == 1
+    assert [m["text"] for m in bob["messages"]] == ["hi"]
+    assert state["conversations"]["*"]["messages"] == []
+
+
+def test_selecting_a_conversation_clears_its_unread_count(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "message", "from": "bob", "to": "alice", "text": "one", "ts": 1.0},
+        {"type": "message", "from": "bob", "to": "alice", "text": "two", "ts": 2.0},
+        {"type": "local/select", "key": "bob", "title": "bob"},
+        {"type": "message", "from": "bob", "to": "alice", "text": "three", "ts": 3.0},
+    ])
+    assert state["active"] == "bob"
+    assert state["conversations"]["bob"]["unread"] == 0
+
+
+def test_message_to_everyone_counts_unread_only_when_not_shown(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "message", "from": "bob", "to": "*", "text": "seen", "ts": 1.0},
+        {"type": "local/select", "key": "carol", "title": "carol"},
+        {"type": "message", "from": "bob", "to": "*", "text": "unseen", "ts": 2.0},
+    ])
+    assert state["conversations"]["*"]["unread"] == 1
+
+
+def test_sent_confirms_the_pending_message_with_the_server_time(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send", "id": "b7", "to": "bob", "text": "hello"},
+        {"type": "sent", "id": "b7", "to": "Bob", "ts": 1795610750.351},
+    ])
+    [message] = state["conversations"]["bob"]["messages"]
+    assert (message["state"], message["ts"], message["to"]) == ("sent", 1795610750.351, "Bob")
+    assert state["pending"] == {}
+
+
+def test_error_reply_marks_the_pending_message_failed(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send", "id": "b7", "to": "carol", "text": "hello?"},
+        {"type": "error", "id": "b7", "code": "no_such_user", "message": "no user named 'carol'"},
+    ])
+    [message] = state["conversations"]["carol"]["messages"]
+    assert (message["state"], message["error"]) == ("failed", "no user named 'carol'")
+
+
+def test_losing_the_connection_keeps_unconfirmed_messages_marked_failed(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send", "id": "b7", "to": "*", "text": "still here"},
+        {"type": "local/status", "status": "reconnecting", "reason": "gone", "attempt": 1},
+    ])
+    [message] = state["conversations"]["*"]["messages"]
+    assert message["text"] == "still here"
+    assert message["state"] == "failed"
+    assert state["pending"] == {}
+
+
+def test_joined_lists_the_user_until_the_users_reply_fills_in_the_address(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"}])
+    assert state["users"] == [{"name": "bob", "ip": None, "port": None, "via": None}]
+    users = [{"name": "alice", "ip": "127.0.0.1", "port": 5000, "via": "web"},
+             {"name": "bob", "ip": "10.0.0.2", "port": 6000, "via": "tcp"}]
+    state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"},
+                                    {"type": "users", "users": users}])
+    assert state["users"] == users
+
+
+def test_left_removes_the_user_and_says_so(module_page: Page) -> None:
+    users = [{"name": "alice", "ip": "127.0.0.1", "port": 5000, "via": "web"},
+             {"name": "Bob", "ip": "10.0.0.2", "port": 6000, "via": "tcp"}]
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "users", "users": users},
+        {"type": "message", "from": "Bob", "to": "alice", "text": "bye", "ts": 1.0},
+        {"type": "left", "name": "Bob"},
+    ])
+    assert [u["name"] for u in state["users"]] == ["alice"]
+    assert state["conversations"]["*"]["messages"][-1]["text"] == "Bob left"
+    assert state["conversations"]["bob"]["messages"][-1]["text"] == "Bob left"
+
+
+def test_join_of_a_peer_shows_in_the_conversation_with_them_as_their_leave_does(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "message", "from": "Bob", "to": "alice", "text": "brb", "ts": 1.0},
+        {"type": "local/select", "key": "*", "title": "Everyone"},
+        {"type": "left", "name": "Bob"},
+        {"type": "joined", "name": "Bob"},
+    ])
+    bob = state["conversations"]["bob"]
+    assert [m["text"] for m in bob["messages"]] == ["brb", "Bob left", "Bob joined"]
+    assert bob["unread"] == 1  # the message; notices are not unread
+    assert state["conversations"]["*"]["messages"][-1]["text"] == "Bob joined"
+
+
+def test_join_of_someone_never_written_to_opens_no_conversation(module_page: Page) -> None:
+    state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"}])
+    assert sorted(state["conversations"]) == ["*"]
+
+
+def test_discard_removes_a_failed_message_for_its_retry(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send-failed", "to": "bob", "text": "lost", "reason": "not connected"},
+        {"type": "local/send", "id": "b1", "to": "bob", "text": "kept"},
+    ])
+    [failed, _] = state["conversations"]["bob"]["messages"]
+    assert failed["state"] == "failed"
+    state = run_state(module_page, [
+        WELCOME,
+        {"type": "local/send-failed", "to": "bob", "text": "lost", "reason": "not connected"},
+        {"type": "local/send", "id": "b1", "to": "bob", "text": "kept"},
+        {"type": "local/discard", "key": failed["key"]},
+    ])
+    assert [m["text"] for m in state["conversations"]["bob"]["messages"]] == ["kept"]
+
+
+def test_error_without_a_request_is_a_notice_only_while_online(module_page: Page) -> None:
+    unavailable = {"type": "error", "code": "unavailable", "message": "core unreachable"}
+    online = {"type": "local/status", "status": "online", "reason": "", "attempt": 0}
+    lost = {"type": "local/status", "status": "reconnecting", "reason": "gone", "attempt": 1}
+    assert run_state(module_page, [WELCOME, online, unavailable])["notice"] == "core unreachable"
+    assert run_state(module_page, [WELCOME, online, lost, unavailable])["notice"] == ""
+    assert run_state(module_page, [WELCOME, online, unavailable, lost])["notice"] == ""
+
+
+def test_unknown_event_types_leave_the_state_unchanged(module_page: Page) -> None:
+    same = module_page.evaluate(
+        """async () => {
+             const { apply, initialState } = await import('/js/state.js');
+             const state = initialState();
+             return apply(state, { type: "from_the_future", x: 1 }) === state;
+           }"""
+    )
+    assert same is True
+
+
+# --- connection.js ---------------------------------------------------------------------------
+
+START_CONNECTION = """async () => {
+  const { ChatConnection } = await import('/js/connection.js');
+  window.statuses = [];
+  window.refusals = [];
+  window.conn = new ChatConnection("ws://gateway.test/ws",
+                                   { WebSocket: FakeWebSocket, random: () => 0.5 });
+  conn.addEventListener("status", (e) => statuses.push(e.detail));
+  conn.addEventListener("refused", (e) => refusals.push(e.detail));
+  conn.join("alice");
+}"""
+
+
+def js(page: Page, code: str) -> Any:
+    return page.evaluate(code)
+
+
+def last_socket_welcomes(page: Page, name: str = "alice") -> None:
+    """The newest fake socket opens, gets the hello and answers welcome."""
+    welcome = {"type": "welcome", "name": name, "ip": "127.0.0.1", "port": 5000}
+    page.evaluate(
+        """(welcome) => {
+             const ws = sockets.at(-1);
+             ws.serverOpen();
+             const hello = ws.sent.at(-1);
+             ws.serverSends({ ...welcome, id: hello.id });
+           }""",
+        welcome,
+    )
+
+
+def test_connection_sends_hello_under_the_name_and_goes_online(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    sent = js(module_page, "() => sockets[0].sent")
+    assert [(m["type"], m["name"]) for m in sent] == [("hello", "alice")]
+    assert js(module_page, "() => statuses.map((s) => s.status)") == ["connecting", "online"]
+
+
+def test_reconnect_delays_double_up_to_the_cap(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    delays = []
+    for _ in range(7):
+        js(module_page, "() => sockets.at(-1).serverCloses('core down')")
+        delay = js(module_page, "() => statuses.at(-1).retryInMs")
+        delays.append(delay)
+        module_page.clock.run_for(delay)
+    # "Equal jitter" with random() = 0.5: three quarters of 500 ms, doubling, capped at 15 s.
+    assert delays == [375, 750, 1500, 3000, 6000, 11250, 11250]
+    assert js(module_page, "() => sockets.length") == 8
+
+
+def test_reconnect_joins_again_under_the_same_name_and_resets_the_backoff(
+    module_page: Page,
+) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    for _ in range(3):
+        js(module_page, "() => sockets.at(-1).serverCloses()")
+        module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    last_socket_welcomes(module_page)
+    hello = js(module_page, "() => sockets.at(-1).sent[0]")
+    assert (hello["type"], hello["name"]) == ("hello", "alice")
+    assert js(module_page, "() => conn.status") == "online"
+    js(module_page, "() => sockets.at(-1).serverCloses()")
+    assert js(module_page, "() => statuses.at(-1).retryInMs") == 375
+
+
+def test_status_tells_the_reason_the_gateway_gave(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "error", code: "unavailable",
+                                 message: "the chat server is not reachable" });
+        sockets[0].serverCloses();
+    }""")
+    last = js(module_page, "() => statuses.at(-1)")
+    assert (last["status"], last["reason"]) == ("reconnecting", "the chat server is not reachable")
+
+
+def test_the_gateways_reason_stays_while_later_attempts_fail_without_one(
+    module_page: Page,
+) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "the web gateway is shutting down" });
+        sockets[0].serverCloses();
+    }""")
+    since_bye = js(module_page, "() => statuses.length") - 1
+    for _ in range(3):  # the gateway is gone: each attempt just fails, saying nothing
+        module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+        js(module_page, "() => sockets.at(-1).serverCloses()")
+    assert js(module_page, "() => sockets.length") == 4
+    shown = js(module_page, f"() => statuses.slice({since_bye})")
+    assert [s["status"] for s in shown] == ["reconnecting"] * 7
+    assert {s["reason"] for s in shown} == {"the web gateway is shutting down"}
+
+
+def test_a_newer_reason_replaces_an_older_one_while_reconnecting(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "the web gateway is shutting down" });
+        sockets[0].serverCloses();
+    }""")
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    js(module_page, """() => {
+        const ws = sockets.at(-1);
+        ws.serverOpen();
+        ws.serverSends({ type: "error", code: "unavailable",
+                         message: "the chat server is not reachable" });
+        ws.serverCloses();
+    }""")
+    assert js(module_page, "() => statuses.at(-1).reason") == "the chat server is not reachable"
+
+
+def test_a_reason_is_forgotten_once_back_online(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "the web gateway is shutting down" });
+        sockets[0].serverCloses();
+    }""")
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    last_socket_welcomes(module_page)
+    js(module_page, "() => sockets.at(-1).serverCloses()")
+    assert js(module_page, "() => statuses.at(-1).reason") == "the connection was closed"
+
+
+def test_name_taken_at_first_join_is_a_refusal_without_retry(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    js(module_page, """() => {
+        const ws = sockets[0];
+        ws.serverOpen();
+        ws.serverSends({ type: "error", code: "name_taken", message: "taken!",
+                         id: ws.sent[0].id });
+    }""")
+    assert js(module_page, "() => refusals") == [{"code": "name_taken", "message": "taken!"}]
+    assert js(module_page, "() => conn.status") == "offline"
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 1
+
+
+def test_name_taken_after_a_reconnect_is_retried(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, "() => sockets[0].serverCloses()")
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    # Our old session still holds the name on the core: not a refusal, try again later.
+    js(module_page, """() => {
+        const ws = sockets[1];
+        ws.serverOpen();
+        ws.serverSends({ type: "error", code: "name_taken", message: "taken", id: ws.sent[0].id });
+    }""")
+    assert js(module_page, "() => refusals") == []
+    assert js(module_page, "() => conn.status") == "reconnecting"
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    last_socket_welcomes(module_page)
+    assert js(module_page, "() => conn.status") == "online"
+    assert js(module_page, "() => sockets.length") == 3
+
+
+def test_name_taken_after_reconnect_gives_up_after_the_retry_limit(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, "() => sockets.at(-1).serverCloses()")
+    for _ in range(9):  # maxNameRetries (8) retries, then the 9th answer is final
+        module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+        js(module_page, """() => {
+            const ws = sockets.at(-1);
+            ws.serverOpen();
+            ws.serverSends({ type: "error", code: "name_taken", message: "taken",
+                             id: ws.sent[0].id });
+        }""")
+    assert js(module_page, "() => refusals") == [{"code": "name_taken", "message": "taken"}]
+    assert js(module_page, "() => conn.status") == "offline"
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 10
+
+
+def test_leave_sends_exit_and_stays_offline_after_bye(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    js(module_page, "() => conn.leave()")
+    exit_request = js(module_page, "() => sockets[0].sent.at(-1)")
+    assert exit_request["type"] == "exit"
+    module_page.evaluate(
+        "(id) => { sockets[0].serverSends({ type: 'bye', id }); sockets[0].serverCloses(); }",
+        exit_request["id"],
+    )
+    assert js(module_page, "() => conn.status") == "offline"
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 1
+
+
+def test_silent_connection_is_dropped_after_an_unanswered_ping(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    module_page.clock.run_for(25_000)
+    ping = js(module_page, "() => sockets[0].sent.at(-1)")
+    assert ping["type"] == "ping"
+    module_page.clock.run_for(10_000)
+    last = js(module_page, "() => statuses.at(-1)")
+    assert (last["status"], last["reason"]) == ("reconnecting", "no answer from the server")
+
+
+def test_frames_that_break_the_protocol_are_ignored(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    events = module_page.evaluate(
+        """(frames) => {
+             const seen = [];
+             conn.addEventListener("event", (e) => seen.push(e.detail.type));
+             for (const frame of frames) sockets[0].onmessage({ data: frame });
+             return seen;
+           }""",
+        ["not json", "[1]", json.dumps({"no": "type"}),
+         json.dumps({"type": "message", "from": "bob"}),
+         json.dumps({"type": "joined", "name": "bob"})],
+    )
+    assert events == ["joined"]
+    assert js(module_page, "() => conn.status") == "online"
