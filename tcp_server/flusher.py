@@ -68,10 +68,21 @@ class Flusher:
                     return
                 due = list(self._due)
                 self._due.clear()
-            again = []
-            for outbox in due:
-                try:
-                    if outbox.flush():
-                        again.append(outbox)
-                except Exception:  # one broken outbox must not stop everyone's output
-                    log.exception("flusher: flush failed")
+            again = self._flush_all(due)
+
+    @staticmethod
+    def _flush_all(due: list[Flushable]) -> list[Flushable]:
+        """Flush each once; returns those to flush again.
+
+        Keeps no reference once it returns (nor does the loop above while it waits): an
+        outbox refers to its connection, which must be freed when the connection ends.
+        """
+        again: list[Flushable] = []
+        for outbox in due:
+            try:
+                if outbox.flush():
+                    again.append(outbox)
+            except Exception:  # one broken outbox must not stop everyone's output
+                log.exception("flusher: flush failed")
+        due.clear()
+        return again

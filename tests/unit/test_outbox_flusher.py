@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 from tcp_server.flusher import Flusher
 from tcp_server.outbox import Outbox
+from tests.support.core import wait_until
 
 
 class FakeSocket:
@@ -21,6 +24,11 @@ class FakeSocket:
         taken = data[: self.room]
         self.written += taken
         return len(taken)
+
+
+def flusher_idle(flusher: Flusher) -> bool:
+    with flusher._lock:  # the test looks inside: is it back to waiting?
+        return flusher._idle
 
 
 class ManualFlusher:
@@ -101,3 +109,20 @@ def test_writer_waiting_in_take_is_not_woken_by_what_the_flusher_writes() -> Non
         outbox.close()
         writer.join(5.0)
     assert got == [None]
+
+
+def test_flusher_keeps_no_reference_to_an_outbox_it_has_flushed() -> None:
+    flusher = Flusher()
+    flusher.start()
+    try:
+        sock = FakeSocket()
+        outbox = Outbox(100, try_send=sock.send, schedule=flusher.schedule)
+        outbox.put(b"last words")
+        gone = weakref.ref(outbox)
+        wait_until(lambda: sock.written == b"last words", what="the flusher to write")
+        wait_until(lambda: flusher_idle(flusher), what="the flusher to wait again")
+        del outbox
+        gc.collect()
+        assert gone() is None  # a flushed outbox (and its connection) can be freed at once
+    finally:
+        flusher.stop(timeout=5.0)
