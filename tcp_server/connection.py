@@ -27,6 +27,7 @@ from tcp_server.protocol import (
     ErrorCode,
     Event,
     Exit,
+    Hello,
     ProtocolError,
     Request,
 )
@@ -197,9 +198,24 @@ class Connection:
                 ).to_event()
             )
             return True
-        outcome = self._commands.handle(self.session, request)
-        for reply in outcome.replies:
-            self._reply(reply)
+        registering = isinstance(request, Hello) and self.session.member is None
+        if registering:
+            # Others deliver to a new member as soon as the room lists it: hold their events
+            # until the welcome is queued, so that the welcome always comes first.
+            self._outbox.hold()
+        try:
+            outcome = self._commands.handle(self.session, request)
+        except BaseException:
+            if registering:
+                self._outbox.release()
+            raise
+        replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
+        if registering:
+            queued = self._outbox.release(first=replies)
+        else:
+            queued = self._outbox.put(replies) if replies else True
+        if not queued:
+            self._drop("send queue full: not reading replies")
         return not outcome.close
 
     def _reply(self, event: Event) -> None:

@@ -42,6 +42,9 @@ class Outbox:
         self._closed = False
         # Who writes what is queued: nobody (idle), the flusher or the writer thread.
         self._owner: _Owner | None = None
+        # While not None (see hold()), what is put waits here, handed to nobody.
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
 
     def put(self, data: bytes) -> bool:
         """Queue data without blocking. False: the outbox is full (the data was not queued).
@@ -52,8 +55,12 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return True
-            if self._queued_bytes + len(data) > self._max_bytes:
+            if self._queued_bytes + self._held_bytes + len(data) > self._max_bytes:
                 return False
+            if self._held is not None:
+                self._held.append(data)
+                self._held_bytes += len(data)
+                return True
             self._chunks.append(data)
             self._queued_bytes += len(data)
             if self._owner is _Owner.FLUSHER:
@@ -66,6 +73,24 @@ class Outbox:
                 return True
         self._schedule(self)  # outside the lock: the flusher has a lock of its own
         return True
+
+    def hold(self) -> None:
+        """Keep what is put from now on until release(), handing it to no writer.
+
+        For registration: the room may deliver to a new member as soon as it lists it, and
+        those events must not overtake the welcome that the member is about to be sent.
+        """
+        with self._lock:
+            if self._held is None:
+                self._held = []
+
+    def release(self, first: bytes = b"") -> bool:
+        """End hold(): queue `first`, then everything held meanwhile. False: over budget."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            self._held_bytes = 0
+        data = first + b"".join(held)
+        return self.put(data) if data else True
 
     def flush(self) -> bool:
         """The flusher's turn: write what is queued without blocking.

@@ -9,6 +9,9 @@ import threading
 
 import pytest
 
+from tcp_server.config import ServerConfig
+from tcp_server.protocol import Joined
+from tcp_server.registry import Envelope, LocalRoom, Member
 from tcp_server.server import ChatServer
 from tests.support.core import RawClient, running_server, wait_until
 
@@ -412,3 +415,26 @@ def test_events_are_one_json_line_each(address: Address) -> None:
         alice.send(type="send", to="bob", text="a\nb")
         line = bob.recv_line()
         assert json.loads(line)["text"] == "a\nb"
+
+
+class RacingRoom(LocalRoom):
+    """A room in which, the moment a member is listed, someone else's join reaches it: the
+    race of two users registering at once, made certain."""
+
+    def join(self, member: Member) -> None:
+        super().join(member)
+        member.deliver(Envelope(Joined("racer")))
+
+
+def test_welcome_comes_before_events_that_race_the_registration() -> None:
+    server = ChatServer(ServerConfig(host="127.0.0.1", port=0), room=RacingRoom())
+    thread = threading.Thread(target=server.serve_forever, name="test-racing-server")
+    thread.start()
+    try:
+        with RawClient(server.address) as client:
+            client.send(type="hello", name="alice")
+            client.expect("welcome", name="alice")
+            client.expect("joined", name="racer")
+    finally:
+        server.stop()
+        thread.join(5)

@@ -86,3 +86,21 @@ def test_config_rejects_a_bad_environment_value(capsys: pytest.CaptureFixture[st
 def test_config_rejects_negative_limits() -> None:
     with pytest.raises(SystemExit):
         config_from_args(["--max-clients", "-1"], {})
+
+
+def test_outbox_release_puts_the_first_bytes_before_what_was_held() -> None:
+    outbox = Outbox(max_bytes=100)
+    outbox.hold()
+    assert outbox.put(b"joined ")
+    assert outbox.put(b"message ")
+    assert outbox.release(first=b"welcome ")
+    assert outbox.take() == b"welcome joined message "
+
+
+def test_outbox_hold_counts_held_bytes_against_the_budget() -> None:
+    outbox = Outbox(max_bytes=10)
+    outbox.hold()
+    assert outbox.put(b"x" * 8)
+    assert not outbox.put(b"yyy")
+    assert outbox.release(first=b"ab")
+    assert outbox.take() == b"ab" + b"x" * 8
