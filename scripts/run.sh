@@ -6,7 +6,7 @@
 # CHAT_* variables configure the core (docs/operations.md); CHAT_WEB_PORT the gateway's port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+source scripts/setup.sh ""  # an explicit (empty) extras argument: not run.sh's own arguments
 
 if [ -z "${CHAT_GATEWAY_SECRET:-}" ]; then
     CHAT_GATEWAY_SECRET=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))')
