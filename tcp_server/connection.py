@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from tcp_server.commands import Commands, Session
 from tcp_server.config import ServerConfig
 from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
+from tcp_server.flusher import Flusher
 from tcp_server.outbox import Outbox
 from tcp_server.protocol import (
     Bye,
@@ -44,6 +45,7 @@ class Connection:
         address: tuple[str, int],
         config: ServerConfig,
         commands: Commands,
+        flusher: Flusher | None = None,
     ) -> None:
         self._sock = sock
         self._sock_lock = threading.Lock()  # serializes shutdown() against close()
@@ -53,7 +55,11 @@ class Connection:
         # speaks for it (a shutdown or hello-deadline bye). Read by other threads: one
         # reference assignment, no lock needed.
         self._codec: Codec | None = None
-        self._outbox = Outbox(config.max_outbox_bytes)
+        self._outbox = Outbox(
+            config.max_outbox_bytes,
+            try_send=self._try_send,
+            schedule=flusher.schedule if flusher else None,
+        )
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(ip=address[0], port=address[1], deliver=self.deliver)
         # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
@@ -242,6 +248,14 @@ class Connection:
         if self._outbox.close(self._encoder.encode(Bye(reason=reason)), discard=True):
             log.warning("%s dropped: %s", self.peer, reason)
             self._shutdown(socket.SHUT_RD)
+
+    def _try_send(self, data: bytes) -> int:
+        """Write what the socket takes without blocking (the flusher's write, see outbox.py).
+
+        Under _sock_lock so that it never meets a closed socket whose number was reused.
+        """
+        with self._sock_lock:
+            return self._sock.send(data, socket.MSG_DONTWAIT)
 
     def _abort(self) -> None:
         self._outbox.close(discard=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -463,7 +464,29 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 def encode_event(event: Event) -> bytes:
+    # The two events of every message (a message and its sender's "sent") are formatted
+    # directly: byte for byte what encode() makes of event_to_wire(), six times faster, and
+    # they are most of what a busy server encodes (bench/README.md).
+    if isinstance(event, Message):
+        return _MESSAGE_LINE.format(
+            _json_str(event.sender), _json_str(event.to), _json_str(event.text),
+            _json_number(event.ts),
+        ).encode("utf-8")
+    if isinstance(event, Sent) and event.id is None:
+        return _SENT_LINE.format(_json_str(event.to), _json_number(event.ts)).encode("utf-8")
     return encode(event_to_wire(event))
+
+
+# json's own (C-accelerated) string encoder for ensure_ascii=False, and its number format.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+_MESSAGE_LINE: Final = '{{"type":"message","from":{},"to":{},"text":{},"ts":{}}}\n'
+_SENT_LINE: Final = '{{"type":"sent","to":{},"ts":{}}}\n'
+
+
+def _json_number(value: float) -> str:
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value)
 
 
 def encode_request(request: Request) -> bytes:

@@ -14,6 +14,7 @@ import time
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
 from tcp_server.connection import Connection, run_connection
+from tcp_server.flusher import Flusher
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
 from tcp_server.registry import LocalRoom, Room
 
@@ -39,6 +40,7 @@ class ChatServer:
         self._stop_reason = "server shutting down"
         self._lock = threading.Lock()
         self._threads: dict[Connection, threading.Thread] = {}  # guarded by _lock
+        self._flusher = Flusher()
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
@@ -63,6 +65,7 @@ class ChatServer:
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_reader, selectors.EVENT_READ)
+            self._flusher.start()
             try:
                 while not any(
                     key.fileobj is self._wake_reader for key, _ in selector.select()
@@ -71,6 +74,7 @@ class ChatServer:
             finally:
                 self._listener.close()
                 self._close_all(self._stop_reason)
+                self._flusher.stop(self._config.close_timeout)
                 self._wake_reader.close()
                 self._wake_writer.close()
                 os.close(self._spare_fd)
@@ -110,7 +114,9 @@ class ChatServer:
         with self._lock:
             full = len(self._threads) >= self._config.max_clients
             if not full:
-                connection = Connection(sock, address, self._config, self._commands)
+                connection = Connection(
+                    sock, address, self._config, self._commands, self._flusher
+                )
                 thread = threading.Thread(
                     target=run_connection,
                     args=(connection, self._forget),
