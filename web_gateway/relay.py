@@ -318,22 +318,46 @@ class Relay:
                 return
             if frame is None:  # only after a timeout, which we do not use; be safe
                 continue
-            try:
-                upstream = frame_to_line(frame)
-            except ProtocolError as error:
-                log.debug("websocket %d from %s: refused %s: %s",
-                          self.number, self.peer, error.code, error.message)
-                reply = error_frame(error.code, error.message)
-                self._to_browser(reply, len(reply))
-                continue
-            if upstream.type == "exit":
-                with self._lock:
-                    self._exit_sent = True
-            if not self._to_core(upstream.line):
+            frames, ended = self._received_since(frame)
+            lines: list[bytes] = []
+            for frame in frames:
+                try:
+                    upstream = frame_to_line(frame)
+                except ProtocolError as error:
+                    log.debug("websocket %d from %s: refused %s: %s",
+                              self.number, self.peer, error.code, error.message)
+                    reply = error_frame(error.code, error.message)
+                    self._to_browser([(reply, len(reply))])
+                    continue
+                if upstream.type == "exit":
+                    with self._lock:
+                        self._exit_sent = True
+                lines.append(upstream.line)
+            # One write for every frame at hand: a system call (and a GIL hand-over) per
+            # batch instead of per frame.
+            if lines and not self._to_core(lines[0] if len(lines) == 1 else b"".join(lines)):
                 log.warning("websocket %d from %s: the core is not reading; closing",
                             self.number, self.peer)
                 self._end_up()  # what follows is discarded, not refused again
                 self.stop(CORE_STALLED)
+            if ended:
+                return
+
+    def _received_since(self, first: str | bytes) -> tuple[list[str | bytes], bool]:
+        """`first` and the frames already received after it, without waiting; True: the
+        websocket ended after them."""
+        frames = [first]
+        size = len(first)
+        while size < RECV_BYTES:  # a browser that never pauses still gets its batches out
+            try:
+                frame = self._ws.receive(timeout=0)
+            except ConnectionClosed:
+                return frames, True
+            if frame is None:
+                break
+            frames.append(frame)
+            size += len(frame)
+        return frames, False
 
     def _to_core(self, line: bytes) -> bool:
         """Write a line to the core now, or queue it for relay-up-N. False: the queue is full."""
@@ -362,16 +386,17 @@ class Relay:
             self._up_direct = False
             self._up.close(discard=True)
 
-    def _to_browser(self, frame: str, size: int) -> None:
-        """Write a frame to the browser now, or queue it for relay-down-N; drop a browser that
-        has `max_queue_bytes` queued already."""
+    def _to_browser(self, frames: list[tuple[str, int]]) -> None:
+        """Write frames (text, size in bytes) to the browser now, in one system call, or queue
+        them for relay-down-N; drop a browser that has `max_queue_bytes` queued already."""
         drop = False
         with self._down_lock:
             if self._down_direct and not self._down_pending:
                 if not self._ws.connected:  # the websocket is closing: nothing more goes out
                     return
                 try:
-                    data = self._ws.ws.send(TextMessage(data=frame))
+                    codec = self._ws.ws
+                    data = b"".join([codec.send(TextMessage(data=text)) for text, _ in frames])
                     sent = self._ws.sock.send(data, socket.MSG_DONTWAIT)
                 except BlockingIOError:  # the browser's receive buffer is full: queue it all
                     sent = 0
@@ -380,15 +405,18 @@ class Relay:
                     return  # run() sees the websocket end and finishes the relay
                 if sent == len(data):
                     return
+                # Taken even beyond the budget: the queue is empty (see FrameQueue.put).
                 if self._down.put(data[sent:], len(data) - sent):
                     self._down_pending += 1
                 else:  # cannot happen: the queue is empty; be safe
                     drop = True
-            elif self._down.put(frame, size):
-                if self._down_direct:  # after close() put() discards: nothing is pending then
-                    self._down_pending += 1
             else:
-                drop = True
+                for text, size in frames:
+                    if not self._down.put(text, size):
+                        drop = True
+                        break
+                    if self._down_direct:  # after close() put() discards: nothing pending
+                        self._down_pending += 1
         if drop:
             self._drop("the browser is not reading what it is sent")
 
@@ -452,12 +480,15 @@ class Relay:
         lines = LineBuffer(MAX_CORE_LINE_BYTES)
         try:
             while data := self._core.recv(RECV_BYTES):
+                frames: list[tuple[str, int]] = []
                 for line in lines.feed(data):
                     if isinstance(line, ProtocolError):
                         log.error("websocket %d: the core sent an over-long line; skipped",
                                   self.number)
                         continue
-                    self._to_browser(line.decode("utf-8"), len(line))
+                    frames.append((line.decode("utf-8"), len(line)))
+                if frames:  # every line of one read in one write
+                    self._to_browser(frames)
         except OSError as error:
             log.debug("websocket %d: core read ended: %s", self.number, error)
         except Exception:
