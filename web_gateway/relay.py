@@ -63,6 +63,8 @@ class WebSocket(Protocol):
 
     sock: socket.socket
     thread: threading.Thread
+    event: WebSocketEvent
+    input_buffer: list[str | bytes]  # the messages received and not yet taken
     ws: WSConnection  # the frame codec: the relay encodes its frames for its direct writes
     connected: bool
 
@@ -93,6 +95,31 @@ class WebSocketThread(threading.Thread):
             if self._websocket is not None:
                 self._websocket.connected = False
                 self._websocket.event.set()
+
+
+class WebSocketEvent(threading.Event):
+    """simple-websocket's "received" event (SOCK_SERVER_OPTIONS event_class), with a listener.
+
+    simple-websocket's reader thread sets it after each message it adds to the websocket's
+    input_buffer, and when the websocket ends. A listener is called first, in that thread:
+    the relay takes the frames there, where they were decoded, instead of waking a thread
+    of its own for each (a GIL hand-over per frame).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listener: Callable[[], None] | None = None
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (which must not raise or block) on every set() from now on."""
+        self._listener = listener
+
+    def set(self) -> None:
+        """Call the listener, then wake whoever waits (receive() when no listener takes
+        the messages)."""
+        if (listener := self._listener) is not None:
+            listener()
+        super().set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +276,8 @@ class Relay:
         self._exit_sent = False  # the browser sent exit: the core's close is the normal end
         self._browser_gone = False  # run() has seen the websocket end
         self._core_closed = False  # the core socket is closed (shutdown would fail)
-        # _up_lock guards the core socket's writes by run() and the two fields below: while
+        self._receive_lock = threading.Lock()  # one _take_frames() at a time
+        # _up_lock guards the core socket's writes by _take_frames() and the two fields below: while
         # anything is queued for relay-up-N or being written by it, frames queue behind it.
         self._up_lock = threading.Lock()
         self._up_pending = 0  # bytes put in _up and not yet written by relay-up-N
@@ -302,7 +330,11 @@ class Relay:
         try:
             for thread in self._threads:
                 thread.start()  # RuntimeError when the system has no thread to spare
-            self._receive_loop()
+            self._ws.event.listen(self._take_frames)
+            self._take_frames()  # what came before the listener
+            # The websocket's reader thread relays the browser's frames from now on; it ends
+            # when the websocket does (the browser's close, or a shutdown of its socket).
+            self._ws.thread.join()
         except Exception:
             log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
             self._drop("internal error")
@@ -310,54 +342,42 @@ class Relay:
             self._finish()
         log.info("websocket %d from %s closed", self.number, self.peer)
 
-    def _receive_loop(self) -> None:
-        while True:
-            try:
-                frame = self._ws.receive()
-            except ConnectionClosed:
-                return
-            if frame is None:  # only after a timeout, which we do not use; be safe
-                continue
-            frames, ended = self._received_since(frame)
-            lines: list[bytes] = []
-            for frame in frames:
-                try:
-                    upstream = frame_to_line(frame)
-                except ProtocolError as error:
-                    log.debug("websocket %d from %s: refused %s: %s",
-                              self.number, self.peer, error.code, error.message)
-                    reply = error_frame(error.code, error.message)
-                    self._to_browser([(reply, len(reply))])
-                    continue
-                if upstream.type == "exit":
-                    with self._lock:
-                        self._exit_sent = True
-                lines.append(upstream.line)
-            # One write for every frame at hand: a system call (and a GIL hand-over) per
-            # batch instead of per frame.
-            if lines and not self._to_core(lines[0] if len(lines) == 1 else b"".join(lines)):
-                log.warning("websocket %d from %s: the core is not reading; closing",
-                            self.number, self.peer)
-                self._end_up()  # what follows is discarded, not refused again
-                self.stop(CORE_STALLED)
-            if ended:
-                return
+    def _take_frames(self) -> None:
+        """Relay the frames the websocket has buffered: called by simple-websocket's reader
+        thread right after it decoded them (WebSocketEvent), so no other thread wakes up for
+        them. It never blocks: the core gets them without waiting, or they are queued."""
+        try:
+            with self._receive_lock:  # run()'s first call may meet the reader thread's
+                buffered = self._ws.input_buffer
+                frames = buffered[:]
+                del buffered[: len(frames)]  # what the reader appends meanwhile stays
+                if frames:
+                    self._relay_frames(frames)
+        except Exception:  # never into simple-websocket's thread: it would stop reading
+            log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
+            self._drop("internal error")
 
-    def _received_since(self, first: str | bytes) -> tuple[list[str | bytes], bool]:
-        """`first` and the frames already received after it, without waiting; True: the
-        websocket ended after them."""
-        frames = [first]
-        size = len(first)
-        while size < RECV_BYTES:  # a browser that never pauses still gets its batches out
+    def _relay_frames(self, frames: list[str | bytes]) -> None:
+        lines: list[bytes] = []
+        for frame in frames:
             try:
-                frame = self._ws.receive(timeout=0)
-            except ConnectionClosed:
-                return frames, True
-            if frame is None:
-                break
-            frames.append(frame)
-            size += len(frame)
-        return frames, False
+                upstream = frame_to_line(frame)
+            except ProtocolError as error:
+                log.debug("websocket %d from %s: refused %s: %s",
+                          self.number, self.peer, error.code, error.message)
+                reply = error_frame(error.code, error.message)
+                self._to_browser([(reply, len(reply))])
+                continue
+            if upstream.type == "exit":
+                with self._lock:
+                    self._exit_sent = True
+            lines.append(upstream.line)
+        # One write for every frame at hand: a system call per batch instead of per frame.
+        if lines and not self._to_core(lines[0] if len(lines) == 1 else b"".join(lines)):
+            log.warning("websocket %d from %s: the core is not reading; closing",
+                        self.number, self.peer)
+            self._end_up()  # what follows is discarded, not refused again
+            self.stop(CORE_STALLED)
 
     def _to_core(self, line: bytes) -> bool:
         """Write a line to the core now, or queue it for relay-up-N. False: the queue is full."""
