@@ -3,25 +3,29 @@ that has it in hand.
 
 Threads of one relay (N is the relay's number):
 
-- the server's request thread runs `Relay.run()`: it receives the browser's frames, checks
-  them (web_gateway.frames) and writes each accepted one to the core itself, without blocking
-  (MSG_DONTWAIT), or answers the browser with the gateway's own error object;
+- simple-websocket's reader thread (`WebSocketThread`) decodes the browser's frames and, as
+  the listener of its `WebSocketEvent`, hands each batch to the relay at once: the frames are
+  checked (web_gateway.frames) and written to the core in one non-blocking send, or answered
+  with the gateway's own error object;
+- the server's request thread runs `Relay.run()`: it starts the relay and waits for the
+  websocket to end, then ends the core connection and joins the relay's threads;
 - `relay-core-N` reads the core socket, splits it into lines with the core's LineBuffer and
-  writes each line, as one text frame, to the browser itself, without blocking;
+  writes every line of one read, one text frame each, to the browser in one non-blocking send;
 - `relay-up-N` and `relay-down-N` are the fallback writers: they write only what a socket did
-  not take at once (a peer that is slow to read), with blocking sends, and `relay-down-N`
-  sends the websocket's ending (error object and close frame).
+  not take at once (a peer slow to read), with blocking sends, and `relay-down-N` sends the
+  websocket's ending (error object and close frame).
 
 So on the fast path a message crosses no thread of the relay. Each direction has a lock under
 which bytes go out in order and from one thread at a time (flask-sock's websocket is not safe
-for concurrent senders, flask-sock#85): a frame is written directly only while nothing is
-queued for its fallback writer or being written by it; otherwise it is queued behind.
+for concurrent senders, flask-sock#85): frames are written directly only while nothing is
+queued for that direction's fallback writer or being written by it; otherwise they queue.
 
 Nobody blocks on a full queue: a browser that does not read what it is sent is dropped (like
-the core drops a TCP client that does not read), and so is one whose core stops reading.
-Every wait has a wake-up path: closing a queue wakes its consumer, shutting down a socket
-wakes its reader and writer, and the websocket's own thread ends when the browser answers
-our close (or when we cut the socket after `close_timeout`).
+the core drops a TCP client that does not read), and so is one whose core stops reading; each
+socket's kernel send buffer is capped at the same budget. Every wait has a wake-up path:
+closing a queue wakes its consumer, shutting down a socket wakes its reader and writer, and
+the websocket's own thread ends when the browser answers our close (or when we cut the
+socket after `close_timeout`).
 """
 
 from __future__ import annotations
