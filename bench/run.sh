@@ -5,7 +5,7 @@
 #   bash bench/run.sh --loads 1,3            # some loads only
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+source scripts/setup.sh ""  # no extras; without an argument it would see ours (--loads ...)
 
 if ! command -v ngircd >/dev/null 2>&1 && [ ! -x /usr/sbin/ngircd ]; then
     echo "installing Debian's ngircd (the reference IRC server)..."
