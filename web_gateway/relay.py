@@ -1,21 +1,31 @@
-"""One browser's websocket relayed to one core connection: two pumps with bounded queues.
+"""One browser's websocket relayed to one core connection, each frame written by the thread
+that has it in hand.
 
 Threads of one relay (N is the relay's number):
 
-- the server's request thread runs `Relay.run()`: it receives the browser's frames, checks
-  them (web_gateway.frames) and queues each accepted one for the core, or queues the gateway's
-  own error object for the browser. It never blocks on anything but the websocket.
-- `relay-up-N` is the only thread that writes to the core socket (batches from the up queue);
+- simple-websocket's reader thread (`WebSocketThread`) decodes the browser's frames and, as
+  the listener of its `WebSocketEvent`, hands each batch to the relay at once: the frames are
+  checked (web_gateway.frames) and written to the core in one non-blocking send, or answered
+  with the gateway's own error object;
+- the server's request thread runs `Relay.run()`: it starts the relay and waits for the
+  websocket to end, then ends the core connection and joins the relay's threads;
 - `relay-core-N` reads the core socket, splits it into lines with the core's LineBuffer and
-  queues each line, as one text frame, for the browser;
-- `relay-down-N` is the only thread that calls `ws.send()` and `ws.close()` (flask-sock's
-  websocket is not safe for concurrent senders, flask-sock#85).
+  writes every line of one read, one text frame each, to the browser in one non-blocking send;
+- `relay-up-N` and `relay-down-N` are the fallback writers: they write only what a socket did
+  not take at once (a peer slow to read), with blocking sends, and `relay-down-N` sends the
+  websocket's ending (error object and close frame).
+
+So on the fast path a message crosses no thread of the relay. Each direction has a lock under
+which bytes go out in order and from one thread at a time (flask-sock's websocket is not safe
+for concurrent senders, flask-sock#85): frames are written directly only while nothing is
+queued for that direction's fallback writer or being written by it; otherwise they queue.
 
 Nobody blocks on a full queue: a browser that does not read what it is sent is dropped (like
-the core drops a TCP client that does not read), and so is one whose core stops reading.
-Every wait has a wake-up path: closing a queue wakes its consumer, shutting down a socket
-wakes its reader and writer, and the websocket's own thread ends when the browser answers
-our close (or when we cut the socket after `close_timeout`).
+the core drops a TCP client that does not read), and so is one whose core stops reading; each
+socket's kernel send buffer is capped at the same budget. Every wait has a wake-up path:
+closing a queue wakes its consumer, shutting down a socket wakes its reader and writer, and
+the websocket's own thread ends when the browser answers our close (or when we cut the
+socket after `close_timeout`).
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from simple_websocket import ConnectionClosed
+from wsproto import WSConnection
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from tcp_server.outbox import Outbox
 from tcp_server.protocol import LineBuffer, ProtocolError, Proxy, encode_request
@@ -54,6 +67,10 @@ class WebSocket(Protocol):
 
     sock: socket.socket
     thread: threading.Thread
+    event: WebSocketEvent
+    input_buffer: list[str | bytes]  # the messages received and not yet taken
+    ws: WSConnection  # the frame codec: the relay encodes its frames for its direct writes
+    connected: bool
 
     def send(self, data: str) -> None: ...
 
@@ -82,6 +99,31 @@ class WebSocketThread(threading.Thread):
             if self._websocket is not None:
                 self._websocket.connected = False
                 self._websocket.event.set()
+
+
+class WebSocketEvent(threading.Event):
+    """simple-websocket's "received" event (SOCK_SERVER_OPTIONS event_class), with a listener.
+
+    simple-websocket's reader thread sets it after each message it adds to the websocket's
+    input_buffer, and when the websocket ends. A listener is called first, in that thread:
+    the relay takes the frames there, where they were decoded, instead of waking a thread
+    of its own for each (a GIL hand-over per frame).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listener: Callable[[], None] | None = None
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (which must not raise or block) on every set() from now on."""
+        self._listener = listener
+
+    def set(self) -> None:
+        """Call the listener, then wake whoever waits (receive() when no listener takes
+        the messages)."""
+        if (listener := self._listener) is not None:
+            listener()
+        super().set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,18 +193,19 @@ class FrameQueue:
     """Frames for one websocket, bounded in bytes; one consumer takes them one at a time.
 
     Like tcp_server.outbox.Outbox, but it keeps frames apart (each is one websocket message)
-    and ends with a Close item.
+    and ends with a Close item. A bytes item is wire data already encoded (the rest of a frame
+    that the socket did not take at once).
     """
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         # _ready guards everything below; put() and close() notify it, take() waits on it.
         self._ready = threading.Condition(threading.Lock())
-        self._items: deque[tuple[str | Close, int]] = deque()  # (item, its size in bytes)
+        self._items: deque[tuple[str | bytes | Close, int]] = deque()  # (item, its size in bytes)
         self._queued_bytes = 0
         self._closed = False
 
-    def put(self, frame: str, size: int) -> bool:
+    def put(self, frame: str | bytes, size: int) -> bool:
         """Queue a frame of `size` bytes without blocking. False: the queue is full.
 
         A frame larger than the whole budget is still taken when the queue is empty, so that
@@ -194,7 +237,7 @@ class FrameQueue:
             self._ready.notify()
             return True
 
-    def take(self) -> str | Close | None:
+    def take(self) -> str | bytes | Close | None:
         """Wait for the next item; None once closed and empty. close() always comes."""
         with self._ready:
             while not self._items and not self._closed:
@@ -237,14 +280,32 @@ class Relay:
         self._exit_sent = False  # the browser sent exit: the core's close is the normal end
         self._browser_gone = False  # run() has seen the websocket end
         self._core_closed = False  # the core socket is closed (shutdown would fail)
+        self._receive_lock = threading.Lock()  # one _take_frames() at a time
+        # _up_lock guards the core socket's writes by _take_frames() and the two fields below: while
+        # anything is queued for relay-up-N or being written by it, frames queue behind it.
+        self._up_lock = threading.Lock()
+        self._up_pending = 0  # bytes put in _up and not yet written by relay-up-N
+        self._up_direct = True  # False once the up direction ended (closed, failed)
+        # _down_lock likewise guards the browser socket's direct writes and these two fields.
+        self._down_lock = threading.Lock()
+        self._down_pending = 0  # items put in _down and not yet handled by relay-down-N
+        self._down_direct = True  # False once the down queue is closed
+        # Direct writes leave what a peer does not read in the kernel's send buffer, which
+        # Linux grows to megabytes by itself: capping it at the same budget keeps a peer that
+        # does not read from holding more than about twice max_queue_bytes (kernel + queue).
+        for sock in (core, ws.sock):
+            with contextlib.suppress(OSError):  # a browser gone already: run() notices
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max_queue_bytes)
         self._threads = [
             threading.Thread(target=self._pump_up, name=f"relay-up-{number}"),
             threading.Thread(target=self._pump_core, name=f"relay-core-{number}"),
             threading.Thread(target=self._pump_down, name=f"relay-down-{number}"),
         ]
-        # The proxy request goes first, before anything the browser sends.
-        proxy = Proxy(secret=secret, ip=browser[0], port=browser[1])
-        self._up.put(encode_request(proxy))
+        # The proxy request goes first, before anything the browser sends: relay-up-N writes
+        # it, and until it has, the browser's frames queue behind it.
+        proxy = encode_request(Proxy(secret=secret, ip=browser[0], port=browser[1]))
+        self._up.put(proxy)
+        self._up_pending = len(proxy)
 
     @property
     def peer(self) -> str:
@@ -255,9 +316,10 @@ class Relay:
     def stop(self, ending: Ending = GATEWAY_STOPPING) -> None:
         """End the relay: the browser gets `ending` after what is queued. Idempotent.
 
-        Safe from a signal handler: it takes only this relay's locks and blocks on no I/O.
+        Safe from a signal handler: it takes only this relay's locks (held by others only
+        for non-blocking sends) and blocks on no I/O.
         """
-        self._down.close(ending.frames())
+        self._close_down(ending.frames())
         self._shutdown_core()
 
     def abort(self, reason: str) -> None:
@@ -272,7 +334,11 @@ class Relay:
         try:
             for thread in self._threads:
                 thread.start()  # RuntimeError when the system has no thread to spare
-            self._receive_loop()
+            self._ws.event.listen(self._take_frames)
+            self._take_frames()  # what came before the listener
+            # The websocket's reader thread relays the browser's frames from now on; it ends
+            # when the websocket does (the browser's close, or a shutdown of its socket).
+            self._ws.thread.join()
         except Exception:
             log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
             self._drop("internal error")
@@ -280,41 +346,120 @@ class Relay:
             self._finish()
         log.info("websocket %d from %s closed", self.number, self.peer)
 
-    def _receive_loop(self) -> None:
-        while True:
-            try:
-                frame = self._ws.receive()
-            except ConnectionClosed:
-                return
-            if frame is None:  # only after a timeout, which we do not use; be safe
-                continue
+    def _take_frames(self) -> None:
+        """Relay the frames the websocket has buffered: called by simple-websocket's reader
+        thread right after it decoded them (WebSocketEvent), so no other thread wakes up for
+        them. It never blocks: the core gets them without waiting, or they are queued."""
+        try:
+            with self._receive_lock:  # run()'s first call may meet the reader thread's
+                buffered = self._ws.input_buffer
+                frames = buffered[:]
+                del buffered[: len(frames)]  # what the reader appends meanwhile stays
+                if frames:
+                    self._relay_frames(frames)
+        except Exception:  # never into simple-websocket's thread: it would stop reading
+            log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
+            self._drop("internal error")
+
+    def _relay_frames(self, frames: list[str | bytes]) -> None:
+        lines: list[bytes] = []
+        for frame in frames:
             try:
                 upstream = frame_to_line(frame)
             except ProtocolError as error:
                 log.debug("websocket %d from %s: refused %s: %s",
                           self.number, self.peer, error.code, error.message)
                 reply = error_frame(error.code, error.message)
-                self._to_browser(reply, len(reply))
+                self._to_browser([(reply, len(reply))])
                 continue
             if upstream.type == "exit":
                 with self._lock:
                     self._exit_sent = True
-            if not self._up.put(upstream.line):
-                log.warning("websocket %d from %s: the core is not reading; closing",
-                            self.number, self.peer)
-                self._up.close(discard=True)  # what follows is discarded, not refused again
-                self.stop(CORE_STALLED)
+            lines.append(upstream.line)
+        # One write for every frame at hand: a system call per batch instead of per frame.
+        if lines and not self._to_core(lines[0] if len(lines) == 1 else b"".join(lines)):
+            log.warning("websocket %d from %s: the core is not reading; closing",
+                        self.number, self.peer)
+            self._end_up()  # what follows is discarded, not refused again
+            self.stop(CORE_STALLED)
 
-    def _to_browser(self, frame: str, size: int) -> None:
-        if not self._down.put(frame, size):
+    def _to_core(self, line: bytes) -> bool:
+        """Write a line to the core now, or queue it for relay-up-N. False: the queue is full."""
+        with self._up_lock:
+            if self._up_direct and not self._up_pending:
+                try:
+                    sent = self._core.send(line, socket.MSG_DONTWAIT)
+                except BlockingIOError:  # the core's receive buffer is full: queue it all
+                    sent = 0
+                except OSError as error:  # the core connection is gone; relay-core-N sees it
+                    log.debug("websocket %d: core write failed: %s", self.number, error)
+                    self._up_direct = False
+                    self._up.close(discard=True)
+                    return True
+                if sent == len(line):
+                    return True
+                line = line[sent:]
+            if not self._up.put(line):
+                return False
+            if self._up_direct:  # after close() put() discards: nothing is pending then
+                self._up_pending += len(line)
+            return True
+
+    def _end_up(self) -> None:
+        with self._up_lock:
+            self._up_direct = False
+            self._up.close(discard=True)
+
+    def _to_browser(self, frames: list[tuple[str, int]]) -> None:
+        """Write frames (text, size in bytes) to the browser now, in one system call, or queue
+        them for relay-down-N; drop a browser that has `max_queue_bytes` queued already."""
+        drop = False
+        with self._down_lock:
+            if self._down_direct and not self._down_pending:
+                if not self._ws.connected:  # the websocket is closing: nothing more goes out
+                    return
+                try:
+                    codec = self._ws.ws
+                    data = b"".join([codec.send(TextMessage(data=text)) for text, _ in frames])
+                    sent = self._ws.sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:  # the browser's receive buffer is full: queue it all
+                    sent = 0
+                except (OSError, LocalProtocolError) as error:  # the browser is gone
+                    log.debug("websocket %d: browser write ended: %r", self.number, error)
+                    return  # run() sees the websocket end and finishes the relay
+                if sent == len(data):
+                    return
+                # Taken even beyond the budget: the queue is empty (see FrameQueue.put).
+                if self._down.put(data[sent:], len(data) - sent):
+                    self._down_pending += 1
+                else:  # cannot happen: the queue is empty; be safe
+                    drop = True
+            else:
+                for text, size in frames:
+                    if not self._down.put(text, size):
+                        drop = True
+                        break
+                    if self._down_direct:  # after close() put() discards: nothing pending
+                        self._down_pending += 1
+        if drop:
             self._drop("the browser is not reading what it is sent")
+
+    def _close_down(self, final: list[str | Close] | None = None, *,
+                    discard: bool = False) -> bool:
+        """Close the down queue (see FrameQueue.close); no direct write to the browser after."""
+        with self._down_lock:
+            closed = self._down.close(final, discard=discard)
+            self._down_direct = False
+            return closed
 
     def _finish(self) -> None:
         with self._lock:
             self._browser_gone = True
         pump_up, pump_core, pump_down = self._threads
         # What the browser sent before leaving still reaches the core (a message, an exit).
-        self._up.close()
+        with self._up_lock:
+            self._up_direct = False
+            self._up.close()
         self._join(pump_up)
         # Then the core connection ends: the core sees it close, and the others see left.
         self._shutdown_core()
@@ -337,19 +482,21 @@ class Relay:
             if thread.is_alive():
                 log.error("%s did not stop", thread.name)
 
-    # --- relay-up-N: the only writer of the core socket -----------------------------------
+    # --- relay-up-N: writes what the core socket did not take at once ---------------------
 
     def _pump_up(self) -> None:
         try:
             while (batch := self._up.take()) is not None:
                 self._core.sendall(batch)
+                with self._up_lock:
+                    self._up_pending = max(0, self._up_pending - len(batch))
         except OSError as error:
             log.debug("websocket %d: core write failed: %s", self.number, error)
         except Exception:
             log.exception("websocket %d: core writer failed", self.number)
             self._shutdown_core()
         finally:
-            self._up.close(discard=True)  # later frames are discarded, not "queue full"
+            self._end_up()  # later frames are discarded, not "queue full"
 
     # --- relay-core-N: reads the core, one frame per line --------------------------------
 
@@ -357,12 +504,15 @@ class Relay:
         lines = LineBuffer(MAX_CORE_LINE_BYTES)
         try:
             while data := self._core.recv(RECV_BYTES):
+                frames: list[tuple[str, int]] = []
                 for line in lines.feed(data):
                     if isinstance(line, ProtocolError):
                         log.error("websocket %d: the core sent an over-long line; skipped",
                                   self.number)
                         continue
-                    self._to_browser(line.decode("utf-8"), len(line))
+                    frames.append((line.decode("utf-8"), len(line)))
+                if frames:  # every line of one read in one write
+                    self._to_browser(frames)
         except OSError as error:
             log.debug("websocket %d: core read ended: %s", self.number, error)
         except Exception:
@@ -374,12 +524,12 @@ class Relay:
         with self._lock:
             browser_gone, exit_sent = self._browser_gone, self._exit_sent
         if browser_gone:
-            self._down.close()
-        elif self._down.close((BYE if exit_sent else CORE_CLOSED).frames()):
+            self._close_down()
+        elif self._close_down((BYE if exit_sent else CORE_CLOSED).frames()):
             log.info("websocket %d from %s: the core closed the connection",
                      self.number, self.peer)
 
-    # --- relay-down-N: the only caller of ws.send() and ws.close() ------------------------
+    # --- relay-down-N: what the browser socket did not take at once, and the ending -------
 
     def _pump_down(self) -> None:
         try:
@@ -388,14 +538,19 @@ class Relay:
                     self._ws.close(reason=item.code, message=item.reason)
                     self._await_browser_close()
                     break
-                self._ws.send(item)
+                if isinstance(item, bytes):  # the rest of a frame begun by a direct write
+                    self._ws.sock.sendall(item)
+                else:
+                    self._ws.send(item)
+                with self._down_lock:
+                    self._down_pending = max(0, self._down_pending - 1)
         except (ConnectionClosed, OSError) as error:
             log.debug("websocket %d: browser write ended: %r", self.number, error)
         except Exception:
             log.exception("websocket %d: browser writer failed", self.number)
             self._drop("internal error")
         finally:
-            self._down.close(discard=True)
+            self._close_down(discard=True)
 
     def _await_browser_close(self) -> None:
         # The websocket's own reader thread ends when the browser answers our close frame; if
@@ -408,7 +563,7 @@ class Relay:
 
     def _drop(self, reason: str) -> None:
         """Cut both connections now, discarding what is queued for the browser."""
-        if self._down.close(discard=True):
+        if self._close_down(discard=True):
             log.warning("websocket %d from %s dropped: %s", self.number, self.peer, reason)
         self._shutdown_browser()
         self._shutdown_core()
