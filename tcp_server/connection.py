@@ -10,9 +10,12 @@ wakes the writer.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +40,17 @@ from tcp_server.registry import Envelope
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65_536
+LINGER_POLL_S = 0.005
+LINGER_MAX_READS = 16  # unread input dropped before closing: at most 1 MiB, then a reset
+
+
+def _unacknowledged_bytes(sock: socket.socket) -> int:
+    """Bytes we sent that the peer has not acknowledged yet (Linux's SIOCOUTQ)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
 
 
 class Connection:
@@ -228,22 +242,45 @@ class Connection:
     def _finish(self) -> None:
         self._commands.leave(self.session)
         self._outbox.close()
-        if self._writer.ident is not None:  # started: start() may fail at the thread limit
-            self._join_writer()
+        deadline = self._flush_deadline
+        if deadline is None:
+            deadline = time.monotonic() + self._config.close_timeout
+        # The writer may never have started: start() fails at the system's thread limit.
+        if self._writer.ident is None or self._join_writer(deadline):
+            self._linger(deadline)
         with self._sock_lock:
             self._sock.close()
         log.info("%s disconnected", self.peer)
 
-    def _join_writer(self) -> None:
-        flush_s = self._config.close_timeout
-        if self._flush_deadline is not None:
-            flush_s = max(0.0, self._flush_deadline - time.monotonic())
-        self._writer.join(flush_s)
-        if self._writer.is_alive():  # the peer does not take our last bytes: cut it off
-            self._shutdown(socket.SHUT_RDWR)
-            self._writer.join(self._config.close_timeout)
-            if self._writer.is_alive():
-                log.error("%s writer did not stop", self.peer)
+    def _join_writer(self, deadline: float) -> bool:
+        """Wait for the writer to send everything; False if it had to be cut off."""
+        self._writer.join(max(0.0, deadline - time.monotonic()))
+        if not self._writer.is_alive():
+            return True
+        self._shutdown(socket.SHUT_RDWR)  # the peer does not take our last bytes: cut it off
+        self._writer.join(self._config.close_timeout)
+        if self._writer.is_alive():
+            log.error("%s writer did not stop", self.peer)
+        return False
+
+    def _linger(self, deadline: float) -> None:
+        """Let the peer receive all we sent before the socket is closed.
+
+        Closing a socket that still has unread input (a client that keeps sending) makes the
+        kernel answer with a reset and throw away what it has not yet delivered of our output,
+        the bye among it. So: end our side (a FIN after the data), wait until the peer has
+        acknowledged everything, then drop the unread input. No event reports "acknowledged":
+        this waits in short sleeps, once per connection, bounded by the deadline.
+        """
+        self._shutdown(socket.SHUT_WR)
+        while _unacknowledged_bytes(self._sock) > 0 and time.monotonic() < deadline:
+            time.sleep(LINGER_POLL_S)
+        for _ in range(LINGER_MAX_READS):
+            try:
+                if not self._sock.recv(RECV_BYTES, socket.MSG_DONTWAIT):
+                    return
+            except OSError:  # nothing more to read now (EAGAIN), or the peer is gone
+                return
 
     # --- the writer thread --------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support.core import RawClient
+from tests.support.core import RawClient, wait_until
 from tests.support.process import ROOT, CoreProcess, core_process
 
 
@@ -78,10 +78,23 @@ def test_out_of_file_descriptors_refuses_newcomers_and_keeps_serving() -> None:
         assert refused["code"] == "server_full"
         survivors = clients[:-1]
         assert survivors[0].request("exit")["type"] == "bye"
-        survivors[0].expect_closed()  # its descriptor is free again
-        with RawClient(core.address) as late:
-            late.hello("late")
-            users = survivors[1].users()
+        survivors[0].expect_closed()
+        late = RawClient(core.address)
+        clients.append(late)
+
+        def joined_late() -> bool:
+            """The core frees the descriptor a moment after the client sees the end."""
+            nonlocal late
+            late.send(type="hello", name="late")
+            if late.recv()["type"] == "welcome":
+                return True
+            late.close()
+            late = RawClient(core.address)
+            clients.append(late)
+            return False
+
+        wait_until(joined_late, what="a descriptor to be free again")
+        users = survivors[1].users()
         assert "late" in users
         assert "u0" not in users
         assert len(users) == len(survivors)
