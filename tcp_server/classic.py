@@ -36,6 +36,7 @@ from tcp_server.protocol import (
     Welcome,
     check_name,
     check_text,
+    format_address,
 )
 
 DEFAULT_PAUSE_S: Final = 0.1
@@ -63,10 +64,6 @@ _SAFE_TEXT.update({0x09: "\t", 0x0A: _LINE_BREAK_MARK, 0x0D: _LINE_BREAK_MARK})
 def printable(text: str) -> str:
     """Text on one line, with no control characters left to reach a terminal."""
     return text.replace("\r\n", "\n").translate(_SAFE_TEXT)
-
-
-def address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class PlainTextCodec:
@@ -133,7 +130,7 @@ def _parse_send(rest: str) -> Send:
 
 def _user_line(user: UserInfo) -> str:
     kind = "browser" if user.via == "web" else "terminal"
-    return f"  {user.name:<20} {address(user.ip, user.port):<24} {kind}"
+    return f"  {user.name:<20} {format_address(user.ip, user.port):<24} {kind}"
 
 
 def _render(event: Event) -> str:
@@ -148,7 +145,7 @@ def _render(event: Event) -> str:
             return f"* {name} left"
         case Welcome(name=name, ip=ip, port=port):
             return (
-                f"welcome {name}! you are {address(ip, port)}. commands: list, "
+                f"welcome {name}! you are {format_address(ip, port)}. commands: list, "
                 "send <name> <message>, send * <message>, exit, help"
             )
         case Users(users=users):

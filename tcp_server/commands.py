@@ -30,6 +30,7 @@ from tcp_server.protocol import (
     UserInfo,
     Users,
     Welcome,
+    format_address,
 )
 from tcp_server.registry import Envelope, Member, NameTakenError, Room
 
@@ -53,7 +54,7 @@ class Session:
 
     @property
     def peer(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return format_address(self.ip, self.port)
 
 
 @dataclass(frozen=True, slots=True)

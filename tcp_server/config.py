@@ -7,7 +7,7 @@ on the command line wins. docs/operations.md lists them with the reasons for the
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -49,7 +49,9 @@ def env_name(field_name: str) -> str:
     return "CHAT_" + field_name.upper()
 
 
-def _positive(kind: type) -> Any:
+def non_negative(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type: `kind` from text, refusing negative values."""
+
     def parse(text: str) -> Any:
         value = kind(text)
         if value < 0:
@@ -72,7 +74,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         kind: type = type(default) if default is not None else str
         flag = "--" + field.name.replace("_", "-")
         env_value = environ.get(env_name(field.name))
-        parse = _positive(kind) if kind in (int, float) else kind
+        parse = non_negative(kind) if kind in (int, float) else kind
         if env_value is not None:
             try:
                 default = parse(env_value)

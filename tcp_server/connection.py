@@ -40,6 +40,7 @@ from tcp_server.registry import Envelope
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65_536
+REPLIES_UNREAD = "send queue full: not reading replies"
 LINGER_POLL_S = 0.005
 LINGER_MAX_READS = 16  # unread input dropped before closing: at most 1 MiB, then a reset
 
@@ -225,11 +226,10 @@ class Connection:
             raise
         replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
         if registering:
-            queued = self._outbox.release(first=replies)
-        else:
-            queued = self._outbox.put(replies) if replies else True
-        if not queued:
-            self._drop("send queue full: not reading replies")
+            if not self._outbox.release(first=replies):
+                self._drop(REPLIES_UNREAD)
+        elif replies:
+            self._put(replies)
         return not outcome.close
 
     def _reply(self, event: Event) -> None:
@@ -237,7 +237,7 @@ class Connection:
 
     def _put(self, data: bytes) -> None:
         if not self._outbox.put(data):
-            self._drop("send queue full: not reading replies")
+            self._drop(REPLIES_UNREAD)
 
     def _finish(self) -> None:
         self._commands.leave(self.session)

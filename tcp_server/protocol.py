@@ -187,6 +187,11 @@ Event = Welcome | Users | Sent | Pong | Bye | Error | Message | Joined | Left
 # --- validation ------------------------------------------------------------------------------
 
 
+def format_address(ip: str, port: int) -> str:
+    """ip:port as people write it: an IPv6 address in brackets ([::1]:9000)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def is_valid_name(name: str) -> bool:
     return _NAME_RE.fullmatch(name) is not None
 

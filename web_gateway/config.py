@@ -8,10 +8,12 @@ show up in `ps` output or shell history.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from tcp_server.config import non_negative
 
 SECRET_ENV = "CHAT_GATEWAY_SECRET"
 
@@ -96,17 +98,6 @@ def _origin(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = GatewayConfig()
     parser = argparse.ArgumentParser(
@@ -118,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=defaults.host,
                         help=f"address to listen on (default: {defaults.host})")
-    parser.add_argument("--port", type=_non_negative(int), default=defaults.port,
+    parser.add_argument("--port", type=non_negative(int), default=defaults.port,
                         help=f"HTTP port to listen on, 0 for a free one (default: {defaults.port})")
     parser.add_argument("--core", type=_address, metavar="HOST:PORT",
                         default=defaults.core_address,
@@ -133,28 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "behind a reverse proxy that sets it")
     parser.add_argument("--static-dir", type=Path, default=defaults.static_dir,
                         help="the frontend's files (default: static/ of this repository)")
-    parser.add_argument("--max-websockets", type=_non_negative(int),
+    parser.add_argument("--max-websockets", type=non_negative(int),
                         default=defaults.max_websockets,
                         help="websockets open at once; more are refused with error "
                         f"unavailable (default: {defaults.max_websockets})")
-    parser.add_argument("--max-message-bytes", type=_non_negative(int),
+    parser.add_argument("--max-message-bytes", type=non_negative(int),
                         default=defaults.max_message_bytes,
                         help="a browser frame this long closes its websocket (1009); longer "
                         "than a line is refused with line_too_long before that "
                         f"(default: {defaults.max_message_bytes})")
-    parser.add_argument("--max-queue-bytes", type=_non_negative(int),
+    parser.add_argument("--max-queue-bytes", type=non_negative(int),
                         default=defaults.max_queue_bytes,
                         help="bytes queued per websocket and direction before a peer that does "
                         f"not read is dropped (default: {defaults.max_queue_bytes})")
-    parser.add_argument("--connect-timeout", type=_non_negative(float),
+    parser.add_argument("--connect-timeout", type=non_negative(float),
                         default=defaults.connect_timeout,
                         help="seconds to reach the core for a new websocket "
                         f"(default: {defaults.connect_timeout:g})")
-    parser.add_argument("--close-timeout", type=_non_negative(float),
+    parser.add_argument("--close-timeout", type=non_negative(float),
                         default=defaults.close_timeout,
                         help="seconds a closing websocket has to flush and answer the close "
                         f"(default: {defaults.close_timeout:g})")
-    parser.add_argument("--graceful-timeout", type=_non_negative(float),
+    parser.add_argument("--graceful-timeout", type=non_negative(float),
                         default=defaults.graceful_timeout,
                         help="seconds gunicorn gives a stopping worker "
                         f"(default: {defaults.graceful_timeout:g})")

@@ -45,7 +45,13 @@ from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from tcp_server.outbox import Outbox
-from tcp_server.protocol import LineBuffer, ProtocolError, Proxy, encode_request
+from tcp_server.protocol import (
+    LineBuffer,
+    ProtocolError,
+    Proxy,
+    encode_request,
+    format_address,
+)
 from web_gateway.frames import UNAVAILABLE, error_frame, frame_to_line
 
 log = logging.getLogger(__name__)
@@ -250,8 +256,7 @@ class FrameQueue:
 
 
 def peer_name(address: tuple[str, int]) -> str:
-    ip, port = address
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return format_address(*address)
 
 
 class Relay:

@@ -19,6 +19,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from tcp_server.protocol import format_address
 from web_gateway import create_app, gateway_of
 from web_gateway.config import GatewayConfig
 
@@ -62,10 +63,6 @@ class GatewayWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type
             gateway.relays.wait_stopped(gateway.config.stop_grace + 2.0)  # joins gateway-stop
 
 
-def bind_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _announce(arbiter: Arbiter) -> None:
     # when_ready: the listening socket is bound (with its real port when --port 0 was given).
     for listener in arbiter.LISTENERS:
@@ -84,7 +81,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no t
     def load_config(self) -> None:
         config = self._config
         settings: dict[str, Any] = {
-            "bind": [bind_address(config.host, config.port)],
+            "bind": [format_address(config.host, config.port)],
             "workers": 1,  # websockets hold threads; state lives in the core, one is enough
             "worker_class": GatewayWorker,
             "threads": config.threads,
