@@ -29,6 +29,12 @@ MAX_MESSAGE_BYTES = 1_048_576
 # Per websocket and direction, like the core's send queue: a browser that does not read what
 # it is sent for this many bytes is dropped, and so is one whose core stops reading.
 MAX_QUEUE_BYTES = 1_048_576
+# Dead peers (docs/history-and-sessions.md): every open websocket gets a ping this often, and
+# one whose browser has answered none of them for PONG_TIMEOUT_S is closed, so a browser that
+# vanished without closing (a laptop lid, a lost network) is found within the sum, 30 s. The
+# core then sees its connection end without exit and marks the user away.
+PING_INTERVAL_S = 10.0
+PONG_TIMEOUT_S = 20.0
 # Server threads kept free for page and file requests beyond the websockets' own.
 SPARE_THREADS = 16
 
@@ -48,6 +54,8 @@ class GatewayConfig:
     max_queue_bytes: int = MAX_QUEUE_BYTES
     connect_timeout: float = 5.0
     close_timeout: float = 1.0
+    ping_interval: float = PING_INTERVAL_S
+    pong_timeout: float = PONG_TIMEOUT_S
     graceful_timeout: float = 10.0
     log_level: str = "INFO"
 
@@ -145,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
                         default=defaults.close_timeout,
                         help="seconds a closing websocket has to flush and answer the close "
                         f"(default: {defaults.close_timeout:g})")
+    parser.add_argument("--ping-interval", type=non_negative(float),
+                        default=defaults.ping_interval,
+                        help="seconds between websocket pings to each browser, 0 for none "
+                        f"(default: {defaults.ping_interval:g})")
+    parser.add_argument("--pong-timeout", type=non_negative(float),
+                        default=defaults.pong_timeout,
+                        help="a browser that answers no ping for this many seconds is closed "
+                        f"as gone (default: {defaults.pong_timeout:g})")
     parser.add_argument("--graceful-timeout", type=non_negative(float),
                         default=defaults.graceful_timeout,
                         help="seconds gunicorn gives a stopping worker "
@@ -173,6 +189,8 @@ def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
         max_queue_bytes=args.max_queue_bytes,
         connect_timeout=args.connect_timeout,
         close_timeout=args.close_timeout,
+        ping_interval=args.ping_interval,
+        pong_timeout=args.pong_timeout,
         graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
     )

@@ -13,7 +13,10 @@ Threads of one relay (N is the relay's number):
   writes every line of one read, one text frame each, to the browser in one non-blocking send;
 - `relay-up-N` and `relay-down-N` are the fallback writers: they write only what a socket did
   not take at once (a peer slow to read), with blocking sends, and `relay-down-N` sends the
-  websocket's ending (error object and close frame).
+  websocket's ending (error object and close frame). `relay-down-N` also pings the browser
+  every `ping_interval` and drops a browser that answered no ping for `pong_timeout` (a
+  vanished peer, docs/history-and-sessions.md "Dead peers"); the pongs are read by
+  simple-websocket's reader thread, which sets the websocket's `pong_received`.
 
 So on the fast path a message crosses no thread of the relay. Each direction has a lock under
 which bytes go out in order and from one thread at a time (flask-sock's websocket is not safe
@@ -34,14 +37,16 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Final, Protocol
 
 from simple_websocket import ConnectionClosed
 from wsproto import WSConnection
-from wsproto.events import TextMessage
+from wsproto.events import Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from tcp_server.outbox import Outbox
@@ -77,6 +82,7 @@ class WebSocket(Protocol):
     input_buffer: list[str | bytes]  # the messages received and not yet taken
     ws: WSConnection  # the frame codec: the relay encodes its frames for its direct writes
     connected: bool
+    pong_received: bool  # set by the reader thread when a pong arrives; the relay clears it
 
     def send(self, data: str) -> None: ...
 
@@ -195,6 +201,12 @@ def end_websocket(ws: WebSocket, ending: Ending, close_timeout: float) -> None:
             ws.sock.shutdown(socket.SHUT_RDWR)
 
 
+class Idle(Enum):
+    """What FrameQueue.take() gives when its timeout passed with nothing to take."""
+
+    IDLE = "idle"
+
+
 class FrameQueue:
     """Frames for one websocket, bounded in bytes; one consumer takes them one at a time.
 
@@ -243,13 +255,16 @@ class FrameQueue:
             self._ready.notify()
             return True
 
-    def take(self) -> str | bytes | Close | None:
-        """Wait for the next item; None once closed and empty. close() always comes."""
+    def take(self, timeout: float | None = None) -> str | bytes | Close | Idle | None:
+        """Wait for the next item; None once closed and empty. close() always comes.
+
+        With a `timeout`, Idle.IDLE when it passed with nothing to take.
+        """
         with self._ready:
-            while not self._items and not self._closed:
-                self._ready.wait()
+            if not self._items and not self._closed:
+                self._ready.wait_for(lambda: self._items or self._closed, timeout)
             if not self._items:
-                return None
+                return None if self._closed else Idle.IDLE
             item, size = self._items.popleft()
             self._queued_bytes -= size
             return item
@@ -272,12 +287,21 @@ class Relay:
         number: int,
         max_queue_bytes: int,
         close_timeout: float,
+        ping_interval: float = 0.0,
+        pong_timeout: float = 0.0,
     ) -> None:
+        """`ping_interval` 0: no pings (then `pong_timeout` does not matter)."""
         self._ws = ws
         self._core = core
         self.browser = browser
         self.number = number
         self._close_timeout = close_timeout
+        self._ping_interval = ping_interval
+        self._pong_timeout = pong_timeout
+        # Used by relay-down-N only: when the next ping is due, and since when pings go
+        # unanswered (None: the last one was answered).
+        self._next_ping: float | None = None
+        self._unanswered_since: float | None = None
         self._up = Outbox(max_queue_bytes)
         self._down = FrameQueue(max_queue_bytes)
         # _lock guards the three flags below and the sockets' shutdown() against close().
@@ -537,8 +561,13 @@ class Relay:
     # --- relay-down-N: what the browser socket did not take at once, and the ending -------
 
     def _pump_down(self) -> None:
+        if self._ping_interval > 0:
+            self._next_ping = time.monotonic() + self._ping_interval
         try:
-            while (item := self._down.take()) is not None:
+            while (item := self._down.take(self._until_ping())) is not None:
+                if item is Idle.IDLE:
+                    self._keep_alive()
+                    continue
                 if isinstance(item, Close):
                     self._ws.close(reason=item.code, message=item.reason)
                     self._await_browser_close()
@@ -549,6 +578,7 @@ class Relay:
                     self._ws.send(item)
                 with self._down_lock:
                     self._down_pending = max(0, self._down_pending - 1)
+                self._keep_alive()  # due even while the browser is sent a lot
         except (ConnectionClosed, OSError) as error:
             log.debug("websocket %d: browser write ended: %r", self.number, error)
         except Exception:
@@ -556,6 +586,57 @@ class Relay:
             self._drop("internal error")
         finally:
             self._close_down(discard=True)
+
+    def _until_ping(self) -> float | None:
+        if self._next_ping is None:
+            return None
+        return max(0.0, self._next_ping - time.monotonic())
+
+    def _keep_alive(self) -> None:
+        """When a ping is due: drop a browser silent for pong_timeout, else ping it."""
+        now = time.monotonic()
+        if self._next_ping is None or now < self._next_ping:
+            return
+        self._next_ping = now + self._ping_interval
+        if self._ws.pong_received:
+            self._unanswered_since = None
+        elif self._unanswered_since is not None and (
+            now - self._unanswered_since >= self._pong_timeout
+        ):
+            # Gone without a word: the core connection ends without exit, so the core keeps
+            # the session and marks the user away (a resume takes it back).
+            self._drop(f"no pong for {now - self._unanswered_since:.0f} s")
+            return
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        self._ws.pong_received = False
+        self._ping_browser()
+
+    def _ping_browser(self) -> None:
+        """Write a ping frame now, or queue it behind the frames queued for the browser."""
+        with self._down_lock:
+            if not self._down_direct or not self._ws.connected:  # closing: no more pings
+                return
+            try:
+                ping = self._ws.ws.send(Ping())
+            except LocalProtocolError as error:  # the websocket is closing
+                log.debug("websocket %d: no ping: %r", self.number, error)
+                return
+            if not self._down_pending:
+                try:
+                    sent = self._ws.sock.send(ping, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as error:  # the browser is gone: run() sees it
+                    log.debug("websocket %d: browser write ended: %r", self.number, error)
+                    return
+                if sent == len(ping):
+                    return
+                ping = ping[sent:]
+            if self._down.put(ping, len(ping)):
+                self._down_pending += 1
+                return
+        self._drop("the browser is not reading what it is sent")
 
     def _await_browser_close(self) -> None:
         # The websocket's own reader thread ends when the browser answers our close frame; if

@@ -159,6 +159,8 @@ def ws(ws: WebSocket) -> None:
                 number=slot.number,
                 max_queue_bytes=config.max_queue_bytes,
                 close_timeout=config.close_timeout,
+                ping_interval=config.ping_interval,
+                pong_timeout=config.pong_timeout,
             )
             slot.attach(relay)
             _keep_alive(ws.sock)
@@ -172,8 +174,9 @@ def ws(ws: WebSocket) -> None:
 sock.route("/ws", bp=bp)(ws)
 
 
-# A browser that vanishes without closing (a laptop lid, a lost network) would otherwise stay
-# online until something is sent to it; TCP keep-alive probes notice it within about 2 minutes.
+# A browser that vanishes without closing (a laptop lid, a lost network) is found by the
+# relay's websocket pings within 30 s; TCP keep-alive probes are the backstop when pings are
+# turned off (--ping-interval 0) and notice it within about 2 minutes.
 KEEPALIVE_IDLE_S = 60
 KEEPALIVE_INTERVAL_S = 10
 KEEPALIVE_PROBES = 6

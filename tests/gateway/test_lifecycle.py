@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
+
+import websocket
 
 from tcp_server.server import ChatServer
 from tests.support.core import WAIT_S, RawClient, running_server, wait_until
@@ -196,3 +199,51 @@ def test_core_that_does_not_read_ends_the_websocket_with_a_reason(
                 assert "not keeping up" in error["message"]
                 assert alice.expect_close() == (1013, "the chat server is not keeping up")
 
+
+
+# --- dead peers: the gateway pings every browser -----------------------------------------------
+
+PING_INTERVAL_S = 0.1
+PONG_TIMEOUT_S = 0.3
+
+
+def test_browser_that_answers_pings_stays_connected(
+    gateway_config: GatewayConfig, core: ChatServer
+) -> None:
+    config = replace(gateway_config, ping_interval=PING_INTERVAL_S, pong_timeout=PONG_TIMEOUT_S)
+    with running_gateway(config) as gateway, WsClient(gateway.url, gateway.origin) as alice:
+        alice.hello("alice")
+        # websocket-client answers each ping as it reads it; for several times the pong
+        # timeout, only pings come.
+        pings = 0
+        deadline = time.monotonic() + 5 * PONG_TIMEOUT_S
+        while (remaining := deadline - time.monotonic()) > 0:
+            alice.ws.settimeout(remaining)
+            try:
+                opcode, _frame = alice.ws.recv_data_frame(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                break
+            assert opcode == websocket.ABNF.OPCODE_PING
+            pings += 1
+        assert pings >= 3
+        assert alice.request("ping")["type"] == "pong"
+        assert gateway.relays.count() == 1
+
+
+def test_browser_that_answers_no_ping_is_closed_without_exit(
+    gateway_config: GatewayConfig, core: ChatServer
+) -> None:
+    config = replace(gateway_config, ping_interval=PING_INTERVAL_S, pong_timeout=PONG_TIMEOUT_S)
+    with (
+        running_gateway(config) as gateway,
+        WsClient(gateway.url, gateway.origin) as alice,
+        RawClient(core.address) as bob,
+    ):
+        alice.hello("alice")
+        bob.hello("bob")
+        # alice reads nothing from now on, so she answers no ping: like a vanished laptop.
+        started = time.monotonic()
+        wait_until(lambda: gateway.relays.count() == 0, what="the silent browser to be closed")
+        assert time.monotonic() - started >= PONG_TIMEOUT_S
+        # The gateway ended the core connection without sending exit on alice's behalf.
+        assert bob.expect("left", name="alice")

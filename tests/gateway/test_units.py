@@ -13,7 +13,7 @@ from tests.support.core import WAIT_S
 from web_gateway.config import SECRET_ENV, config_from_args, normalize_origin
 from web_gateway.frames import MAX_FRAME_BYTES, error_frame, frame_to_line
 from web_gateway.registry import Refused, RelayRegistry
-from web_gateway.relay import Close, FrameQueue
+from web_gateway.relay import Close, FrameQueue, Idle
 from web_gateway.views import browser_address
 
 # --- frames ------------------------------------------------------------------------------------
@@ -68,6 +68,15 @@ def test_frame_queue_gives_frames_in_order_then_the_close() -> None:
     assert [queue.take(), queue.take(), queue.take(), queue.take()] == [
         "a", "b", Close(1000, "bye"), None
     ]
+
+
+def test_frame_queue_take_with_a_timeout_gives_idle_when_nothing_comes() -> None:
+    queue = FrameQueue(max_bytes=10)
+    assert queue.take(timeout=0.01) is Idle.IDLE
+    queue.put("a", 1)
+    assert queue.take(timeout=0.01) == "a"
+    queue.close()
+    assert queue.take(timeout=0.01) is None
 
 
 def test_frame_queue_refuses_a_frame_beyond_its_budget() -> None:
@@ -161,8 +170,16 @@ def test_config_flags() -> None:
     assert config.gateway_secret is None
 
 
+def test_config_pings_every_10_s_and_gives_up_after_20_s_by_default() -> None:
+    config = config_from_args([], {})
+    assert (config.ping_interval, config.pong_timeout) == (10.0, 20.0)
+    config = config_from_args(["--ping-interval", "5", "--pong-timeout", "12.5"], {})
+    assert (config.ping_interval, config.pong_timeout) == (5.0, 12.5)
+
+
 @pytest.mark.parametrize("argv", [["--core", "nohost"], ["--core", "h:99999"],
-                                  ["--allow-origin", "evil"], ["--port", "-1"]])
+                                  ["--allow-origin", "evil"], ["--port", "-1"],
+                                  ["--ping-interval", "-1"], ["--pong-timeout", "x"]])
 def test_bad_flags_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         config_from_args(argv, {})
