@@ -26,6 +26,15 @@ MAX_NAME_CHARS: Final = 32
 MAX_TEXT_CHARS: Final = 4_000
 MAX_ID_CHARS: Final = 64
 EVERYONE: Final = "*"
+MAX_HISTORY_LIMIT: Final = 200
+DEFAULT_HISTORY_LIMIT: Final = 50
+MAX_SEARCH_LIMIT: Final = 100
+DEFAULT_SEARCH_LIMIT: Final = 20
+MAX_QUERY_CHARS: Final = 200
+MAX_TOKEN_CHARS: Final = 128
+MAX_SEQ: Final = 2**63 - 1  # SQLite's largest integer
+ONLINE: Final = "online"
+AWAY: Final = "away"
 
 _NAME_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
 
@@ -45,6 +54,8 @@ class ErrorCode(StrEnum):
     SERVER_FULL = "server_full"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
+    SESSION_EXPIRED = "session_expired"
+    UNAVAILABLE = "unavailable"
 
     @property
     def closes_connection(self) -> bool:
@@ -73,8 +84,22 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """Register under a name; with `resume` (a session token), take that session back.
+
+    `after` is the highest seq the client has seen; None (the plain-text dialect only) means
+    "what the server last handed to the session's old connection". `recent` (never on the
+    wire) asks for that many recent messages to everyone after the welcome.
+    """
+
     name: str
     id: RequestId = None
+    resume: str | None = None
+    after: int | None = None
+    recent: int = 0
+
+    def __repr__(self) -> str:  # keep the token out of logs and tracebacks
+        token = "***" if self.resume is not None else None
+        return f"Hello(name={self.name!r}, id={self.id!r}, resume={token}, after={self.after})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +137,41 @@ class Proxy:
         return f"Proxy(secret='***', ip={self.ip!r}, port={self.port!r}, id={self.id!r})"
 
 
-Request = Hello | ListUsers | Send | Exit | Ping | Proxy
+@dataclass(frozen=True, slots=True)
+class History:
+    """The stored messages of one conversation ("*" or a name) with seq < before."""
+
+    with_: str  # "with" on the wire; `with` is a Python keyword
+    before: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    q: str
+    limit: int = DEFAULT_SEARCH_LIMIT
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    """Move the read marker of a conversation forward ("read" on the wire, both ways)."""
+
+    with_: str
+    seq: int
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListConversations:
+    id: RequestId = None
+
+
+Request = (
+    Hello | ListUsers | Send | Exit | Ping | Proxy | History | Search | MarkRead
+    | ListConversations
+)
 
 # --- replies and events (server -> client) -------------------------------------------------
 
@@ -123,6 +182,7 @@ class UserInfo:
     ip: str
     port: int
     via: str  # "tcp" or "web"
+    status: str = ONLINE  # or AWAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +191,14 @@ class Welcome:
     ip: str
     port: int
     id: RequestId = None
+    session: str = ""
+    seq: int = 0
+    resumed: bool = False
+    truncated: bool = False
+
+    def __repr__(self) -> str:  # keep the token out of logs and tracebacks
+        return (f"Welcome(name={self.name!r}, ip={self.ip!r}, port={self.port}, id={self.id!r}, "
+                f"session='***', seq={self.seq}, resumed={self.resumed})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +212,7 @@ class Sent:
     to: str
     ts: float
     id: RequestId = None
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +239,7 @@ class Message:
     to: str
     text: str
     ts: float
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +252,62 @@ class Left:
     name: str
 
 
-Event = Welcome | Users | Sent | Pong | Bye | Error | Message | Joined | Left
+@dataclass(frozen=True, slots=True)
+class Away:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Back:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """The reply to history: oldest first."""
+
+    with_: str
+    messages: tuple[Message, ...]
+    more: bool
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """The reply to search: newest first."""
+
+    q: str
+    messages: tuple[Message, ...]
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """The reply to read: the conversation's marker as it now is."""
+
+    with_: str
+    seq: int
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    with_: str
+    last: int
+    read: int
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conversations:
+    conversations: tuple[Conversation, ...]
+    id: RequestId = None
+
+
+Event = (
+    Welcome | Users | Sent | Pong | Bye | Error | Message | Joined | Left | Away | Back
+    | HistoryPage | Results | ReadMarker | Conversations
+)
 
 # --- validation ------------------------------------------------------------------------------
 
@@ -365,8 +490,83 @@ def _int_field(obj: dict[str, Any], field: str, request_id: RequestId) -> int:
     return value
 
 
+def _optional(
+    obj: dict[str, Any], field: str, rid: RequestId,
+    parse: Callable[[dict[str, Any], str, RequestId], Any],
+) -> Any:
+    return None if obj.get(field) is None else parse(obj, field, rid)
+
+
+def _bounded_int(
+    obj: dict[str, Any], field: str, rid: RequestId, low: int, high: int, default: int | None
+) -> int | None:
+    if obj.get(field) is None:
+        return default
+    value = _int_field(obj, field, rid)
+    if not low <= value <= high:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f'field "{field}" must be {low}-{high}', rid
+        )
+    return value
+
+
+def _seq_field(obj: dict[str, Any], field: str, rid: RequestId) -> int:
+    value = _bounded_int(obj, field, rid, 0, MAX_SEQ, None)
+    if value is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f'field "{field}" must be an integer', rid)
+    return value
+
+
+def _conversation_field(obj: dict[str, Any], rid: RequestId) -> str:
+    """"with": "*" (everyone) or a user's name."""
+    value = _str_field(obj, "with", rid)
+    if value != EVERYONE and not is_valid_name(value):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, 'field "with" must be "*" or a user\'s name', rid
+        )
+    return value
+
+
 def _parse_hello(obj: dict[str, Any], rid: RequestId) -> Hello:
-    return Hello(name=check_name(_str_field(obj, "name", rid), rid), id=rid)
+    name = check_name(_str_field(obj, "name", rid), rid)
+    token = _optional(obj, "resume", rid, _str_field)
+    after = _optional(obj, "after", rid, _seq_field)
+    if (token is None) != (after is None):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, 'fields "resume" and "after" come together', rid
+        )
+    if token is not None and (len(token) > MAX_TOKEN_CHARS or not _is_encodable(token)):
+        raise ProtocolError(ErrorCode.SESSION_EXPIRED, "no such session", rid)
+    return Hello(name=name, id=rid, resume=token, after=after)
+
+
+def _parse_history(obj: dict[str, Any], rid: RequestId) -> History:
+    limit = _bounded_int(obj, "limit", rid, 1, MAX_HISTORY_LIMIT, DEFAULT_HISTORY_LIMIT)
+    assert limit is not None
+    before = _optional(obj, "before", rid, _seq_field)
+    return History(with_=_conversation_field(obj, rid), before=before, limit=limit, id=rid)
+
+
+def check_query(q: str, request_id: RequestId = None) -> str:
+    if not q.strip():
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the search text is empty", request_id)
+    if len(q) > MAX_QUERY_CHARS or not _is_encodable(q):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"the search text must be at most {MAX_QUERY_CHARS} characters",
+            request_id,
+        )
+    return q
+
+
+def _parse_search(obj: dict[str, Any], rid: RequestId) -> Search:
+    limit = _bounded_int(obj, "limit", rid, 1, MAX_SEARCH_LIMIT, DEFAULT_SEARCH_LIMIT)
+    assert limit is not None
+    return Search(q=check_query(_str_field(obj, "q", rid), rid), limit=limit, id=rid)
+
+
+def _parse_read(obj: dict[str, Any], rid: RequestId) -> MarkRead:
+    return MarkRead(with_=_conversation_field(obj, rid), seq=_seq_field(obj, "seq", rid), id=rid)
 
 
 def _parse_send(obj: dict[str, Any], rid: RequestId) -> Send:
@@ -396,6 +596,10 @@ _REQUEST_PARSERS: Final[dict[str, Callable[[dict[str, Any], RequestId], Request]
     "exit": lambda obj, rid: Exit(id=rid),
     "ping": lambda obj, rid: Ping(id=rid),
     "proxy": _parse_proxy,
+    "history": _parse_history,
+    "search": _parse_search,
+    "read": _parse_read,
+    "conversations": lambda obj, rid: ListConversations(id=rid),
 }
 
 
@@ -422,8 +626,12 @@ def _with_id(obj: dict[str, Any], request_id: RequestId) -> dict[str, Any]:
 
 def request_to_wire(request: Request) -> dict[str, Any]:
     match request:
-        case Hello(name=name):
+        case Hello(name=name, resume=token, after=after):
             obj: dict[str, Any] = {"type": "hello", "name": name}
+            if token is not None:
+                obj["resume"] = token
+            if after is not None:
+                obj["after"] = after
         case ListUsers():
             obj = {"type": "list"}
         case Send(to=to, text=text):
@@ -434,31 +642,78 @@ def request_to_wire(request: Request) -> dict[str, Any]:
             obj = {"type": "ping"}
         case Proxy(secret=secret, ip=ip, port=port):
             obj = {"type": "proxy", "secret": secret, "ip": ip, "port": port}
+        case History(with_=with_, before=before, limit=limit):
+            obj = {"type": "history", "with": with_, "limit": limit}
+            if before is not None:
+                obj["before"] = before
+        case Search(q=q, limit=limit):
+            obj = {"type": "search", "q": q, "limit": limit}
+        case MarkRead(with_=with_, seq=seq):
+            obj = {"type": "read", "with": with_, "seq": seq}
+        case ListConversations():
+            obj = {"type": "conversations"}
     return _with_id(obj, request.id)
+
+
+def message_to_wire(message: Message) -> dict[str, Any]:
+    return {
+        "type": "message", "from": message.sender, "to": message.to, "text": message.text,
+        "ts": message.ts, "seq": message.seq,
+    }
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
     match event:
-        case Message(sender=sender, to=to, text=text, ts=ts):
-            return {"type": "message", "from": sender, "to": to, "text": text, "ts": ts}
+        case Message():
+            return message_to_wire(event)
         case Joined(name=name):
             return {"type": "joined", "name": name}
         case Left(name=name):
             return {"type": "left", "name": name}
+        case Away(name=name):
+            return {"type": "away", "name": name}
+        case Back(name=name):
+            return {"type": "back", "name": name}
         case Welcome(name=name, ip=ip, port=port, id=rid):
-            return _with_id({"type": "welcome", "name": name, "ip": ip, "port": port}, rid)
+            obj: dict[str, Any] = {
+                "type": "welcome", "name": name, "ip": ip, "port": port,
+                "session": event.session, "seq": event.seq, "resumed": event.resumed,
+            }
+            if event.truncated:
+                obj["truncated"] = True
+            return _with_id(obj, rid)
         case Users(users=users, id=rid):
-            listed = [{"name": u.name, "ip": u.ip, "port": u.port, "via": u.via} for u in users]
+            listed = [
+                {"name": u.name, "ip": u.ip, "port": u.port, "via": u.via, "status": u.status}
+                for u in users
+            ]
             return _with_id({"type": "users", "users": listed}, rid)
-        case Sent(to=to, ts=ts, id=rid):
-            return _with_id({"type": "sent", "to": to, "ts": ts}, rid)
+        case Sent(to=to, ts=ts, id=rid, seq=seq):
+            return _with_id({"type": "sent", "to": to, "ts": ts, "seq": seq}, rid)
+        case HistoryPage(with_=with_, messages=messages, more=more, id=rid):
+            return _with_id({
+                "type": "history", "with": with_,
+                "messages": [message_to_wire(m) for m in messages], "more": more,
+            }, rid)
+        case Results(q=q, messages=messages, id=rid):
+            return _with_id({
+                "type": "results", "q": q, "messages": [message_to_wire(m) for m in messages],
+            }, rid)
+        case ReadMarker(with_=with_, seq=seq, id=rid):
+            return _with_id({"type": "read", "with": with_, "seq": seq}, rid)
+        case Conversations(conversations=conversations, id=rid):
+            listed = [
+                {"with": c.with_, "last": c.last, "read": c.read, "unread": c.unread}
+                for c in conversations
+            ]
+            return _with_id({"type": "conversations", "conversations": listed}, rid)
         case Pong(id=rid):
             return _with_id({"type": "pong"}, rid)
         case Bye(reason=reason, id=rid):
-            obj: dict[str, Any] = {"type": "bye"}
+            bye: dict[str, Any] = {"type": "bye"}
             if reason is not None:
-                obj["reason"] = reason
-            return _with_id(obj, rid)
+                bye["reason"] = reason
+            return _with_id(bye, rid)
         case Error(code=code, message=message, id=rid):
             return _with_id({"type": "error", "code": code, "message": message}, rid)
 
@@ -475,17 +730,19 @@ def encode_event(event: Event) -> bytes:
     if isinstance(event, Message):
         return _MESSAGE_LINE.format(
             _json_str(event.sender), _json_str(event.to), _json_str(event.text),
-            _json_number(event.ts),
+            _json_number(event.ts), int(event.seq),
         ).encode("utf-8")
     if isinstance(event, Sent) and event.id is None:
-        return _SENT_LINE.format(_json_str(event.to), _json_number(event.ts)).encode("utf-8")
+        return _SENT_LINE.format(
+            _json_str(event.to), _json_number(event.ts), int(event.seq)
+        ).encode("utf-8")
     return encode(event_to_wire(event))
 
 
 # json's own (C-accelerated) string encoder for ensure_ascii=False, and its number format.
 _json_str: Callable[[str], str] = json.encoder.encode_basestring
-_MESSAGE_LINE: Final = '{{"type":"message","from":{},"to":{},"text":{},"ts":{}}}\n'
-_SENT_LINE: Final = '{{"type":"sent","to":{},"ts":{}}}\n'
+_MESSAGE_LINE: Final = '{{"type":"message","from":{},"to":{},"text":{},"ts":{},"seq":{}}}\n'
+_SENT_LINE: Final = '{{"type":"sent","to":{},"ts":{},"seq":{}}}\n'
 
 
 def _json_number(value: float) -> str:
@@ -505,11 +762,70 @@ def _user_info(obj: Any) -> UserInfo:
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a user entry must be an object")
     rid = None
+    status = obj.get("status", ONLINE)
     return UserInfo(
         name=_str_field(obj, "name", rid),
         ip=_str_field(obj, "ip", rid),
         port=_int_field(obj, "port", rid),
         via=_str_field(obj, "via", rid),
+        status=status if isinstance(status, str) else ONLINE,
+    )
+
+
+def _event_seq(obj: dict[str, Any]) -> int:
+    return 0 if obj.get("seq") is None else _int_field(obj, "seq", None)
+
+
+def _parse_message(obj: Any) -> Message:
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be an object")
+    return Message(
+        sender=_str_field(obj, "from", None),
+        to=_str_field(obj, "to", None),
+        text=_str_field(obj, "text", None),
+        ts=_number_field(obj, "ts"),
+        seq=_event_seq(obj),
+    )
+
+
+def _messages_field(obj: dict[str, Any]) -> tuple[Message, ...]:
+    messages = obj.get("messages")
+    if not isinstance(messages, list):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "messages" must be a list')
+    return tuple(_parse_message(m) for m in messages)
+
+
+def _parse_welcome(obj: dict[str, Any]) -> Welcome:
+    session = obj.get("session", "")
+    return Welcome(
+        name=_str_field(obj, "name", None),
+        ip=_str_field(obj, "ip", None),
+        port=_int_field(obj, "port", None),
+        id=_request_id(obj),
+        session=session if isinstance(session, str) else "",
+        seq=_event_seq(obj),
+        resumed=obj.get("resumed") is True,
+        truncated=obj.get("truncated") is True,
+    )
+
+
+def _parse_conversation(obj: Any) -> Conversation:
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a conversation must be an object")
+    return Conversation(
+        with_=_str_field(obj, "with", None),
+        last=_int_field(obj, "last", None),
+        read=_int_field(obj, "read", None),
+        unread=_int_field(obj, "unread", None),
+    )
+
+
+def _parse_conversations(obj: dict[str, Any]) -> Conversations:
+    listed = obj.get("conversations")
+    if not isinstance(listed, list):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'field "conversations" must be a list')
+    return Conversations(
+        conversations=tuple(_parse_conversation(c) for c in listed), id=_request_id(obj)
     )
 
 
@@ -535,23 +851,26 @@ def _parse_bye(obj: dict[str, Any]) -> Bye:
 
 
 _EVENT_PARSERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
-    "message": lambda o: Message(
-        sender=_str_field(o, "from", None),
-        to=_str_field(o, "to", None),
-        text=_str_field(o, "text", None),
-        ts=_number_field(o, "ts"),
-    ),
+    "message": _parse_message,
     "joined": lambda o: Joined(name=_str_field(o, "name", None)),
     "left": lambda o: Left(name=_str_field(o, "name", None)),
-    "welcome": lambda o: Welcome(
-        name=_str_field(o, "name", None),
-        ip=_str_field(o, "ip", None),
-        port=_int_field(o, "port", None),
-        id=_request_id(o),
-    ),
+    "away": lambda o: Away(name=_str_field(o, "name", None)),
+    "back": lambda o: Back(name=_str_field(o, "name", None)),
+    "welcome": _parse_welcome,
     "users": _parse_users,
     "sent": lambda o: Sent(to=_str_field(o, "to", None), ts=_number_field(o, "ts"),
-                           id=_request_id(o)),
+                           id=_request_id(o), seq=_event_seq(o)),
+    "history": lambda o: HistoryPage(
+        with_=_str_field(o, "with", None), messages=_messages_field(o),
+        more=o.get("more") is True, id=_request_id(o),
+    ),
+    "results": lambda o: Results(
+        q=_str_field(o, "q", None), messages=_messages_field(o), id=_request_id(o)
+    ),
+    "read": lambda o: ReadMarker(
+        with_=_str_field(o, "with", None), seq=_int_field(o, "seq", None), id=_request_id(o)
+    ),
+    "conversations": _parse_conversations,
     "pong": lambda o: Pong(id=_request_id(o)),
     "bye": _parse_bye,
     "error": lambda o: Error(
