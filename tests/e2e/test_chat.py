@@ -70,11 +70,13 @@ def expect_in_browser(page: Page, conversation: str, sender: str, text: str) -> 
 # --- what a new user does ----------------------------------------------------------------------
 
 
-def test_two_tabs_and_a_terminal_chat_through_the_real_processes(browser: Browser) -> None:
+def test_two_tabs_and_a_terminal_chat_through_the_real_processes(
+    browser: Browser, tmp_path: Path
+) -> None:
     """The README's way: chat-server and chat-web as processes, two tabs of one browser and a
     chat-client in a terminal."""
     with (
-        core_process("--gateway-secret", PROCESS_SECRET) as core,
+        core_process("--gateway-secret", PROCESS_SECRET, "--data-dir", str(tmp_path)) as core,
         gateway_process("--core", "{}:{}".format(*core.address)) as gateway,
     ):
         context = browser.new_context(base_url=gateway.origin)
@@ -409,6 +411,7 @@ def test_conversation_with_a_peer_shows_them_leave_and_come_back(
     try:
         bob.send("alice", "brb")
         expect_in_browser(alice, "bob", "bob", "brb")
+        assert bob.request("exit")["type"] == "bye"  # leaving for good: left, not away
     finally:
         bob.close()
     notices = log_of(alice).locator(".entry.notice")

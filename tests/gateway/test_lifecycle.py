@@ -18,18 +18,30 @@ from web_gateway.config import GatewayConfig
 Browser = Callable[[], WsClient]
 
 
-def test_browser_closing_the_websocket_makes_the_others_see_left(
+def test_browser_closing_the_websocket_makes_the_others_see_away(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    # A closed tab or a reload sends no exit: the core keeps the session for its grace.
+    alice = open_browser()
+    alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        alice.close()
+        bob.expect("away", name="alice")
+
+
+def test_browser_exit_makes_the_others_see_left_at_once(
     open_browser: Browser, core: ChatServer
 ) -> None:
     alice = open_browser()
     alice.hello("alice")
     with RawClient(core.address) as bob:
         bob.hello("bob")
-        alice.close()
+        assert alice.request("exit")["type"] == "bye"
         bob.expect("left", name="alice")
 
 
-def test_browser_vanishing_without_a_close_frame_makes_the_others_see_left(
+def test_browser_vanishing_without_a_close_frame_makes_the_others_see_away(
     open_browser: Browser, core: ChatServer
 ) -> None:
     alice = open_browser()
@@ -37,7 +49,7 @@ def test_browser_vanishing_without_a_close_frame_makes_the_others_see_left(
     with RawClient(core.address) as bob:
         bob.hello("bob")
         alice.ws.sock.shutdown(socket.SHUT_RDWR)  # like a closed laptop lid's TCP reset
-        bob.expect("left", name="alice")
+        bob.expect("away", name="alice")
 
 
 def test_relay_threads_end_when_the_browser_leaves(
@@ -119,10 +131,11 @@ def test_stopping_the_gateway_ends_every_websocket_with_a_reason(
         gateway.relays.stop_all()
         for browser in (alice, carol):
             while (obj := browser.recv())["type"] != "error":
-                assert obj["type"] in ("joined", "left")  # the other browser may go first
+                assert obj["type"] in ("joined", "away")  # the other browser may go first
             assert obj["code"] == "unavailable"
             assert browser.expect_close() == (1001, "the web gateway is shutting down")
-        assert {bob.expect("left")["name"], bob.expect("left")["name"]} == {"alice", "carol"}
+        # A gateway restart is a disconnect without exit: both can take their sessions back.
+        assert {bob.expect("away")["name"], bob.expect("away")["name"]} == {"alice", "carol"}
         assert gateway.relays.wait_idle(WAIT_S)
 
 
@@ -158,7 +171,7 @@ def test_gateway_without_a_secret_refuses_websockets_with_a_reason(
         assert code == 1013
 
 
-def test_browser_that_does_not_read_is_dropped_and_the_others_see_left(
+def test_browser_that_does_not_read_is_dropped_and_the_others_see_away(
     gateway_config: GatewayConfig, core: ChatServer
 ) -> None:
     config = replace(gateway_config, max_queue_bytes=4_000)
@@ -175,7 +188,7 @@ def test_browser_that_does_not_read_is_dropped_and_the_others_see_left(
             bob.send(type="send", to="alice", text=f"{number:04d}" + "x" * 3_996)
         while (obj := bob.recv())["type"] == "sent":
             pass
-        assert obj == {"type": "left", "name": "alice"}
+        assert obj == {"type": "away", "name": "alice"}
 
 
 def test_core_that_does_not_read_ends_the_websocket_with_a_reason(
@@ -245,5 +258,6 @@ def test_browser_that_answers_no_ping_is_closed_without_exit(
         started = time.monotonic()
         wait_until(lambda: gateway.relays.count() == 0, what="the silent browser to be closed")
         assert time.monotonic() - started >= PONG_TIMEOUT_S
-        # The gateway ended the core connection without sending exit on alice's behalf.
-        assert bob.expect("left", name="alice")
+        # The gateway ended the core connection without sending exit on alice's behalf: she is
+        # away (her session kept for a resume), not gone.
+        assert bob.expect("away", name="alice")

@@ -17,8 +17,10 @@ from tests.support.process import ROOT, CoreProcess, core_process
 
 
 @pytest.fixture
-def core_proc() -> Iterator[CoreProcess]:
-    with core_process(env={"CHAT_GATEWAY_SECRET": SECRET}) as core:
+def core_proc(tmp_path: Path) -> Iterator[CoreProcess]:
+    # A store of its own: sessions outlive the process, and another test's would hold names.
+    env = {"CHAT_GATEWAY_SECRET": SECRET, "CHAT_DATA_DIR": str(tmp_path / "data")}
+    with core_process(env=env) as core:
         yield core
 
 
@@ -40,7 +42,8 @@ def test_gunicorn_gateway_relays_both_ways_and_lists_the_browser_via_web(
         alice.expect("joined", name="bob")
         users = {user["name"]: user for user in bob.request("list")["users"]}
         ip, port = alice.address
-        assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web"}
+        assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web",
+                              "status": "online"}
         alice.send(type="send", to="bob", text="hi from the browser")
         bob.expect("message", text="hi from the browser")
         alice.expect("sent", to="bob")
@@ -48,7 +51,7 @@ def test_gunicorn_gateway_relays_both_ways_and_lists_the_browser_via_web(
         bob.expect("sent", to="alice")
         alice.expect("message", text="hi from the terminal")
         alice.close()
-        bob.expect("left", name="alice")
+        bob.expect("away", name="alice")
 
 
 def test_gunicorn_gateway_refuses_a_foreign_origin(gateway_proc: GatewayProcess) -> None:
@@ -72,7 +75,7 @@ def test_signal_ends_every_websocket_with_a_reason_and_exits_0(
         gateway_proc.proc.send_signal(signum)
         alice.expect("error", code="unavailable", message="the web gateway is shutting down")
         assert alice.expect_close() == (1001, "the web gateway is shutting down")
-        bob.expect("left", name="alice")
+        bob.expect("away", name="alice")
         assert gateway_proc.proc.wait(timeout=3 * WAIT_S) == 0
     assert "Traceback" not in "".join(gateway_proc.log)
 

@@ -94,4 +94,5 @@ def test_proxy_request_from_the_browser_is_refused_forbidden(
     with RawClient(core.address) as bob:
         bob.hello("bob")
         users = {user["name"]: user for user in bob.request("list")["users"]}
-    assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web"}
+    assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web",
+                              "status": "online"}

@@ -36,7 +36,8 @@ def test_list_shows_the_browsers_address_with_via_web(
         bob.hello("bob")
         users = {user["name"]: user for user in bob.request("list")["users"]}
     ip, port = alice.address
-    assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web"}
+    assert users["alice"] == {"name": "alice", "ip": ip, "port": port, "via": "web",
+                              "status": "online"}
     assert users["bob"]["via"] == "tcp"
 
 

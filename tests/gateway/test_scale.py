@@ -51,5 +51,5 @@ def test_two_hundred_browsers_get_a_broadcast_and_a_clean_shutdown(
                 assert obj["code"] == "unavailable"
                 assert browser.expect_close()[0] == 1001
             assert gateway_proc.proc.wait(timeout=3 * WAIT_S) == 0
-            left = {bob.expect("left")["name"] for _ in range(BROWSERS)}
-            assert left == {f"web{number}" for number in range(BROWSERS)}
+            away = {bob.expect("away")["name"] for _ in range(BROWSERS)}
+            assert away == {f"web{number}" for number in range(BROWSERS)}
