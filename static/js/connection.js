@@ -1,9 +1,14 @@
 // The websocket to the gateway, and nothing else: no DOM code here (like gamja's lib/client.js).
-// It joins under a name, keeps the session alive across drops (reconnecting with a capped
-// exponential backoff and joining again under the same name) and reports what happens as events:
+// It joins under a name, keeps the session across drops (reconnecting with a capped exponential
+// backoff and taking the session back with its token and the highest seq seen, so that the
+// server replays what was missed; docs/history-and-sessions.md) and reports what happens as
+// events:
 //   "status"  detail {status, reason, attempt}  whenever the connection status changes
 //   "event"   detail <protocol object>           every object the server sends, checked
 //   "refused" detail {code, message}             the server refused the name at the first join
+//   "session" detail {name, session, lastSeq}    the session to keep (session null: none)
+//   "expired" detail {message}                   the session could not be taken back; the
+//                                                connection joins again as a new session
 
 import {
   ProtocolViolation,
@@ -24,7 +29,9 @@ export const Status = Object.freeze({
 export const DEFAULTS = Object.freeze({
   minDelayMs: 500, // first retry; doubles per failed attempt...
   maxDelayMs: 15000, // ...up to this cap, so a long outage costs one try every 15 s at most
-  pingIntervalMs: 25000, // keep-alive, and notices a connection that died without a close
+  // Dead peers (docs/history-and-sessions.md): a ping every 10 s, and a connection whose pong
+  // has not come within 10 s is given up for a new one (which resumes the session).
+  pingIntervalMs: 10000,
   pongTimeoutMs: 10000,
   exitTimeoutMs: 3000, // how long Leave waits for the server's bye before closing anyway
   // After a reconnect, name_taken this many times in a row (about a minute and a half with the
@@ -36,6 +43,9 @@ export const DEFAULTS = Object.freeze({
 // another. After a reconnect name_taken usually means that our own old session has not been
 // dropped yet, so the connection retries instead (see _onHelloError).
 const NAME_REFUSALS = new Set(["bad_name", "name_taken"]);
+const SESSION_EXPIRED = "session_expired";
+// The bye of a connection whose session another connection took (a duplicated tab resumed it).
+const RESUMED_ELSEWHERE = "resumed elsewhere";
 
 export class NotConnected extends Error {}
 
@@ -53,6 +63,9 @@ export class ChatConnection extends EventTarget {
     this._random = options.random ?? Math.random;
     this.status = Status.OFFLINE;
     this.name = null; // the name we (re)join under, or null when the user does not want to be in
+    this.session = null; // the session token from the last welcome, to resume with
+    this.lastSeq = 0; // the highest seq this session has seen live: where a resume continues
+    this._takenOver = false; // the server said another connection resumed our session
     this._ws = null;
     this._everWelcomed = false; // the name was accepted once since join(): reconnects keep it
     this._attempt = 0; // failed attempts since the last welcome, for the backoff
@@ -73,8 +86,21 @@ export class ChatConnection extends EventTarget {
 
   /** Join the room under `name`; stays in (reconnecting as needed) until leave() or a refusal. */
   join(name) {
+    this._start(name, null, 0);
+  }
+
+  /** Take the session `session` of `name` back, continuing after seq `lastSeq` (e.g. after a
+   *  reload). If the server no longer has it, "expired" is reported and a plain hello follows. */
+  resume(name, session, lastSeq) {
+    this._start(name, session, lastSeq);
+  }
+
+  _start(name, session, lastSeq) {
     this._stop();
     this.name = name;
+    this.session = session;
+    this.lastSeq = lastSeq;
+    this._takenOver = false;
     this._everWelcomed = false;
     this._attempt = 0;
     this._nameRetries = 0;
@@ -86,6 +112,7 @@ export class ChatConnection extends EventTarget {
   leave() {
     const ws = this._ws;
     this.name = null;
+    this._forgetSession();
     this._clearTimer("_retryTimer");
     this._stopPing();
     if (ws && ws.readyState === this._WebSocket.OPEN) {
@@ -140,10 +167,7 @@ export class ChatConnection extends EventTarget {
       return;
     }
     this._ws = ws;
-    ws.onopen = () => {
-      this._helloId = this._takeId();
-      ws.send(encode(helloRequest(this.name, this._helloId)));
-    };
+    ws.onopen = () => this._hello(ws);
     ws.onmessage = (message) => this._onFrame(message.data);
     ws.onclose = (close) => {
       if (ws !== this._ws) return; // a socket we already gave up on
@@ -152,11 +176,36 @@ export class ChatConnection extends EventTarget {
         this._finishLeave();
         return;
       }
+      if (this._takenOver) {
+        // Coming back would take the session from the other tab, which would take it back...
+        this.name = null;
+        this._forgetSession();
+        this._stopPing();
+        this._setStatus(Status.OFFLINE, "the session was taken over by another tab");
+        return;
+      }
       const reason = this._reason || close.reason || this._lastReason || "the connection was closed";
       this._lost(reason);
     };
     // onerror is always followed by onclose, which does the work.
     ws.onerror = () => {};
+  }
+
+  _hello(ws) {
+    this._helloId = this._takeId();
+    ws.send(encode(helloRequest(this.name, this._helloId, this.session, this.lastSeq)));
+  }
+
+  _forgetSession() {
+    if (this.session === null && this.lastSeq === 0) return;
+    this.session = null;
+    this.lastSeq = 0;
+    this._reportSession();
+  }
+
+  _reportSession() {
+    const detail = { name: this.name, session: this.session, lastSeq: this.lastSeq };
+    this.dispatchEvent(new CustomEvent("session", { detail }));
   }
 
   _onFrame(frame) {
@@ -184,12 +233,17 @@ export class ChatConnection extends EventTarget {
       }
       // The server closes the connection next; say why when it does.
       this._reason = obj.reason || "the server closed the connection";
+      if (obj.reason === RESUMED_ELSEWHERE) this._takenOver = true;
     } else if (obj.type === "error" && obj.id === undefined) {
       // e.g. the gateway's "unavailable" before it closes the websocket
       this._reason = obj.message;
     } else if (obj.type === "pong" && obj.id === this._pingId) {
       this._pingId = null;
       this._clearTimer("_pongTimer");
+    } else if (obj.type === "message" && Number.isInteger(obj.seq) && obj.seq > this.lastSeq) {
+      // Messages come in seq order on a connection: the highest one is where a resume goes on.
+      this.lastSeq = obj.seq;
+      this._reportSession();
     }
     this.dispatchEvent(new CustomEvent("event", { detail: obj }));
   }
@@ -202,11 +256,25 @@ export class ChatConnection extends EventTarget {
     this._nameRetries = 0;
     this._lastReason = "";
     this.name = welcome.name;
+    if (typeof welcome.session === "string") {
+      this.session = welcome.session;
+      // A new session starts at the store's newest seq: what came before is history.
+      if (welcome.resumed !== true) this.lastSeq = welcome.seq ?? 0;
+    }
+    this._reportSession();
     this._setStatus(Status.ONLINE);
     this._startPing();
   }
 
   _onHelloError(error) {
+    if (error.code === SESSION_EXPIRED && this.session !== null && this._ws) {
+      // The session ended (its grace ran out, or the server lost it): the connection stays
+      // open, and a plain hello under the same name starts a new session.
+      this._forgetSession();
+      this.dispatchEvent(new CustomEvent("expired", { detail: { message: error.message } }));
+      this._hello(this._ws);
+      return;
+    }
     const retry = error.code === "name_taken" && this._everWelcomed
       && this._nameRetries < this.options.maxNameRetries;
     if (error.code === "name_taken") this._nameRetries += 1;

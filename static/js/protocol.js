@@ -24,8 +24,10 @@ export function codePointLength(text) {
   return count;
 }
 
-export function helloRequest(name, id) {
-  return { type: "hello", name, id };
+/** Join under `name`; with `resume` (a session token) and `after` (the highest seq seen), take
+ *  that session back (docs/history-and-sessions.md, "Resume"). */
+export function helloRequest(name, id, resume = null, after = 0) {
+  return resume === null ? { type: "hello", name, id } : { type: "hello", name, resume, after, id };
 }
 
 export function listRequest(id) {
@@ -44,6 +46,30 @@ export function pingRequest(id) {
   return { type: "ping", id };
 }
 
+export const MAX_HISTORY_LIMIT = 200;
+export const MAX_SEARCH_LIMIT = 100;
+export const MAX_QUERY_CHARS = 200;
+
+/** The newest `limit` messages of conversation `withName` ("*" or a name) before seq `before`
+ *  (null: the newest of all), oldest first. */
+export function historyRequest(withName, before = null, limit = 50) {
+  const request = { type: "history", with: withName, limit };
+  if (before !== null) request.before = before;
+  return request;
+}
+
+export function searchRequest(q, limit = 20) {
+  return { type: "search", q, limit };
+}
+
+export function readRequest(withName, seq) {
+  return { type: "read", with: withName, seq };
+}
+
+export function conversationsRequest() {
+  return { type: "conversations" };
+}
+
 /** The wire form of a request: one frame. */
 export function encode(request) {
   return JSON.stringify(request);
@@ -54,6 +80,8 @@ export class ProtocolViolation extends Error {}
 const isString = (value) => typeof value === "string";
 const isNumber = (value) => typeof value === "number" && Number.isFinite(value);
 const isPort = (value) => Number.isInteger(value) && value >= 0 && value <= 65535;
+const isSeq = (value) => Number.isInteger(value) && value >= 0;
+const isOptional = (check) => (value) => value === undefined || check(value);
 
 function requireField(obj, field, check) {
   if (!check(obj[field])) {
@@ -69,7 +97,37 @@ function checkUser(user) {
   requireField(user, "ip", isString);
   requireField(user, "port", isPort);
   requireField(user, "via", isString);
-  return { name: user.name, ip: user.ip, port: user.port, via: user.via };
+  // "away": the user's connection ended without exit and the session waits for a resume.
+  const status = user.status === "away" ? "away" : "online";
+  return { name: user.name, ip: user.ip, port: user.port, via: user.via, status };
+}
+
+function checkMessage(message) {
+  if (message === null || typeof message !== "object") {
+    throw new ProtocolViolation("message is not an object");
+  }
+  requireField(message, "from", isString);
+  requireField(message, "to", isString);
+  requireField(message, "text", isString);
+  requireField(message, "ts", isNumber);
+  requireField(message, "seq", isOptional(isSeq));
+  return message;
+}
+
+function checkMessages(o) {
+  if (!Array.isArray(o.messages)) throw new ProtocolViolation(`${o.type} without "messages"`);
+  o.messages = o.messages.map(checkMessage);
+}
+
+function checkConversation(conversation) {
+  if (conversation === null || typeof conversation !== "object") {
+    throw new ProtocolViolation("conversations entry is not an object");
+  }
+  requireField(conversation, "with", isString);
+  requireField(conversation, "last", isSeq);
+  requireField(conversation, "read", isSeq);
+  requireField(conversation, "unread", isSeq);
+  return conversation;
 }
 
 // What each known type must carry; unknown fields are ignored (later versions may add some).
@@ -78,6 +136,8 @@ const CHECKS = {
     requireField(o, "name", isString);
     requireField(o, "ip", isString);
     requireField(o, "port", isPort);
+    requireField(o, "session", isOptional(isString));
+    requireField(o, "seq", isOptional(isSeq));
   },
   users: (o) => {
     if (!Array.isArray(o.users)) throw new ProtocolViolation('users without a "users" list');
@@ -86,15 +146,32 @@ const CHECKS = {
   sent: (o) => {
     requireField(o, "to", isString);
     requireField(o, "ts", isNumber);
+    requireField(o, "seq", isOptional(isSeq));
   },
-  message: (o) => {
-    requireField(o, "from", isString);
-    requireField(o, "to", isString);
-    requireField(o, "text", isString);
-    requireField(o, "ts", isNumber);
-  },
+  message: checkMessage,
   joined: (o) => requireField(o, "name", isString),
   left: (o) => requireField(o, "name", isString),
+  away: (o) => requireField(o, "name", isString),
+  back: (o) => requireField(o, "name", isString),
+  history: (o) => {
+    requireField(o, "with", isString);
+    checkMessages(o);
+    o.more = o.more === true;
+  },
+  results: (o) => {
+    requireField(o, "q", isString);
+    checkMessages(o);
+  },
+  read: (o) => {
+    requireField(o, "with", isString);
+    requireField(o, "seq", isSeq);
+  },
+  conversations: (o) => {
+    if (!Array.isArray(o.conversations)) {
+      throw new ProtocolViolation('conversations without a "conversations" list');
+    }
+    o.conversations = o.conversations.map(checkConversation);
+  },
   error: (o) => {
     requireField(o, "code", isString);
     requireField(o, "message", isString);

@@ -1,15 +1,35 @@
 // The whole state of the page as one immutable value, and one pure function to change it:
 // apply(state, event) -> new state. Events are the server's protocol objects plus a few
 // "local/..." actions of the user and the connection. No DOM, no sockets, no clock.
+//
+// Messages carry the room-wide `seq` the server gave them (docs/history-and-sessions.md): a
+// conversation holds each seq once (a resume may replay a message that history also brought)
+// and is kept in seq order. Entries without a seq (notices, messages not yet acknowledged)
+// are placed after the newest seq the conversation had when they were made.
 
 import { EVERYONE, nameKey } from "./protocol.js";
 
-export const MAX_MESSAGES_PER_CONVERSATION = 500; // the oldest go first; keeps the page light
+// Live messages beyond this drop the oldest (history can bring them back); keeps the page light.
+export const MAX_MESSAGES_PER_CONVERSATION = 500;
 
 export const EVERYONE_KEY = EVERYONE;
 
 function conversation(key, title) {
-  return { key, title, messages: [], unread: 0 };
+  return {
+    key,
+    title,
+    messages: [],
+    unread: 0,
+    lastSeq: 0, // the newest seq known in this conversation (from messages or the server)
+    readSeq: 0, // the server's read marker, as far as we know it
+    loaded: false, // its newest history page has arrived
+    loading: false, // a history request for it is on its way
+    more: false, // older messages than those shown exist on the server
+  };
+}
+
+function idleSearch() {
+  return { q: "", id: null, state: "idle", results: [], error: "" };
 }
 
 /** The state before anyone joins. */
@@ -20,19 +40,38 @@ export function initialState() {
     attempt: 0,
     joinName: "", // the name the user asked for
     joinError: "", // the server's message when it refused that name
+    resuming: false, // taking a stored session back (a reload): the room shows, not the form
     me: null, // {name, ip, port} from welcome
-    users: [], // [{name, ip, port, via}] as the server listed them; ip null until it does
+    users: [], // [{name, ip, port, via, status}] as the server listed them; ip null until it does
     conversations: { [EVERYONE_KEY]: conversation(EVERYONE_KEY, "Everyone") },
     active: EVERYONE_KEY,
     pending: {}, // request id -> {conv, key} of a message sent but not acknowledged yet
     nextKey: 1, // local keys of log entries, for the view to reconcile
     notice: "", // the last error that belongs to no message
+    search: idleSearch(),
   };
 }
 
 /** The conversation key for messages exchanged with `name`, or with everyone for "*". */
 export function conversationKey(name) {
   return name === EVERYONE ? EVERYONE_KEY : nameKey(name);
+}
+
+/** What the server calls conversation `key` in history and read requests ("*" or a name). */
+export function conversationWith(state, key) {
+  return key === EVERYONE_KEY ? EVERYONE : state.conversations[key]?.title ?? key;
+}
+
+function isMe(state, name) {
+  const mine = state.me ? state.me.name : state.joinName;
+  return mine !== "" && nameKey(mine) === nameKey(name);
+}
+
+/** Key and title of the conversation a message belongs to, as seen by this session. */
+export function conversationOf(state, { from, to }) {
+  if (to === EVERYONE) return { key: EVERYONE_KEY, title: "Everyone" };
+  const peer = isMe(state, from) ? to : from;
+  return { key: conversationKey(peer), title: peer };
 }
 
 function withConversation(state, key, title) {
@@ -42,28 +81,76 @@ function withConversation(state, key, title) {
   return { ...state, conversations: { ...state.conversations, [key]: updated } };
 }
 
-function append(state, convKey, title, entry) {
-  let next = withConversation(state, convKey, state.conversations[convKey] ? undefined : title);
+function setConversation(state, key, changes) {
+  const conv = state.conversations[key];
+  return { ...state, conversations: { ...state.conversations, [key]: { ...conv, ...changes } } };
+}
+
+// --- entries in seq order ------------------------------------------------------------------
+
+function sortKey(entry) {
+  return entry.seq ?? entry.anchor;
+}
+
+function compareEntries(a, b) {
+  return sortKey(a) - sortKey(b) || a.order - b.order;
+}
+
+function hasSeq(conv, seq) {
+  return seq !== null && conv.messages.some((m) => m.seq === seq);
+}
+
+function firstSeq(conv) {
+  const first = conv.messages.find((m) => m.seq !== null);
+  return first ? first.seq : null;
+}
+
+function insertSorted(messages, entry) {
+  let index = messages.length;
+  while (index > 0 && compareEntries(messages[index - 1], entry) > 0) index -= 1;
+  return [...messages.slice(0, index), entry, ...messages.slice(index)];
+}
+
+/** A new entry for `conv`: its local key, its order and (without a seq) its anchor. */
+function makeEntry(state, conv, fields) {
+  const seq = fields.seq ?? null;
+  return {
+    ...fields,
+    seq,
+    anchor: conv.lastSeq + 0.5,
+    order: state.nextKey,
+    key: `m${state.nextKey}`,
+  };
+}
+
+function append(state, convKey, title, fields) {
+  const next = withConversation(state, convKey, state.conversations[convKey] ? undefined : title);
   const conv = next.conversations[convKey];
-  const key = `m${next.nextKey}`;
-  let messages = [...conv.messages, { ...entry, key }];
+  const entry = makeEntry(next, conv, fields);
+  let messages = insertSorted(conv.messages, entry);
+  let { more } = conv;
   if (messages.length > MAX_MESSAGES_PER_CONVERSATION) {
     messages = messages.slice(messages.length - MAX_MESSAGES_PER_CONVERSATION);
+    more = true; // history has the ones dropped
   }
-  const unread = convKey === next.active || entry.kind === "notice" ? conv.unread : conv.unread + 1;
-  next = {
-    ...next,
-    nextKey: next.nextKey + 1,
-    conversations: { ...next.conversations, [convKey]: { ...conv, messages, unread } },
-  };
-  return [next, key];
+  // Unread: a message from someone else, in a conversation not shown, newer than what the
+  // server already counted (its `last`), so that a late delivery is not counted twice.
+  const counts = fields.kind === "in" && convKey !== next.active
+    && (entry.seq === null || entry.seq > conv.lastSeq);
+  const lastSeq = Math.max(conv.lastSeq, entry.seq ?? 0);
+  const unread = counts ? conv.unread + 1 : conv.unread;
+  const updated = { ...conv, messages, unread, lastSeq, more };
+  return [
+    { ...next, nextKey: next.nextKey + 1, conversations: { ...next.conversations, [convKey]: updated } },
+    entry.key,
+  ];
 }
 
 function updateEntry(state, convKey, entryKey, changes) {
   const conv = state.conversations[convKey];
   if (!conv) return state;
   const messages = conv.messages.map((m) => (m.key === entryKey ? { ...m, ...changes } : m));
-  return { ...state, conversations: { ...state.conversations, [convKey]: { ...conv, messages } } };
+  return setConversation(state, convKey, { messages });
 }
 
 function failAllPending(state, reason) {
@@ -72,6 +159,21 @@ function failAllPending(state, reason) {
     next = updateEntry(next, conv, key, { state: "failed", error: reason });
   }
   return { ...next, pending: {} };
+}
+
+/** A server message object as the fields of a log entry. */
+function messageFields(state, { from, to, text, ts, seq }) {
+  const mine = isMe(state, from);
+  return {
+    kind: mine ? "out" : "in",
+    from,
+    to,
+    text,
+    ts,
+    seq: seq ?? null,
+    state: mine ? "sent" : "delivered",
+    error: "",
+  };
 }
 
 function compareNames(a, b) {
@@ -84,9 +186,38 @@ function findUser(state, name) {
   return state.users.find((user) => nameKey(user.name) === key);
 }
 
+function setUserStatus(state, name, status) {
+  const key = nameKey(name);
+  if (!findUser(state, name)) return state;
+  const users = state.users.map((user) => (nameKey(user.name) === key ? { ...user, status } : user));
+  return { ...state, users };
+}
+
+function titleOf(withName) {
+  return withName === EVERYONE ? "Everyone" : withName;
+}
+
 const HANDLERS = {
   // --- the user and the connection ---
   "local/join": (state, { name }) => ({ ...initialState(), joinName: name, status: state.status }),
+
+  // A stored session is being taken back (after a reload): the room shows while it connects.
+  "local/resume": (state, { name, active }) => {
+    let next = { ...initialState(), joinName: name, status: state.status, resuming: true };
+    if (active && active !== EVERYONE_KEY) {
+      next = { ...withConversation(next, active.key, active.title), active: active.key };
+    }
+    return next;
+  },
+
+  // The session could not be taken back: a new one starts, without the old one's past.
+  "local/expired": (state, { message }) => ({
+    ...initialState(),
+    status: state.status,
+    statusReason: state.statusReason,
+    joinName: state.me ? state.me.name : state.joinName,
+    notice: `Your earlier session had ended (${message}); you joined again as a new session.`,
+  }),
 
   "local/refused": (state, { message }) => ({ ...state, joinError: message }),
 
@@ -99,18 +230,13 @@ const HANDLERS = {
     // closed): the status line takes over when that connection ends.
     next = { ...next, notice: "" };
     // Offline means out of the room (after Leave or a refused name): the join form shows again.
-    if (status === "offline") next = { ...next, me: null, users: [] };
+    if (status === "offline") next = { ...next, me: null, users: [], resuming: false };
     return next;
   },
 
   "local/select": (state, { key, title }) => {
     const next = withConversation(state, key, state.conversations[key] ? undefined : title);
-    const conv = next.conversations[key];
-    return {
-      ...next,
-      active: key,
-      conversations: { ...next.conversations, [key]: { ...conv, unread: 0 } },
-    };
+    return { ...setConversation(next, key, { unread: 0 }), active: key };
   },
 
   "local/send": (state, { id, to, text }) => {
@@ -144,8 +270,34 @@ const HANDLERS = {
     return { ...state, conversations };
   },
 
+  // A history request for conversation `key` went out (or failed: loading false).
+  "local/history": (state, { key, title, loading }) => {
+    const next = withConversation(state, key, state.conversations[key] ? undefined : title);
+    return setConversation(next, key, { loading });
+  },
+
+  // A read request went out: the marker moves at once, so that it is not asked twice.
+  "local/read": (state, { key, seq }) => {
+    const conv = state.conversations[key];
+    if (!conv) return state;
+    return setConversation(state, key, { readSeq: Math.max(conv.readSeq, seq), unread: 0 });
+  },
+
+  "local/search": (state, { q, id }) => ({
+    ...state,
+    search: { q, id, state: id === null ? "failed" : "searching", results: [],
+      error: id === null ? "not connected" : "" },
+  }),
+
+  "local/search-clear": (state) => ({ ...state, search: idleSearch() }),
+
   // --- the server ---
-  welcome: (state, { name, ip, port }) => ({ ...state, me: { name, ip, port }, joinError: "" }),
+  welcome: (state, { name, ip, port }) => ({
+    ...state,
+    me: { name, ip, port },
+    joinError: "",
+    resuming: false,
+  }),
 
   users: (state, { users }) => {
     // A peer's conversation takes the spelling the server lists (names are case-insensitive).
@@ -160,7 +312,7 @@ const HANDLERS = {
   joined: (state, { name }) => {
     let next = state;
     if (!findUser(state, name)) {
-      const users = [...state.users, { name, ip: null, port: null, via: null }];
+      const users = [...state.users, { name, ip: null, port: null, via: null, status: "online" }];
       users.sort((a, b) => compareNames(a.name, b.name));
       next = { ...state, users };
     }
@@ -181,22 +333,111 @@ const HANDLERS = {
     return next;
   },
 
-  message: (state, { from, to, text, ts }) => {
-    const convKey = to === EVERYONE ? EVERYONE_KEY : conversationKey(from);
-    const title = to === EVERYONE ? "Everyone" : from;
-    const entry = { kind: "in", from, to, text, ts, state: "delivered", error: "" };
-    return append(state, convKey, title, entry)[0];
+  // Away: the connection ended without exit; the session waits for a resume (and messages to
+  // the user are kept for it). Back: the session was taken back.
+  away: (state, { name }) => setUserStatus(state, name, "away"),
+
+  back: (state, { name }) => setUserStatus(state, name, "online"),
+
+  message: (state, message) => {
+    const { key, title } = conversationOf(state, message);
+    const conv = state.conversations[key];
+    if (conv && hasSeq(conv, message.seq ?? null)) return state; // seen already
+    return append(state, key, title, messageFields(state, message))[0];
   },
 
-  sent: (state, { id, to, ts }) => {
+  sent: (state, { id, to, ts, seq }) => {
     const pending = state.pending[id];
     if (!pending) return state;
     const { [id]: _, ...rest } = state.pending;
-    const next = updateEntry(state, pending.conv, pending.key, { state: "sent", ts, to });
-    return { ...next, pending: rest };
+    const conv = state.conversations[pending.conv];
+    const known = seq !== undefined && hasSeq(conv, seq);
+    let messages;
+    if (known) {
+      // History brought the message before its acknowledgement: keep one copy.
+      messages = conv.messages.filter((m) => m.key !== pending.key);
+    } else {
+      messages = conv.messages.map((m) => (m.key === pending.key
+        ? { ...m, state: "sent", ts, to, seq: seq ?? null } : m));
+      messages.sort(compareEntries);
+    }
+    const lastSeq = Math.max(conv.lastSeq, seq ?? 0);
+    return { ...setConversation(state, pending.conv, { messages, lastSeq }), pending: rest };
+  },
+
+  // A page of history, oldest first; `more`: older ones exist.
+  history: (state, { with: withName, messages, more: olderExist }) => {
+    const key = conversationKey(withName);
+    let next = withConversation(state, key, state.conversations[key] ? undefined : titleOf(withName));
+    const conv = next.conversations[key];
+    const oldest = firstSeq(conv);
+    const fresh = [];
+    const seen = new Set(conv.messages.map((m) => m.seq).filter((seq) => seq !== null));
+    let order = next.nextKey;
+    for (const message of messages) {
+      const seq = message.seq ?? null;
+      if (seq !== null && seen.has(seq)) continue;
+      if (seq !== null) seen.add(seq);
+      fresh.push({ ...messageFields(next, message), anchor: 0, order, key: `m${order}` });
+      order += 1;
+    }
+    const merged = [...conv.messages, ...fresh].sort(compareEntries);
+    // `more` tells about what is older than this page: it counts only when this page reaches
+    // at least as far back as what the conversation held.
+    const first = messages.length > 0 ? messages[0].seq ?? null : null;
+    const reachesBack = oldest === null || first === null || first <= oldest;
+    const more = messages.length === 0 ? false : reachesBack ? olderExist : conv.more;
+    const lastSeq = Math.max(conv.lastSeq, ...fresh.map((m) => m.seq ?? 0));
+    next = setConversation(next, key, {
+      messages: merged, loaded: true, loading: false, more, lastSeq,
+    });
+    return { ...next, nextKey: order };
+  },
+
+  // The server's list of this session's conversations, with read markers and unread counts.
+  conversations: (state, { conversations }) => {
+    let next = state;
+    for (const { with: withName, last, read, unread } of conversations) {
+      const key = conversationKey(withName);
+      next = withConversation(next, key, next.conversations[key] ? undefined : titleOf(withName));
+      const conv = next.conversations[key];
+      next = setConversation(next, key, {
+        lastSeq: Math.max(conv.lastSeq, last),
+        readSeq: Math.max(conv.readSeq, read),
+        unread: key === next.active ? 0 : unread,
+      });
+    }
+    return next;
+  },
+
+  read: (state, { with: withName, seq }) => {
+    const key = conversationKey(withName);
+    const conv = state.conversations[key];
+    if (!conv) return state;
+    return setConversation(state, key, { readSeq: Math.max(conv.readSeq, seq) });
+  },
+
+  results: (state, { id, q, messages }) => {
+    if (id === undefined || id !== state.search.id) return state; // an answer to an old search
+    const results = messages.map((message) => {
+      const { key, title } = conversationOf(state, message);
+      return {
+        key: `r${message.seq ?? ""}-${key}`,
+        from: message.from,
+        text: message.text,
+        ts: message.ts,
+        seq: message.seq ?? null,
+        conv: key,
+        convTitle: title,
+      };
+    });
+    return { ...state, search: { ...state.search, q, state: "done", results } };
   },
 
   error: (state, { id, message }) => {
+    if (id !== undefined && id === state.search.id) {
+      return { ...state, search: { ...state.search, state: "failed", error: message } };
+    }
     const pending = id === undefined ? undefined : state.pending[id];
     // While not online, an error without a request (the gateway's "unavailable") is already
     // the status line's reason; while online it is worth a notice.
@@ -213,13 +454,35 @@ export function apply(state, event) {
   return handler ? handler(state, event) : state;
 }
 
-/** The users one can write to: everyone online but me. */
+/** The users one can write to: everyone listed but me (away users too: the server keeps
+ *  their messages for them). */
 export function recipients(state) {
   const mine = state.me ? nameKey(state.me.name) : null;
   return state.users.filter((user) => nameKey(user.name) !== mine);
 }
 
-/** Whether the peer of a conversation is online (always true for Everyone). */
+/** "online", "away" or "offline" (not listed): the peer of a conversation; Everyone is online. */
+export function peerStatus(state, key) {
+  if (key === EVERYONE_KEY) return "online";
+  const user = state.users.find((u) => nameKey(u.name) === key);
+  return user ? user.status ?? "online" : "offline";
+}
+
+/** Whether the peer of a conversation can be written to (listed; always true for Everyone). */
 export function isPeerOnline(state, key) {
-  return key === EVERYONE_KEY || state.users.some((user) => nameKey(user.name) === key);
+  return peerStatus(state, key) !== "offline";
+}
+
+/** The read request the shown conversation needs, {key, with, seq}, or null. */
+export function readNeeded(state) {
+  if (state.me === null) return null;
+  const conv = state.conversations[state.active];
+  if (!conv || conv.lastSeq <= conv.readSeq) return null;
+  return { key: conv.key, with: conversationWith(state, conv.key), seq: conv.lastSeq };
+}
+
+/** The seq to ask older history before, for conversation `key` (null: ask for the newest). */
+export function oldestSeq(state, key) {
+  const conv = state.conversations[key];
+  return conv ? firstSeq(conv) : null;
 }

@@ -2,8 +2,11 @@
 // Everything a user typed reaches the DOM only as textContent of elements made with
 // createElement: never innerHTML, so a message like <img src=x onerror=...> stays text.
 
-import { EVERYONE_KEY, conversationKey, isPeerOnline, recipients } from "./state.js";
-import { codePointLength, MAX_TEXT_CHARS } from "./protocol.js";
+import { EVERYONE_KEY, conversationKey, peerStatus, recipients } from "./state.js";
+import { codePointLength, MAX_QUERY_CHARS, MAX_TEXT_CHARS } from "./protocol.js";
+
+// Within this many pixels of the top of the log, earlier history loads.
+const LOAD_OLDER_PX = 40;
 
 const STATUS_TEXT = {
   connecting: "Connecting…",
@@ -29,14 +32,12 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-function formatTime(ts) {
+function formatTime(ts, withDate = false) {
   // Whole milliseconds: ts * 1000 of a 3-decimal float may fall just below the intended value.
   const date = new Date(Math.round(ts * 1000));
-  return el("time", {
-    datetime: date.toISOString(),
-    title: date.toLocaleString(),
-    text: date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
-  });
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const text = withDate ? `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}` : time;
+  return el("time", { datetime: date.toISOString(), title: date.toLocaleString(), text });
 }
 
 function address(user) {
@@ -58,7 +59,8 @@ function statusText(state) {
 
 /**
  * Binds the page's elements. `handlers`: onJoin(name), onSend(to, text), onLeave(),
- * onSelect(key, title), onRetry(entry). Returns {render(state)}.
+ * onSelect(key, title), onRetry(entry), onOlder(key), onSearch(q), onSearchClear().
+ * Returns {render(state)}.
  */
 export function createView(doc, handlers) {
   const $ = (id) => doc.getElementById(id);
@@ -77,6 +79,14 @@ export function createView(doc, handlers) {
     userCount: $("user-count"),
     chatTitle: $("chat-title"),
     log: $("log"),
+    entries: $("entries"),
+    older: $("older"),
+    logLoading: $("log-loading"),
+    searchForm: $("search-form"),
+    search: $("search"),
+    searchArea: $("search-area"),
+    searchStatus: $("search-status"),
+    searchResults: $("search-results"),
     composer: $("composer"),
     to: $("to"),
     message: $("message"),
@@ -157,6 +167,32 @@ export function createView(doc, handlers) {
     }
   });
 
+  // Scrolling up to the top of a conversation loads what came before (and so does the button,
+  // for the keyboard).
+  function loadOlder() {
+    if (previous !== null) handlers.onOlder(previous.active);
+  }
+  ui.log.addEventListener("scroll", () => {
+    const conv = previous && previous.conversations[previous.active];
+    if (conv && conv.more && !conv.loading && ui.log.scrollTop < LOAD_OLDER_PX) loadOlder();
+  });
+  ui.older.addEventListener("click", loadOlder);
+
+  ui.searchForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = ui.search.value.trim();
+    if (q === "") handlers.onSearchClear();
+    else handlers.onSearch(q.slice(0, MAX_QUERY_CHARS));
+  });
+  // Clearing the box (its x, or Escape) clears the results.
+  ui.search.addEventListener("search", () => {
+    if (ui.search.value === "") handlers.onSearchClear();
+  });
+  ui.searchResults.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-conv]");
+    if (button) handlers.onSelect(button.dataset.conv, button.dataset.title);
+  });
+
   ui.log.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-retry]");
     if (!button) return;
@@ -174,12 +210,15 @@ export function createView(doc, handlers) {
   }
 
   function renderViews(state, wasInRoom) {
-    const inRoom = state.me !== null;
+    // Taking a stored session back (a reload) shows the room at once, not the join form.
+    const inRoom = state.me !== null || state.resuming;
     ui.joinView.hidden = inRoom;
     ui.roomView.hidden = !inRoom;
     ui.me.hidden = !inRoom;
-    if (inRoom) {
+    if (state.me !== null) {
       ui.meName.textContent = `${state.me.name} · ${address(state.me)}`;
+    } else if (inRoom) {
+      ui.meName.textContent = state.joinName;
     }
     if (inRoom && !wasInRoom) ui.message.focus();
     if (!inRoom && wasInRoom) ui.username.focus();
@@ -207,13 +246,15 @@ export function createView(doc, handlers) {
       ? doc.activeElement.dataset.key
       : null;
     const items = orderedConversations(state).map((conv) => {
-      const online = isPeerOnline(state, conv.key);
+      const presence = peerStatus(state, conv.key);
       const button = el(
         "button",
         { type: "button", className: "conversation", dataset: { key: conv.key, title: conv.title } },
         el("span", { className: "conversation-title", text: conv.title }),
       );
-      if (!online) button.append(el("span", { className: "offline", text: " (offline)" }));
+      if (presence !== "online") {
+        button.append(el("span", { className: "offline", text: ` (${presence})` }));
+      }
       if (conv.unread > 0) {
         button.append(
           " ",
@@ -250,10 +291,13 @@ export function createView(doc, handlers) {
             text: user.name,
           });
       const via = user.via === null ? "" : (VIA_TEXT[user.via] ?? user.via);
+      const away = user.status === "away";
       return el(
         "li",
-        { className: "user", dataset: { via: user.via ?? "" } },
+        { className: "user", dataset: { via: user.via ?? "", status: user.status ?? "online" } },
         name,
+        away ? " " : null,
+        away ? el("span", { className: "presence", title: "disconnected; messages wait for them", text: "away" }) : null,
         " ",
         el("span", { className: "user-address", text: address(user) }),
         via ? " " : null,
@@ -271,7 +315,8 @@ export function createView(doc, handlers) {
   function renderTo(state) {
     const options = [el("option", { value: "*", text: "Everyone", dataset: { title: "Everyone" } })];
     for (const user of recipients(state)) {
-      options.push(el("option", { value: user.name, text: user.name, dataset: { title: user.name } }));
+      const text = user.status === "away" ? `${user.name} (away)` : user.name;
+      options.push(el("option", { value: user.name, text, dataset: { title: user.name } }));
     }
     const active = state.conversations[state.active];
     let value = "*";
@@ -329,25 +374,31 @@ export function createView(doc, handlers) {
   function renderLog(state) {
     const conv = state.conversations[state.active];
     ui.chatTitle.textContent = conv.key === EVERYONE_KEY ? "Everyone" : `${conv.title}`;
+    const switched = renderedConv !== conv.key;
     const atBottom = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 40;
-    if (renderedConv !== conv.key) {
-      ui.log.replaceChildren();
+    const fromBottom = ui.log.scrollHeight - ui.log.scrollTop;
+    const firstBefore = ui.entries.firstElementChild;
+    if (switched) {
+      ui.entries.replaceChildren();
       logEntries.clear();
       renderedConv = conv.key;
     }
+    // The entries in the conversation's order (seq order): new ones may come anywhere, e.g.
+    // earlier history at the top, or a message whose seq is older than a pending one's.
     const present = new Set();
+    let before = null; // the node the next entry must follow
     for (const entry of conv.messages) {
       present.add(entry.key);
-      const item = logEntries.get(entry.key);
-      if (item === undefined) {
+      let item = logEntries.get(entry.key);
+      if (item === undefined || item.entry !== entry) {
         const node = entryNode(entry);
-        ui.log.append(node);
-        logEntries.set(entry.key, { node, entry });
-      } else if (item.entry !== entry) {
-        const node = entryNode(entry);
-        item.node.replaceWith(node);
-        logEntries.set(entry.key, { node, entry });
+        if (item !== undefined) item.node.replaceWith(node);
+        item = { node, entry };
+        logEntries.set(entry.key, item);
       }
+      const expected = before === null ? ui.entries.firstChild : before.nextSibling;
+      if (expected !== item.node) ui.entries.insertBefore(item.node, expected);
+      before = item.node;
     }
     for (const [key, item] of logEntries) {
       if (!present.has(key)) {
@@ -355,14 +406,66 @@ export function createView(doc, handlers) {
         logEntries.delete(key);
       }
     }
-    if (atBottom || previous === null || previous.active !== state.active) {
+    ui.older.hidden = !conv.more || conv.loading;
+    ui.logLoading.hidden = !conv.loading;
+    if (atBottom || switched || previous === null) {
       ui.log.scrollTop = ui.log.scrollHeight;
+    } else if (ui.entries.firstElementChild !== firstBefore) {
+      // Earlier messages came in above: what the user was reading stays where it was.
+      ui.log.scrollTop = ui.log.scrollHeight - fromBottom;
     }
-    if (conv.messages.length === 0) {
+    if (conv.messages.length === 0 && !conv.loading) {
       ui.log.dataset.empty = conv.key === EVERYONE_KEY ? "No messages yet." : `No messages with ${conv.title} yet.`;
     } else {
       delete ui.log.dataset.empty;
     }
+  }
+
+  function resultNode(result) {
+    const where = result.conv === EVERYONE_KEY ? "to everyone" : `with ${result.convTitle}`;
+    return el(
+      "li",
+      { className: "result" },
+      el(
+        "button",
+        {
+          type: "button",
+          className: "result-open",
+          dataset: { conv: result.conv, title: result.convTitle },
+          title: `Open the conversation ${result.conv === EVERYONE_KEY ? "with everyone" : where}`,
+        },
+        el(
+          "span",
+          { className: "meta" },
+          el("span", { className: "from", text: result.from }),
+          " ",
+          el("span", { className: "result-conv", text: where }),
+          " ",
+          formatTime(result.ts, true),
+        ),
+        el("span", { className: "text", dir: "auto", text: result.text }),
+      ),
+    );
+  }
+
+  function renderSearch(state) {
+    const { search } = state;
+    ui.searchArea.hidden = search.state === "idle";
+    if (search.state === "idle") {
+      ui.searchResults.replaceChildren();
+      ui.searchStatus.textContent = "";
+      return;
+    }
+    let status;
+    if (search.state === "searching") status = "Searching…";
+    else if (search.state === "failed") status = `Search failed: ${search.error}`;
+    else if (search.results.length === 0) status = `No messages match “${search.q}”.`;
+    else {
+      const count = search.results.length;
+      status = `${count} ${count === 1 ? "message matches" : "messages match"} “${search.q}”, newest first:`;
+    }
+    ui.searchStatus.textContent = status;
+    ui.searchResults.replaceChildren(...search.results.map(resultNode));
   }
 
   function render(state) {
@@ -371,7 +474,9 @@ export function createView(doc, handlers) {
         || was.attempt !== state.attempt || was.me !== state.me) {
       renderStatus(state);
     }
-    if (!was || was.me !== state.me) renderViews(state, was !== null && was.me !== null);
+    if (!was || was.me !== state.me || was.resuming !== state.resuming) {
+      renderViews(state, was !== null && (was.me !== null || was.resuming));
+    }
     if (!was || was.joinError !== state.joinError) renderJoinError(state);
     if (!was || was.conversations !== state.conversations || was.active !== state.active
         || was.users !== state.users) {
@@ -386,6 +491,7 @@ export function createView(doc, handlers) {
       renderLog(state);
     }
     if (!was || was.notice !== state.notice) ui.notice.textContent = state.notice;
+    if (!was || was.search !== state.search) renderSearch(state);
     previous = state;
   }
 

@@ -146,7 +146,8 @@ def test_joined_lists_the_user_until_the_users_reply_fills_in_the_address(
     module_page: Page,
 ) -> None:
     state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"}])
-    assert state["users"] == [{"name": "bob", "ip": None, "port": None, "via": None}]
+    assert state["users"] == [
+        {"name": "bob", "ip": None, "port": None, "via": None, "status": "online"}]
     users = [{"name": "alice", "ip": "127.0.0.1", "port": 5000, "via": "web"},
              {"name": "bob", "ip": "10.0.0.2", "port": 6000, "via": "tcp"}]
     state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"},
