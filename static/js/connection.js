@@ -66,6 +66,7 @@ export class ChatConnection extends EventTarget {
     this.session = null; // the session token from the last welcome, to resume with
     this.lastSeq = 0; // the highest seq this session has seen live: where a resume continues
     this._takenOver = false; // the server said another connection resumed our session
+    this._networkDown = false; // the browser said it is offline: no retries until it is back
     this._ws = null;
     this._everWelcomed = false; // the name was accepted once since join(): reconnects keep it
     this._attempt = 0; // failed attempts since the last welcome, for the backoff
@@ -127,6 +128,25 @@ export class ChatConnection extends EventTarget {
   /** After a retry was scheduled: try now (e.g. the browser says the network is back). */
   reconnectNow() {
     if (this.name !== null && this._retryTimer !== null) {
+      this._clearTimer("_retryTimer");
+      this._open();
+    }
+  }
+
+  /**
+   * What the browser says about the network (navigator.onLine and its events). Offline: the
+   * socket is given up at once (the session waits on the server, which shows us away) and no
+   * retry is made until the network is back; online: reconnect now.
+   */
+  setNetwork(online) {
+    const down = !online;
+    if (down === this._networkDown) return;
+    this._networkDown = down;
+    if (this.name === null) return;
+    if (down) {
+      this._clearTimer("_retryTimer");
+      if (this._ws !== null) this._lost("the network is offline");
+    } else if (this._ws === null) {
       this._clearTimer("_retryTimer");
       this._open();
     }
@@ -301,6 +321,10 @@ export class ChatConnection extends EventTarget {
     if (this.name === null) {
       this._setStatus(Status.OFFLINE, reason);
       return;
+    }
+    if (this._networkDown) {
+      this._setStatus(Status.RECONNECTING, "the network is offline");
+      return; // setNetwork(true) opens the next socket
     }
     const ceiling = Math.min(this.options.maxDelayMs, this.options.minDelayMs * 2 ** this._attempt);
     // "Equal jitter": between half and all of the ceiling, so that many browsers dropped by one

@@ -215,8 +215,10 @@ connection.addEventListener("event", (event) => {
   if (obj.type === "joined") requestList();
 });
 
-// The browser knows when the network comes back: do not wait for the backoff then.
-window.addEventListener("online", () => connection.reconnectNow());
+// The browser knows when the network goes and comes back: give the socket up at once, and do
+// not wait for the backoff when it is back.
+window.addEventListener("offline", () => connection.setNetwork(false));
+window.addEventListener("online", () => connection.setNetwork(true));
 
 // Coming back to the tab reads the conversation shown.
 document.addEventListener("visibilitychange", () => markRead());

@@ -228,7 +228,7 @@ const HANDLERS = {
     }
     // A notice belongs to the connection it came on (e.g. the gateway's last words before it
     // closed): the status line takes over when that connection ends.
-    next = { ...next, notice: "" };
+    if (status !== "online") next = { ...next, notice: "" };
     // Offline means out of the room (after Leave or a refused name): the join form shows again.
     if (status === "offline") next = { ...next, me: null, users: [], resuming: false };
     return next;

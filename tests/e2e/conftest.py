@@ -53,10 +53,13 @@ def base_url() -> str | None:
 
 
 class RestartableCore:
-    """A real core on a free port that a test can stop and start again on that same port."""
+    """A real core on a free port that a test can stop and start again on that same port, with
+    the same data directory (so sessions and history outlive a restart)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path, **options: Any) -> None:
         self.port = 0
+        self._data_dir = data_dir
+        self._options = options
         self._running: contextlib.ExitStack | None = None
         self.server: ChatServer | None = None
 
@@ -68,7 +71,8 @@ class RestartableCore:
         assert self._running is None, "already running"
         with contextlib.ExitStack() as stack:
             self.server = stack.enter_context(
-                running_server(gateway_secret=SECRET, port=self.port)
+                running_server(gateway_secret=SECRET, port=self.port,
+                               data_dir=str(self._data_dir), **self._options)
             )
             self.port = self.server.address[1]
             self._running = stack.pop_all()
@@ -81,8 +85,14 @@ class RestartableCore:
 
 
 @pytest.fixture
-def core() -> Iterator[RestartableCore]:
-    core = RestartableCore()
+def core_options() -> dict[str, Any]:
+    """ServerConfig fields for the core; a test parametrizes this name to change them."""
+    return {}
+
+
+@pytest.fixture
+def core(tmp_path: Path, core_options: dict[str, Any]) -> Iterator[RestartableCore]:
+    core = RestartableCore(tmp_path / "core-data", **core_options)
     core.start()
     try:
         yield core
@@ -203,6 +213,21 @@ class RawUser:
         reply = self.request("send", to=to, text=text)
         assert reply["type"] == "sent", reply
         return reply
+
+    def wait_event(self, kind: str, name: str, timeout: float = WAIT_S) -> dict[str, Any]:
+        """The event `kind` (joined, away, back, left) about `name`, read now or earlier."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for obj in self.inbox:
+                if obj.get("type") == kind and obj.get("name") == name:
+                    self.inbox.remove(obj)
+                    return obj
+            self.inbox.append(self.client.recv(max(0.01, deadline - time.monotonic())))
+
+    def events_about(self, name: str) -> list[str]:
+        """The types of the presence events about `name` read so far, in order."""
+        kinds = ("joined", "away", "back", "left")
+        return [o["type"] for o in self.inbox if o.get("type") in kinds and o.get("name") == name]
 
     def wait_message(self, sender: str, text: str) -> dict[str, Any]:
         """The message event from `sender` with `text`, read now or earlier."""
