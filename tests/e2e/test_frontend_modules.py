@@ -425,15 +425,36 @@ def test_leave_sends_exit_and_stays_offline_after_bye(module_page: Page) -> None
     assert js(module_page, "() => sockets.length") == 1
 
 
-def test_silent_connection_is_dropped_after_an_unanswered_ping(module_page: Page) -> None:
+def test_silent_connection_is_dropped_10_s_after_an_unanswered_ping(module_page: Page) -> None:
+    # docs/history-and-sessions.md, "Dead peers": a ping every 10 s, a new connection when no
+    # pong came within 10 s.
     js(module_page, START_CONNECTION)
     last_socket_welcomes(module_page)
-    module_page.clock.run_for(25_000)
+    # (The fake clock also moves with real time, a few ms per call: hence the 500 ms margins.)
+    module_page.clock.run_for(9_500)
+    assert js(module_page, "() => sockets[0].sent.at(-1).type") == "hello"
+    module_page.clock.run_for(500)
     ping = js(module_page, "() => sockets[0].sent.at(-1)")
     assert ping["type"] == "ping"
-    module_page.clock.run_for(10_000)
+    module_page.clock.run_for(9_000)
+    assert js(module_page, "() => conn.status") == "online"
+    module_page.clock.run_for(1_000)
     last = js(module_page, "() => statuses.at(-1)")
     assert (last["status"], last["reason"]) == ("reconnecting", "no answer from the server")
+
+
+def test_answered_pings_keep_the_connection(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    last_socket_welcomes(module_page)
+    for _ in range(3):
+        module_page.clock.run_for(10_000)
+        js(module_page, """() => {
+            const ping = sockets[0].sent.at(-1);
+            sockets[0].serverSends({ type: "pong", id: ping.id });
+        }""")
+    assert js(module_page, "() => sockets[0].sent.filter((m) => m.type === 'ping').length") == 3
+    assert js(module_page, "() => conn.status") == "online"
+    assert js(module_page, "() => sockets.length") == 1
 
 
 def test_frames_that_break_the_protocol_are_ignored(module_page: Page) -> None:
@@ -452,3 +473,292 @@ def test_frames_that_break_the_protocol_are_ignored(module_page: Page) -> None:
     )
     assert events == ["joined"]
     assert js(module_page, "() => conn.status") == "online"
+
+
+# --- sessions: resume, expiry, takeover (connection.js) ---------------------------------------
+
+WATCH_SESSIONS = """() => {
+  window.sessions = [];
+  window.expiries = [];
+  conn.addEventListener("session", (e) => sessions.push(e.detail));
+  conn.addEventListener("expired", (e) => expiries.push(e.detail));
+}"""
+
+
+def welcome_with_session(page: Page, seq: int, resumed: bool = False) -> None:
+    page.evaluate(
+        """([seq, resumed]) => {
+             const ws = sockets.at(-1);
+             ws.serverOpen();
+             ws.serverSends({ type: "welcome", name: "alice", ip: "127.0.0.1", port: 5000,
+                              session: "tok", seq, resumed, id: ws.sent.at(-1).id });
+           }""",
+        [seq, resumed],
+    )
+
+
+def test_reconnect_resumes_after_the_highest_seq_seen(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    js(module_page, WATCH_SESSIONS)
+    welcome_with_session(module_page, 40)
+    assert js(module_page, "() => sessions.at(-1)") == {
+        "name": "alice", "session": "tok", "lastSeq": 40}
+    js(module_page, """() => {
+        for (const seq of [41, 45]) {
+          sockets[0].serverSends({ type: "message", from: "bob", to: "*", text: "hi", ts: 1,
+                                   seq });
+        }
+        sockets[0].serverCloses();
+    }""")
+    assert js(module_page, "() => sessions.at(-1).lastSeq") == 45
+    module_page.clock.run_for(js(module_page, "() => statuses.at(-1).retryInMs"))
+    js(module_page, "() => sockets.at(-1).serverOpen()")
+    hello = js(module_page, "() => sockets.at(-1).sent[0]")
+    assert {k: hello[k] for k in ("type", "name", "resume", "after")} == {
+        "type": "hello", "name": "alice", "resume": "tok", "after": 45}
+
+
+def test_a_resumed_welcome_keeps_the_seq_the_replay_goes_on_from(module_page: Page) -> None:
+    module_page.evaluate("""async () => {
+        const { ChatConnection } = await import('/js/connection.js');
+        window.statuses = [];
+        window.conn = new ChatConnection("ws://gateway.test/ws",
+                                         { WebSocket: FakeWebSocket, random: () => 0.5 });
+        conn.addEventListener("status", (e) => statuses.push(e.detail));
+        conn.resume("alice", "tok", 45);
+    }""")
+    js(module_page, WATCH_SESSIONS)
+    welcome_with_session(module_page, 63, resumed=True)
+    hello = js(module_page, "() => sockets[0].sent[0]")
+    assert (hello["resume"], hello["after"]) == ("tok", 45)
+    assert js(module_page, "() => sessions.at(-1).lastSeq") == 45
+    assert js(module_page, "() => conn.status") == "online"
+
+
+def test_session_expired_joins_again_with_a_plain_hello_on_the_same_socket(
+    module_page: Page,
+) -> None:
+    module_page.evaluate("""async () => {
+        const { ChatConnection } = await import('/js/connection.js');
+        window.statuses = [];
+        window.refusals = [];
+        window.conn = new ChatConnection("ws://gateway.test/ws",
+                                         { WebSocket: FakeWebSocket, random: () => 0.5 });
+        conn.addEventListener("status", (e) => statuses.push(e.detail));
+        conn.addEventListener("refused", (e) => refusals.push(e.detail));
+        conn.resume("alice", "old", 45);
+    }""")
+    js(module_page, WATCH_SESSIONS)
+    js(module_page, """() => {
+        const ws = sockets[0];
+        ws.serverOpen();
+        ws.serverSends({ type: "error", code: "session_expired", message: "no such session",
+                         id: ws.sent[0].id });
+    }""")
+    assert js(module_page, "() => expiries") == [{"message": "no such session"}]
+    assert js(module_page, "() => sessions.at(-1)")["session"] is None
+    hello = js(module_page, "() => sockets[0].sent.at(-1)")
+    assert hello["type"] == "hello"
+    assert "resume" not in hello
+    welcome_with_session(module_page, 70)
+    assert js(module_page, "() => conn.status") == "online"
+    assert js(module_page, "() => sockets.length") == 1
+    assert js(module_page, "() => refusals") == []
+
+
+def test_a_session_resumed_elsewhere_goes_offline_without_retrying(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    js(module_page, WATCH_SESSIONS)
+    welcome_with_session(module_page, 1)
+    js(module_page, """() => {
+        sockets[0].serverSends({ type: "bye", reason: "resumed elsewhere" });
+        sockets[0].serverSends({ type: "error", code: "unavailable",
+                                 message: "the chat server closed the connection" });
+        sockets[0].serverCloses();
+    }""")
+    last = js(module_page, "() => statuses.at(-1)")
+    assert (last["status"], last["reason"]) == (
+        "offline", "the session was taken over by another tab")
+    assert js(module_page, "() => sessions.at(-1).session") is None
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 1
+
+
+def test_leave_forgets_the_session(module_page: Page) -> None:
+    js(module_page, START_CONNECTION)
+    js(module_page, WATCH_SESSIONS)
+    welcome_with_session(module_page, 3)
+    js(module_page, "() => conn.leave()")
+    assert js(module_page, "() => sockets[0].sent.at(-1).type") == "exit"
+    assert js(module_page, "() => sessions.at(-1)") == {
+        "name": None, "session": None, "lastSeq": 0}
+
+
+def test_offline_browser_gives_the_socket_up_and_online_resumes_at_once(
+    module_page: Page,
+) -> None:
+    js(module_page, START_CONNECTION)
+    welcome_with_session(module_page, 5)
+    js(module_page, "() => conn.setNetwork(false)")
+    last = js(module_page, "() => statuses.at(-1)")
+    assert (last["status"], last["reason"]) == ("reconnecting", "the network is offline")
+    assert js(module_page, "() => sockets[0].readyState") == 3  # closed by us
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 1  # no retries while offline
+    js(module_page, "() => conn.setNetwork(true)")
+    assert js(module_page, "() => sockets.length") == 2
+    js(module_page, "() => sockets[1].serverOpen()")
+    assert js(module_page, "() => sockets[1].sent[0].resume") == "tok"
+
+
+# --- history, seq, read markers, away, search (state.js) --------------------------------------
+
+WELCOME_S = {**WELCOME, "session": "tok", "seq": 10, "resumed": False}
+
+
+def msg(seq: int, text: str, sender: str = "bob", to: str = "*") -> dict[str, Any]:
+    return {"type": "message", "from": sender, "to": to, "text": text, "ts": float(seq),
+            "seq": seq}
+
+
+def texts(state: dict[str, Any], key: str = "*") -> list[str]:
+    return [m["text"] for m in state["conversations"][key]["messages"]]
+
+
+def test_a_message_seen_twice_shows_once_and_messages_keep_seq_order(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME_S,
+        msg(12, "twelve"),
+        msg(11, "eleven"),  # e.g. from a history page that arrived late
+        msg(12, "twelve"),  # a resume's replay of what history brought
+        {"type": "history", "with": "*", "messages": [msg(11, "eleven"), msg(13, "thirteen")],
+         "more": False},
+    ])
+    assert texts(state) == ["eleven", "twelve", "thirteen"]
+
+
+def test_history_pages_go_before_what_is_shown_and_say_whether_more_exist(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME_S,
+        msg(30, "live"),
+        {"type": "history", "with": "*", "messages": [msg(20, "b"), msg(30, "live")],
+         "more": True},
+    ])
+    everyone = state["conversations"]["*"]
+    assert (texts(state), everyone["more"], everyone["loaded"]) == (["b", "live"], True, True)
+    state = run_state(module_page, [
+        WELCOME_S,
+        {"type": "history", "with": "*", "messages": [msg(20, "b"), msg(30, "c")], "more": True},
+        {"type": "history", "with": "*", "messages": [msg(5, "a")], "more": False},
+    ])
+    assert texts(state) == ["a", "b", "c"]
+    assert state["conversations"]["*"]["more"] is False
+
+
+def test_history_of_my_own_direct_messages_is_mine_in_the_peers_conversation(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME_S,
+        {"type": "history", "with": "Bob", "more": False, "messages": [
+            msg(3, "hi bob", sender="alice", to="Bob"), msg(4, "hi alice", to="alice")]},
+    ])
+    [mine, theirs] = state["conversations"]["bob"]["messages"]
+    assert (mine["kind"], mine["state"], theirs["kind"]) == ("out", "sent", "in")
+    assert state["conversations"]["bob"]["title"] == "Bob"
+
+
+def test_sent_gives_the_pending_message_its_seq_and_place(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME_S,
+        {"type": "local/send", "id": "b1", "to": "*", "text": "mine"},
+        msg(12, "bob's, accepted first"),
+        {"type": "sent", "id": "b1", "to": "*", "ts": 1.0, "seq": 11},
+    ])
+    assert texts(state) == ["mine", "bob's, accepted first"]
+    state = run_state(module_page, [
+        WELCOME_S,
+        {"type": "local/send", "id": "b1", "to": "*", "text": "mine"},
+        {"type": "history", "with": "*", "more": False,
+         "messages": [msg(11, "mine", sender="alice")]},
+        {"type": "sent", "id": "b1", "to": "*", "ts": 1.0, "seq": 11},
+    ])
+    assert texts(state) == ["mine"]
+    assert state["pending"] == {}
+
+
+def test_unread_counts_come_from_the_server_and_late_copies_do_not_count_twice(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME_S,
+        {"type": "conversations", "conversations": [
+            {"with": "*", "last": 10, "read": 10, "unread": 0},
+            {"with": "Bob", "last": 58, "read": 50, "unread": 3}]},
+        msg(58, "counted by the server already", to="alice"),
+        msg(59, "new", to="alice"),
+    ])
+    bob = state["conversations"]["bob"]
+    assert (bob["title"], bob["unread"], bob["readSeq"], bob["lastSeq"]) == ("Bob", 4, 50, 59)
+
+
+def test_the_shown_conversation_needs_a_read_up_to_its_newest_seq(module_page: Page) -> None:
+    needed = module_page.evaluate("""async (events) => {
+        const { apply, initialState, readNeeded } = await import('/js/state.js');
+        const state = events.reduce(apply, initialState());
+        const afterRead = apply(state, { type: "local/read", key: "bob", seq: 59 });
+        return [readNeeded(state), readNeeded(afterRead)];
+    }""", [
+        WELCOME_S,
+        msg(59, "hi", sender="Bob", to="alice"),
+        {"type": "local/select", "key": "bob", "title": "Bob"},
+    ])
+    assert needed == [{"key": "bob", "with": "Bob", "seq": 59}, None]
+
+
+def test_away_and_back_change_the_users_status_and_away_users_can_be_written_to(
+    module_page: Page,
+) -> None:
+    users = [{"name": "alice", "ip": "127.0.0.1", "port": 5000, "via": "web"},
+             {"name": "bob", "ip": "10.0.0.2", "port": 6000, "via": "tcp", "status": "away"}]
+    result = module_page.evaluate("""async (events) => {
+        const { apply, initialState, recipients, peerStatus } = await import('/js/state.js');
+        const states = [];
+        let state = initialState();
+        for (const event of events) { state = apply(state, event); states.push(state); }
+        return states.map((s) => [peerStatus(s, "bob"), recipients(s).map((u) => u.name)]);
+    }""", [WELCOME_S, {"type": "users", "users": users}, {"type": "back", "name": "bob"},
+           {"type": "away", "name": "Bob"}, {"type": "left", "name": "bob"}])
+    assert result[1:] == [["away", ["bob"]], ["online", ["bob"]], ["away", ["bob"]],
+                          ["offline", []]]
+
+
+def test_search_results_name_their_conversation_and_old_answers_are_ignored(
+    module_page: Page,
+) -> None:
+    found = [msg(9, "lunch?", sender="alice", to="bob"), msg(4, "lunch friday")]
+    state = run_state(module_page, [
+        WELCOME_S,
+        {"type": "local/search", "q": "old", "id": "b1"},
+        {"type": "local/search", "q": "lunch", "id": "b2"},
+        {"type": "results", "q": "old", "messages": [msg(1, "old")], "id": "b1"},
+        {"type": "results", "q": "lunch", "messages": found, "id": "b2"},
+    ])
+    search = state["search"]
+    assert (search["q"], search["state"]) == ("lunch", "done")
+    assert [(r["from"], r["conv"], r["convTitle"]) for r in search["results"]] == [
+        ("alice", "bob", "bob"), ("bob", "*", "Everyone")]
+
+
+def test_an_expired_session_starts_again_without_the_old_conversations(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        {"type": "local/resume", "name": "alice", "active": {"key": "bob", "title": "bob"}},
+        {"type": "local/expired", "message": "no such session"},
+    ])
+    assert state["resuming"] is False
+    assert sorted(state["conversations"]) == ["*"]
+    assert "no such session" in state["notice"]
