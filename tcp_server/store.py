@@ -496,19 +496,18 @@ class SqliteStore:
                     {"s": session, "k": key, "seq": seq},
                 ).fetchone()
             upto = int(row[0] or 0)
-            if upto == 0:
-                return 0
-            db.execute(
-                """INSERT INTO read_markers (session_id, conversation, seq) VALUES (?, ?, ?)
-                   ON CONFLICT (session_id, conversation)
-                   DO UPDATE SET seq = max(seq, excluded.seq)""",
-                (session, key, upto),
-            )
-            (now,) = db.execute(
+            if upto:  # a conversation without messages (up to seq) gets no marker
+                db.execute(
+                    """INSERT INTO read_markers (session_id, conversation, seq) VALUES (?, ?, ?)
+                       ON CONFLICT (session_id, conversation)
+                       DO UPDATE SET seq = max(seq, excluded.seq)""",
+                    (session, key, upto),
+                )
+            now = db.execute(
                 "SELECT seq FROM read_markers WHERE session_id = ? AND conversation = ?",
                 (session, key),
             ).fetchone()
-            return int(now)
+            return int(now[0]) if now else 0
 
         marker: int = self._submit(action)
         return marker
