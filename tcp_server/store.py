@@ -89,6 +89,11 @@ class Retention:
     max_days: float = 365.0  # 0: no limit
 
 
+class PendingMessage(Protocol):
+    def wait(self) -> StoredMessage:
+        """Block until the message is committed and delivered; raises StoreError."""
+
+
 class MessageStore(Protocol):
     """Messages, sessions and read markers. Thread-safe; every method may block briefly."""
 
@@ -100,6 +105,10 @@ class MessageStore(Protocol):
 
     def append(self, message: NewMessage) -> StoredMessage:
         """Store a message under the next seq; returns once it is committed and delivered."""
+
+    def submit(self, message: NewMessage) -> PendingMessage:
+        """append() in two steps: queue the message now, wait() for it later (so one
+        connection's consecutive sends share a commit)."""
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
@@ -427,17 +436,23 @@ class SqliteStore:
 
     # --- writing (each method queues a job for the writer thread and waits for it) -------------
 
-    def _submit(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> Any:
+    def _queue(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> _Job:
         job = _Job(action)
         with self._lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
             self._jobs.put(job)
-        return job.wait()
+        return job
+
+    def _submit(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> Any:
+        return self._queue(action).wait()
 
     def append(self, message: NewMessage) -> StoredMessage:
         result: StoredMessage = self._submit(message)
         return result
+
+    def submit(self, message: NewMessage) -> PendingMessage:
+        return self._queue(message)
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
