@@ -660,7 +660,7 @@ def test_pruned_messages_leave_search_and_replay(tmp_path: Path) -> None:
 
 
 def test_max_days_prunes_what_is_older_by_the_injected_clock(tmp_path: Path) -> None:
-    now = [10 * SECONDS_PER_DAY]
+    now = [10.0 * SECONDS_PER_DAY]
     opened = SqliteStore(
         tmp_path, retention=Retention(max_messages=0, max_days=2), clock=lambda: now[0]
     )
