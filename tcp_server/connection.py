@@ -282,7 +282,7 @@ class Connection:
                 self._drop(REPLIES_UNREAD)
                 return
             self._put(data)
-            self._replayed_upto = page[-1].seq
+            self._replayed_upto = self._delivered_seq = page[-1].seq
 
     def _release_held(self) -> None:
         with self._held_lock:

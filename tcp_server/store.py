@@ -511,6 +511,11 @@ class SqliteStore:
                     {"s": session, "k": key, "seq": seq},
                 ).fetchone()
             upto = int(row[0] or 0)
+            if with_ == EVERYONE:  # its marker starts at the session's start, never below
+                start = db.execute(
+                    "SELECT start_seq FROM sessions WHERE id = ?", (session,)
+                ).fetchone()
+                upto = max(upto, int(start[0]) if start else 0)
             if upto:  # a conversation without messages (up to seq) gets no marker
                 db.execute(
                     """INSERT INTO read_markers (session_id, conversation, seq) VALUES (?, ?, ?)
@@ -582,8 +587,8 @@ class SqliteStore:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)",
                            (seq,))
             db.execute("COMMIT")
-        except (sqlite3.Error, ValueError) as error:
-            log.error("store: commit of %d changes failed: %s", len(batch), error)
+        except Exception as error:  # noqa: BLE001 - any failure fails this batch, not the store
+            log.error("store: commit of %d changes failed: %r", len(batch), error)
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             for job in batch:

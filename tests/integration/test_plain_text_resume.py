@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.support.core import RawClient
 from tests.support.text_client import TextClient
 
 Address = tuple[str, int]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Connection._replay does not raise _delivered_seq, so a connection that only got "
-    "a replay goes away with the old delivered_seq and the next `resume NAME TOKEN` "
-    "(after = delivered_seq) replays the same messages again",
-)
 def test_messages_replayed_to_a_resumed_connection_are_not_replayed_again(
     address: Address,
 ) -> None:

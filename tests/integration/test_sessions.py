@@ -71,7 +71,8 @@ def test_seqs_increase_and_every_recipient_sees_the_sender_s_seq(address: Addres
     with alice, bob:
         seqs = [send(alice, "*", f"m{i}") for i in range(5)]
         seqs.append(send(alice, "bob", "direct"))
-        assert seqs == sorted(seqs) and len(set(seqs)) == 6
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 6
         received = [bob.expect("message") for _ in range(6)]
         assert [m["seq"] for m in received] == seqs
 
@@ -193,7 +194,8 @@ def test_a_freed_name_s_new_holder_sees_none_of_the_old_direct_history() -> None
             new_bob, _ = joined(address, "bob")
             with new_bob:
                 page = new_bob.request("history", **{"with": "alice"})
-                assert page["messages"] == [] and page["more"] is False
+                assert page["messages"] == []
+                assert page["more"] is False
                 assert new_bob.request("search", q="secret")["messages"] == []
                 everyone = new_bob.request("history", **{"with": "*"})
                 assert [m["text"] for m in everyone["messages"]] == ["public"]

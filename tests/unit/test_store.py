@@ -513,11 +513,6 @@ def test_mark_read_moves_forward_and_never_back(store: SqliteStore) -> None:
     assert store.mark_read(newcomer.id, "*", 7) == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mark_read answers 0 when no message of the conversation is <= seq, "
-    "although the marker is further on",
-)
 def test_mark_read_below_every_message_answers_the_marker_as_it_is(store: SqliteStore) -> None:
     alice, bob = session(store, "alice"), session(store, "bob")
     for _ in range(3):
@@ -526,11 +521,6 @@ def test_mark_read_below_every_message_answers_the_marker_as_it_is(store: Sqlite
     assert store.mark_read(alice.id, "*", 0) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mark_read of '*' below a new session's start_seq moves its marker back "
-    "(before any read marker exists the '*' marker is start_seq)",
-)
 def test_mark_read_does_not_move_a_new_sessions_marker_for_everyone_back(
     store: SqliteStore,
 ) -> None:
@@ -749,13 +739,6 @@ def in_thread(call: Callable[[], object], timeout: float = 1.0) -> list[object]:
     return result
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason="_commit catches only sqlite3.Error and ValueError: any other error in a job "
-    "(here OverflowError for an int over 2**63-1) kills the writer thread, and that call "
-    "and every later write wait forever",
-)
 def test_a_write_failing_with_an_unexpected_error_fails_alone(store: SqliteStore) -> None:
     alice = session(store, "alice")
     (outcome,) = in_thread(lambda: store.mark_read(alice.id, "*", 2**64)) or ["hung"]
