@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +13,13 @@ from tests.support.core import RawClient, running_server, wait_until
 from tests.support.text_client import TextClient
 
 Address = tuple[str, int]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def address(request: pytest.FixtureRequest) -> Iterator[Address]:
+    """Each test below runs against both implementations of the store's interface."""
+    with running_server(store=request.param) as server:
+        yield server.address
 
 
 def joined(address: Address, name: str) -> tuple[RawClient, dict[str, Any]]:
