@@ -211,8 +211,9 @@ connection.addEventListener("event", (event) => {
   const obj = event.detail;
   dispatch(obj);
   if (obj.id !== undefined) onReply(obj);
-  // A join event carries only the name: ask for the address and the kind of client.
-  if (obj.type === "joined") requestList();
+  // A join event carries only the name, and a user back from away has a new address: ask for
+  // the address and the kind of client.
+  if (obj.type === "joined" || obj.type === "back") requestList();
 });
 
 // The browser knows when the network goes and comes back: give the socket up at once, and do

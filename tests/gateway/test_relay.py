@@ -122,3 +122,48 @@ def test_forwarded_for_is_ignored_unless_trusted(gateway: InProcessGateway) -> N
         ip, port = alice.address
         alice.send(type="hello", name="alice")
         alice.expect("welcome", ip=ip, port=port)
+
+
+def test_history_search_read_and_conversations_pass_through_unchanged(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    alice = open_browser()
+    alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        bob.send(type="send", to="alice", text="lunch on friday?", id="s")
+        sent = bob.expect("sent", id="s")
+    seq = sent["seq"]
+    history = alice.request("history", **{"with": "bob", "limit": 10})
+    assert history["type"] == "history"
+    assert [(m["from"], m["text"], m["seq"]) for m in history["messages"]] == [
+        ("bob", "lunch on friday?", seq)]
+    assert history["more"] is False
+    results = alice.request("search", q="friday lunch")
+    assert [m["seq"] for m in results["messages"]] == [seq]
+    conversations = alice.request("conversations")
+    unread = {c["with"]: c["unread"] for c in conversations["conversations"]}
+    assert unread["bob"] == 1
+    read = alice.request("read", **{"with": "bob", "seq": seq})
+    assert (read["type"], read["seq"]) == ("read", seq)
+
+
+def test_a_new_websocket_resumes_the_session_and_gets_what_was_missed(
+    open_browser: Browser, core: ChatServer
+) -> None:
+    alice = open_browser()
+    welcome = alice.hello("alice")
+    with RawClient(core.address) as bob:
+        bob.hello("bob")
+        alice.close()  # a reload: no exit
+        bob.expect("away", name="alice")
+        bob.send(type="send", to="alice", text="are you there?", id="s")
+        seq = bob.expect("sent", id="s")["seq"]
+        again = open_browser()
+        again.send(type="hello", name="alice", resume=welcome["session"],
+                   after=welcome["seq"], id="h")
+        resumed = again.expect("welcome", id="h")
+        assert (resumed["resumed"], resumed["session"]) == (True, welcome["session"])
+        replayed = again.expect("message", text="are you there?")
+        assert replayed["seq"] == seq
+        bob.expect("back", name="alice")
