@@ -53,10 +53,11 @@ def base_url() -> str | None:
 
 
 class RestartableCore:
-    """A real core on a free port that a test can stop and start again on that same port, with
-    the same data directory (so sessions and history outlive a restart)."""
+    """A real core on a free port that a test can stop and start again on that same port; with a
+    `data_dir`, on the same store each time (so sessions and history outlive a restart),
+    otherwise on a new empty one."""
 
-    def __init__(self, data_dir: Path, **options: Any) -> None:
+    def __init__(self, data_dir: Path | None = None, **options: Any) -> None:
         self.port = 0
         self._data_dir = data_dir
         self._options = options
@@ -71,8 +72,12 @@ class RestartableCore:
         assert self._running is None, "already running"
         with contextlib.ExitStack() as stack:
             self.server = stack.enter_context(
-                running_server(gateway_secret=SECRET, port=self.port,
-                               data_dir=str(self._data_dir), **self._options)
+                running_server(
+                    gateway_secret=SECRET,
+                    port=self.port,
+                    data_dir=None if self._data_dir is None else str(self._data_dir),
+                    **self._options,
+                )
             )
             self.port = self.server.address[1]
             self._running = stack.pop_all()

@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
@@ -137,7 +138,7 @@ def test_expired_session_joins_again_under_the_same_name_and_says_so(
 
 
 def test_tab_offline_goes_away_within_30_s_and_back_online_shows_what_it_missed(
-    users: BrowserUsers, raw_user: RawUser
+    users: BrowserUsers, raw_user: RawUser, results_dir: Path
 ) -> None:
     alice = users.join("alice")
     bob = users.join("bob")
@@ -146,6 +147,7 @@ def test_tab_offline_goes_away_within_30_s_and_back_online_shows_what_it_missed(
     started = time.monotonic()
     away = users_list(bob).get_by_role("listitem").filter(has_text="alice")
     expect(away).to_contain_text("away", timeout=(DEAD_PEER_S + 5) * 1000)
+    bob.screenshot(path=results_dir / "away.png")
     raw_user.wait_event("away", "alice", timeout=5)
     assert time.monotonic() - started <= DEAD_PEER_S + 5
     # An away user can be written to: the server keeps the messages for the session.
@@ -160,7 +162,7 @@ def test_tab_offline_goes_away_within_30_s_and_back_online_shows_what_it_missed(
 
 
 def test_search_finds_an_old_message_with_sender_conversation_and_time(
-    users: BrowserUsers, raw_user: RawUser
+    users: BrowserUsers, raw_user: RawUser, results_dir: Path
 ) -> None:
     raw_user.send("*", "the quarterly report is due friday")
     raw_user.send("*", "something else entirely")
@@ -179,6 +181,7 @@ def test_search_finds_an_old_message_with_sender_conversation_and_time(
     expect(results.nth(1)).to_contain_text("the quarterly report is due friday")
     expect(results.nth(1).locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
     assert alice.locator("#search-results b").count() == 0
+    alice.screenshot(path=results_dir / "search.png")
     results.nth(1).get_by_role("button").click()
     expect(alice.get_by_role("heading", name="Everyone")).to_be_visible()
     search.fill("nothing like this")

@@ -180,21 +180,29 @@ def test_gateway_restart_reconnects_the_browsers_and_the_terminals_see_them_retu
         gateway.stop()
         for page in (alice, bob):
             expect(page.get_by_role("status")).to_have_attribute("data-status", "reconnecting")
-        carol.wait_for("* alice left the chat")
-        carol.wait_for("* bob left the chat")
+        # A gateway restart is a disconnect without exit (docs/history-and-sessions.md): the
+        # browsers' sessions wait for them, shown away, and their names stay reserved.
         dave.wait_until(
-            lambda got: {o["name"] for o in got if o["type"] == "left"} == {"alice", "bob"},
-            WAIT_S, "told that both browsers left",
+            lambda got: {o["name"] for o in got if o["type"] == "away"} == {"alice", "bob"},
+            WAIT_S, "told that both browsers are away",
         )
-        dave.send(type="list", id="alone")
-        alone = dave.wait_for(lambda o: o.get("id") == "alone")
-        assert [u["name"] for u in alone["users"]] == ["carol", "dave"]
+        dave.send(type="list", id="away")
+        away = dave.wait_for(lambda o: o.get("id") == "away")
+        assert [(u["name"], u["status"]) for u in away["users"]] == [
+            ("alice", "away"), ("bob", "away"), ("carol", "online"), ("dave", "online")
+        ]
+        carol.send("alice", "sent while the gateway was down")
 
         gateway.start()
         for page, name in ((alice, "alice"), (bob, "bob")):
             expect_online(page, name)
-        carol.wait_for("* alice joined the chat", timeout=RECOVERY_S)
-        carol.wait_for("* bob joined the chat", timeout=RECOVERY_S)
+        dave.wait_until(
+            lambda got: {o["name"] for o in got if o["type"] == "back"} == {"alice", "bob"},
+            RECOVERY_S, "told that both browsers are back",
+        )
+        assert not [o for o in dave.snapshot() if o["type"] in ("left", "joined")]
+        # What was sent to the away session reached the page once it resumed.
+        expect_in_browser(alice, "carol", "carol", "sent while the gateway was down")
         carol.send("alice", "you are back")
         expect_in_browser(alice, "carol", "carol", "you are back")
         send_from_browser(bob, "dave", "through the new gateway")
