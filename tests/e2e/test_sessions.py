@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from tests.e2e.conftest import BrowserUsers, RawUser, RestartableCore
 from tests.e2e.test_chat import expect_in_browser, log_of, open_conversation, send_from_browser
@@ -233,3 +233,36 @@ def test_core_restart_resumes_the_session_and_delivers_what_was_sent_meanwhile(
         expect_in_browser(alice, "dave", "dave", "after the restart")
     finally:
         dave.close()
+
+
+@pytest.mark.slow
+def test_a_silently_dead_connection_is_replaced_and_misses_nothing(
+    users: BrowserUsers, raw_user: RawUser
+) -> None:
+    # Playwright relays the page's websocket; "dead" drops every frame both ways while the
+    # sockets stay open, as on a network that vanished without a reset.
+    lines: list[dict[str, bool]] = []
+
+    def relay(page_side: WebSocketRoute) -> None:
+        line = {"dead": False}
+        lines.append(line)
+        server_side = page_side.connect_to_server()
+        page_side.on_message(lambda frame: None if line["dead"] else server_side.send(frame))
+        server_side.on_message(lambda frame: None if line["dead"] else page_side.send(frame))
+
+    alice = users.open()
+    alice.route_web_socket(re.compile(r"/ws$"), relay)
+    alice.reload()  # the route takes effect in pages loaded after it
+    alice.get_by_label("Username").fill("alice")
+    alice.get_by_role("button", name="Join").click()
+    expect_online(alice, "alice")
+    assert len(lines) == 1, "the page's websocket is not relayed"
+    for line in lines:
+        line["dead"] = True
+    raw_user.send("alice", "while the line was dead")
+    # No pong within 10 s of a ping (one every 10 s): the page gives the connection up.
+    status = alice.get_by_role("status")
+    expect(status).to_contain_text("no answer from the server", timeout=DEAD_PEER_S * 1000)
+    expect_online(alice, "alice", RECONNECT_S)
+    expect_in_browser(alice, "dave", "dave", "while the line was dead")
+    assert len(lines) == 2

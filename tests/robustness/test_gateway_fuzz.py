@@ -115,7 +115,8 @@ def test_random_frames_from_many_websockets_harm_no_well_behaved_browser(
     static = tmp_path / "static"
     static.mkdir()
     (static / "index.html").write_text("<!doctype html><title>fuzz</title>\n")
-    with running_server(gateway_secret=SECRET) as core:
+    # No grace: a fuzzer that joined and hung up without exit is gone at once, not away.
+    with running_server(gateway_secret=SECRET, resume_grace=0) as core:
         config = GatewayConfig(core_host=core.address[0], core_port=core.address[1],
                                gateway_secret=SECRET, static_dir=static)
         with running_gateway(config) as gateway, WsClient(
