@@ -128,3 +128,21 @@ def test_a_long_user_name_shows_whole_in_the_users_list(
     clipped = name.evaluate("(node) => node.scrollWidth > node.clientWidth")
     assert clipped is False
     assert page_width(page) <= window_width(page)
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=list(VIEWPORTS))
+def test_search_results_with_unbroken_text_keep_the_page_as_wide_as_the_screen(
+    users: BrowserUsers, long_named_user: RawUser, viewport: str, results_dir: Path
+) -> None:
+    long_named_user.send("*", "needle " + UNBROKEN_TEXTS["long-url"])
+    page = users.join("alice", viewport=VIEWPORTS[viewport])
+    search = page.get_by_role("searchbox", name="Search")
+    search.fill("needle")
+    search.press("Enter")
+    result = page.get_by_role("list", name="Search results").get_by_role("listitem")
+    expect(result).to_have_count(1)
+    result.scroll_into_view_if_needed()
+    expect(result).to_be_in_viewport()
+    page.screenshot(path=results_dir / f"search-{viewport}.png")
+    assert page_width(page) <= window_width(page)
+    expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
