@@ -49,7 +49,6 @@ from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, 
 from tcp_server.store import (
     MessageStore,
     NewMessage,
-    PendingMessage,
     SessionRecord,
     StoredMessage,
     StoreError,
@@ -92,26 +91,36 @@ class Outcome:
     # After the replies: stored messages the connection missed, in pages, oldest first.
     replay: Iterable[list[StoredMessage]] = ()
     after_replay: list[Event] = field(default_factory=list)
-    # A send whose message is on its way to the store: answer() gives its replies once
-    # committed. The connection may handle the next sends meanwhile (they share a commit),
-    # and answers them in order before any other reply.
+    # A send to submit to the store (see PendingSend): the connection answers it when the
+    # store is done, and meanwhile handles the next sends (they share a commit).
     pending: PendingSend | None = None
 
 
 class PendingSend:
-    def __init__(self, request: Send, to: str, ts: float, message: PendingMessage) -> None:
-        self._request, self._to, self._ts, self._message = request, to, ts, message
+    """A send that passed the rules: `submit` stores it, and `then` gets its replies (sent,
+    or unavailable) on the store's thread once it is committed and delivered."""
 
-    def answer(self) -> list[Event]:
-        rid = self._request.id
+    __slots__ = ("_message", "_request", "_store")
+
+    def __init__(self, request: Send, message: NewMessage, store: MessageStore) -> None:
+        self._request, self._message, self._store = request, message, store
+
+    def submit(self, then: Callable[[list[Event]], None]) -> None:
+        request, message = self._request, self._message
+
+        def answer(result: StoredMessage | StoreError) -> None:
+            if isinstance(result, StoreError):
+                log.error("storing a message failed: %s", result)
+                then([ProtocolError(
+                    ErrorCode.UNAVAILABLE, "the message store failed; try again", request.id
+                ).to_event()])
+            else:
+                then([Sent(to=message.to, ts=message.ts, id=request.id, seq=result.seq)])
+
         try:
-            stored = self._message.wait()
+            self._store.submit(message, answer)
         except StoreError as error:
-            log.error("storing a message failed: %s", error)
-            return [ProtocolError(
-                ErrorCode.UNAVAILABLE, "the message store failed; try again", rid
-            ).to_event()]
-        return [Sent(to=self._to, ts=self._ts, id=rid, seq=stored.seq)]
+            answer(error)
 
 
 class Commands:
@@ -345,12 +354,10 @@ class Commands:
                     f"no user named {request.to[:40]!r} is online", request.id,
                 )
             to, recipient_session = found
-        message = self._store.submit(
-            NewMessage(ts, sender, record.id, to, recipient_session, request.text)
-        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s: %r", sender, to, request.text)
-        return Outcome(pending=PendingSend(request, to, ts, message))
+        message = NewMessage(ts, sender, record.id, to, recipient_session, request.text)
+        return Outcome(pending=PendingSend(request, message, self._store))
 
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:

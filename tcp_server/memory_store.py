@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from tcp_server.protocol import EVERYONE, Conversation, name_key
 from tcp_server.store import (
@@ -16,20 +16,14 @@ from tcp_server.store import (
     SECONDS_PER_DAY,
     NewMessage,
     Retention,
+    SendDone,
     SessionId,
     SessionRecord,
     StoreClosed,
     StoredMessage,
+    StoreError,
     token_hash,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    message: StoredMessage
-
-    def wait(self) -> StoredMessage:
-        return self.message
 
 
 class MemoryStore:
@@ -75,8 +69,13 @@ class MemoryStore:
             self._on_commit([stored])
         return stored
 
-    def submit(self, message: NewMessage) -> _Done:
-        return _Done(self.append(message))
+    def submit(self, message: NewMessage, then: SendDone) -> None:
+        try:
+            stored = self.append(message)
+        except StoreError as error:
+            then(error)
+        else:
+            then(stored)
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
