@@ -11,7 +11,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -49,6 +51,7 @@ from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, 
 from tcp_server.store import (
     MessageStore,
     NewMessage,
+    SessionId,
     SessionRecord,
     StoredMessage,
     StoreError,
@@ -131,6 +134,7 @@ class Commands:
         gateway_secret: str | None = None,
         resume_grace: float = 120.0,
         clock: Callable[[], float] = time.time,
+        max_away: int = 1_000,
     ) -> None:
         self._room = room
         self._store = store
@@ -138,6 +142,11 @@ class Commands:
         self._resume_grace = resume_grace
         self._clock = clock
         self._graces: Deadlines[Member] = Deadlines(self._expire)
+        # Away sessions, oldest first, at most max_away: past it the oldest ends early, so
+        # connecting and vanishing in a loop cannot hold names and memory without bound.
+        self._max_away = max_away
+        self._away_lock = threading.Lock()
+        self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -160,6 +169,7 @@ class Commands:
                 continue
             self._store.set_away(record.id, since, record.delivered_seq)
             self._graces.schedule(away, time.monotonic() + left_s)
+            self._note_away(away)
             restored += 1
         if restored:
             log.info("restored %d sessions as away", restored)
@@ -200,8 +210,24 @@ class Commands:
         self._store.set_away(record.id, self._clock(), delivered_seq)
         self._graces.schedule(away, time.monotonic() + self._resume_grace)
         log.info("%s disconnected; %s is away", session.peer, member.info.name)
+        self._note_away(away)
+
+    def _note_away(self, away: Member) -> None:
+        with self._away_lock:
+            self._away[away.session] = away
+            oldest = self._away.popitem(last=False)[1] if len(self._away) > self._max_away else None
+        if oldest is not None:
+            log.warning("more than %d sessions away: %s's ends early", self._max_away,
+                        oldest.info.name)
+            self._expire(oldest)
+
+    def _not_away(self, away: Member) -> None:
+        with self._away_lock:
+            if self._away.get(away.session) is away:
+                del self._away[away.session]
 
     def _expire(self, away: Member) -> None:
+        self._not_away(away)
         if self._room.expire(away):
             self._store.end_session(away.session)
             log.info("%s left: the session's grace period ended", away.info.name)
@@ -317,6 +343,8 @@ class Commands:
             raise expired from None
         if previous is not None:
             previous.close(RESUMED_ELSEWHERE)
+        with self._away_lock:
+            self._away.pop(record.id, None)
         self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
         after = request.after if request.after is not None else record.delivered_seq

@@ -50,7 +50,8 @@ class ChatServer:
             self._listener.close()
             raise
         self._commands = Commands(
-            self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace
+            self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace,
+            max_away=config.max_away or config.max_clients,
         )
         try:
             self._commands.start()

@@ -37,6 +37,8 @@ REPLAY_PAGE: Final = 500
 PRUNE_EVERY_S: Final = 60.0
 PRUNE_CHUNK: Final = 10_000
 MAX_JOBS_PER_COMMIT: Final = 1_000
+SEARCH_SCAN: Final = 10_000  # matches looked through per search, newest first
+MAX_CONVERSATIONS: Final = 200  # listed by conversations()
 SECONDS_PER_DAY: Final = 86_400
 
 SessionId = int
@@ -141,13 +143,16 @@ class MessageStore(Protocol):
         with that name)."""
 
     def search(self, session: SessionId, words: Sequence[str], limit: int) -> list[StoredMessage]:
-        """Messages this session may see containing every word, newest first."""
+        """Messages this session may see containing every word, newest first, among the
+        newest SEARCH_SCAN matches of the whole room (so one search costs little however
+        common its words)."""
 
     def mark_read(self, session: SessionId, with_: str, seq: int) -> int:
         """Move a conversation's read marker forward; returns the marker as it now is."""
 
     def conversations(self, session: SessionRecord) -> list[Conversation]:
-        """The session's conversations, the most recently active first."""
+        """The session's conversations, the most recently active first: "*" and at most
+        MAX_CONVERSATIONS - 1 direct ones."""
 
     def close(self) -> None:
         """Finish what is queued and release the database. Idempotent."""
@@ -402,12 +407,14 @@ class SqliteStore:
         columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
         with self._reading() as db:
             rows = db.execute(
-                f"""SELECT {columns} FROM messages_fts f JOIN messages m ON m.seq = f.rowid
-                    WHERE messages_fts MATCH :q
-                    AND (m.recipient_session IS NULL OR m.sender_session = :session
-                         OR m.recipient_session = :session)
-                    ORDER BY f.rowid DESC LIMIT :n""",
-                {"q": fts_query(words), "session": session, "n": limit},
+                f"""SELECT {columns} FROM (
+                        SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q
+                        ORDER BY rowid DESC LIMIT :scan
+                    ) f JOIN messages m ON m.seq = f.rowid
+                    WHERE m.recipient_session IS NULL OR m.sender_session = :session
+                          OR m.recipient_session = :session
+                    ORDER BY m.seq DESC LIMIT :n""",
+                {"q": fts_query(words), "session": session, "n": limit, "scan": SEARCH_SCAN},
             ).fetchall()
         return [_message(row) for row in rows]
 
@@ -434,8 +441,8 @@ class SqliteStore:
                        WHERE sender_session = :s AND recipient_session IS NOT NULL
                        UNION ALL
                        SELECT sender_key, sender, seq FROM messages WHERE recipient_session = :s
-                   ) GROUP BY peer_key""",
-                {"s": session.id},
+                   ) GROUP BY peer_key ORDER BY max(seq) DESC LIMIT :n""",
+                {"s": session.id, "n": MAX_CONVERSATIONS - 1},
             ).fetchall()
             for peer_key, peer, last in peers:
                 read = markers.get(peer_key, 0)
