@@ -196,6 +196,13 @@ class Commands:
     def disconnect(self, session: Session, delivered_seq: int) -> None:
         """The connection is ending. Its session ends (left) after exit or with no grace;
         otherwise it goes away and ends when the grace runs out unless resumed."""
+        try:
+            self._disconnect(session, delivered_seq)
+        except StoreError as error:  # a stopping server that could not wait for this one
+            log.error("%s: the store did not record the end of its session: %s",
+                      session.peer, error)
+
+    def _disconnect(self, session: Session, delivered_seq: int) -> None:
         member, record = session.member, session.record
         if member is None or record is None:
             return
