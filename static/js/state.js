@@ -210,11 +210,13 @@ const HANDLERS = {
     return next;
   },
 
-  // The session could not be taken back: a new one starts, without the old one's past.
+  // The session could not be taken back: a new one starts, without the old one's past (the
+  // room stays shown while it joins; a refusal of the name brings the join form).
   "local/expired": (state, { message }) => ({
     ...initialState(),
     status: state.status,
     statusReason: state.statusReason,
+    resuming: true,
     joinName: state.me ? state.me.name : state.joinName,
     notice: `Your earlier session had ended (${message}); you joined again as a new session.`,
   }),
