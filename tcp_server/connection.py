@@ -282,13 +282,31 @@ class Connection:
     def _replay(self, pages: Iterable[list[StoredMessage]]) -> None:
         """Queue what the session missed, a page at a time, as fast as the client reads."""
         budget = self._config.max_outbox_bytes
+        chunk: list[bytes] = []
+        size = last_seq = 0
         for page in pages:
-            data = b"".join(self._encoder.encode(message.event()) for message in page)
-            if not self._outbox.wait_for_room(len(data), budget, self._config.hello_timeout):
-                self._drop(REPLIES_UNREAD)
-                return
-            self._put(data)
-            self._replayed_upto = self._delivered_seq = page[-1].seq
+            for message in page:
+                line = self._encoder.encode(message.event())
+                if chunk and size + len(line) > budget // 2:
+                    if not self._queue_replayed(chunk, size, last_seq):
+                        return
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+                last_seq = message.seq
+        if chunk:
+            self._queue_replayed(chunk, size, last_seq)
+
+    def _queue_replayed(self, chunk: list[bytes], size: int, last_seq: int) -> bool:
+        """Queue replayed lines once they fit the send queue; False if the client does not
+        read them in time (then it is dropped, and may resume again)."""
+        budget = self._config.max_outbox_bytes
+        if not self._outbox.wait_for_room(size, budget, self._config.hello_timeout):
+            self._drop(REPLIES_UNREAD)
+            return False
+        self._put(b"".join(chunk))
+        self._replayed_upto = self._delivered_seq = last_seq
+        return True
 
     def _release_held(self) -> None:
         with self._held_lock:

@@ -363,3 +363,23 @@ def test_search_and_conversations_stay_bounded_for_a_busy_session(address: Addre
         assert [c["unread"] for c in listed] == [1, 1, 1, 1, 1, 0]
         found = alice.request("search", q="common", limit=3)["messages"]
         assert [m["from"] for m in found] == ["p4", "p3", "p2"]
+
+
+def test_a_replay_larger_than_the_send_queue_arrives_whole_while_the_client_reads() -> None:
+    with running_server(max_outbox_bytes=65_536, rate_limit=0) as server:
+        address = server.address
+        alice, _ = joined(address, "alice")
+        bob, welcome = joined(address, "bob")
+        with alice:
+            alice.expect("joined", name="bob")
+            drop(bob)
+            alice.expect("away", name="bob")
+            text = "x" * 1_000
+            seqs = [send(alice, "*" if n % 2 else "bob", f"{n} {text}") for n in range(600)]
+            # 600 KB missed: ten times the send queue. The replay waits for the client to read.
+            bob2, _ = resume(address, "bob", welcome["session"], after=0)
+            with bob2:
+                got = messages_until_silent(bob2, seconds=1.0)
+                assert [m["seq"] for m in got] == seqs
+                live = send(alice, "bob", "live after the replay")
+                assert bob2.expect("message")["seq"] == live
