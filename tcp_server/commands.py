@@ -47,7 +47,14 @@ from tcp_server.protocol import (
     Welcome,
     format_address,
 )
-from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, Room
+from tcp_server.registry import (
+    AddressFullError,
+    Envelope,
+    Member,
+    NameTakenError,
+    NotHeldError,
+    Room,
+)
 from tcp_server.store import (
     MessageStore,
     NewMessage,
@@ -135,6 +142,7 @@ class Commands:
         resume_grace: float = 120.0,
         clock: Callable[[], float] = time.time,
         max_away: int = 1_000,
+        max_per_address: int = 0,
     ) -> None:
         self._room = room
         self._store = store
@@ -145,6 +153,7 @@ class Commands:
         # Away sessions, oldest first, at most max_away: past it the oldest ends early, so
         # connecting and vanishing in a loop cannot hold names and memory without bound.
         self._max_away = max_away
+        self._max_per_address = max_per_address  # sessions registered from one address; 0: any
         self._away_lock = threading.Lock()
         self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
 
@@ -309,17 +318,30 @@ class Commands:
         )
         if self._room.is_taken(request.name):
             raise taken
+        address_full = ProtocolError(
+            ErrorCode.TOO_MANY_FROM_ADDRESS,
+            f"{self._max_per_address} users are already registered from your address "
+            f"{session.ip}; one of them must exit first",
+            request.id,
+        )
+        if self._max_per_address and (
+            self._room.sessions_from(session.ip) >= self._max_per_address
+        ):
+            raise address_full
         token = secrets.token_urlsafe(TOKEN_BYTES)
         record = self._store.open_session(
             request.name, token, session.ip, session.port, session.via
         )
         info = UserInfo(name=request.name, ip=session.ip, port=session.port, via=session.via)
         member = Member(info, record.id, deliver=session.deliver, close=session.close)
-        try:
-            self._room.join(member)
-        except NameTakenError:  # another connection took it since is_taken()
+        try:  # checked again, atomically: other connections may have registered since
+            self._room.join(member, self._max_per_address)
+        except NameTakenError:
             self._store.end_session(record.id)
             raise taken from None
+        except AddressFullError:
+            self._store.end_session(record.id)
+            raise address_full from None
         session.member, session.record = member, record
         log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
         welcome = Welcome(

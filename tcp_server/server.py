@@ -52,6 +52,7 @@ class ChatServer:
         self._commands = Commands(
             self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace,
             max_away=config.max_away or config.max_clients,
+            max_per_address=config.max_clients_per_ip,
         )
         try:
             self._commands.start()

@@ -383,3 +383,44 @@ def test_a_replay_larger_than_the_send_queue_arrives_whole_while_the_client_read
                 assert [m["seq"] for m in got] == seqs
                 live = send(alice, "bob", "live after the replay")
                 assert bob2.expect("message")["seq"] == live
+
+
+def test_one_address_cannot_take_every_name_and_others_still_get_in() -> None:
+    with running_server(max_clients_per_ip=3, rate_limit=0) as server:
+        address = server.address
+        mine = [RawClient(address, source="127.0.0.2") for _ in range(4)]
+        try:
+            for number, client in enumerate(mine[:3]):
+                client.hello(f"hog{number}")
+            refused = mine[3].request("hello", name="hog3")
+            assert refused["code"] == "too_many_from_address"
+            assert "127.0.0.2" in refused["message"]
+            with RawClient(address, source="127.0.0.3") as other:
+                assert other.request("hello", name="neighbour")["type"] == "welcome"
+            drop(mine[0])  # away still counts: vanishing does not free a place...
+            assert mine[3].request("hello", name="hog3")["code"] == "too_many_from_address"
+            assert mine[1].request("exit")["type"] == "bye"  # ...exit does
+            assert mine[3].request("hello", name="hog3")["type"] == "welcome"
+        finally:
+            for client in mine:
+                client.close()
+
+
+def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
+    with running_server(max_clients_per_ip=2, gateway_secret="s3cret") as server:
+        address = server.address
+
+        def browser(ip: str, name: str) -> tuple[RawClient, dict[str, Any]]:
+            client = RawClient(address)  # every one from the gateway's address
+            client.send(type="proxy", secret="s3cret", ip=ip, port=40_000)
+            return client, client.request("hello", name=name)
+
+        opened = [browser("198.51.100.1", "b1"), browser("198.51.100.2", "b2"),
+                  browser("198.51.100.3", "b3"), browser("198.51.100.1", "b4"),
+                  browser("198.51.100.1", "b5")]
+        try:
+            assert [reply["type"] for _, reply in opened] == ["welcome"] * 4 + ["error"]
+            assert opened[4][1]["code"] == "too_many_from_address"
+        finally:
+            for client, _ in opened:
+                client.close()
