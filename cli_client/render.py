@@ -13,7 +13,19 @@ from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Final
 
-from tcp_server.protocol import EVERYONE, Bye, Error, Event, Joined, Left, Message, UserInfo
+from tcp_server.protocol import (
+    EVERYONE,
+    Away,
+    Back,
+    Bye,
+    Error,
+    Event,
+    Joined,
+    Left,
+    Message,
+    UserInfo,
+    name_key,
+)
 
 MENU: Final = (
     "1. List: View all connected users.",
@@ -84,6 +96,40 @@ def render_left(event: Left, now: float, tz: tzinfo | None = None) -> str:
     return f"[{format_time(now, tz)}] * {printable(event.name)} left the chat"
 
 
+def render_away(event: Away, now: float, tz: tzinfo | None = None) -> str:
+    """A user whose connection ended without an exit: the session waits for them a while."""
+    return f"[{format_time(now, tz)}] * {printable(event.name)} is away"
+
+
+def render_back(event: Back, now: float, tz: tzinfo | None = None) -> str:
+    return f"[{format_time(now, tz)}] * {printable(event.name)} is back"
+
+
+def render_stored(message: Message, me: str, tz: tzinfo | None = None) -> str:
+    """A message from the server's store (history, search): time, sender, recipient, text.
+
+    Unlike a live message it may be one the user sent, so both ends are named.
+    """
+    if message.to == EVERYONE:
+        to = "everyone"
+    elif name_key(message.to) == name_key(me):
+        to = "you"
+    else:
+        to = printable(message.to)
+    sender = "you" if name_key(message.sender) == name_key(me) else printable(message.sender)
+    return _with_body(f"[{format_time(message.ts, tz)}] {sender} -> {to}: ", message.text)
+
+
+def render_earlier(messages: Sequence[Message], me: str, tz: tzinfo | None = None) -> str | None:
+    """The recent messages to everyone shown on joining, oldest first; None when there are none."""
+    if not messages:
+        return None
+    count = len(messages)
+    heading = f"Earlier messages to everyone (the last {count}):"
+    return "\n".join([heading, *("  " + render_stored(m, me, tz).replace("\n", "\n  ")
+                                 for m in messages)])
+
+
 def render_bye(event: Bye) -> str:
     """A bye the server sent on its own: it is about to close the connection."""
     if event.reason:
@@ -108,6 +154,10 @@ def render_event(event: Event, now: float, tz: tzinfo | None = None) -> str | No
             return render_joined(event, now, tz)
         case Left():
             return render_left(event, now, tz)
+        case Away():
+            return render_away(event, now, tz)
+        case Back():
+            return render_back(event, now, tz)
         case Bye():
             return render_bye(event)
         case Error():
@@ -118,14 +168,16 @@ def render_event(event: Event, now: float, tz: tzinfo | None = None) -> str | No
 
 
 def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
-    """The List answer: an aligned table of name, IP, port and client, marking the caller."""
-    header = ("NAME", "IP", "PORT", "CLIENT")
+    """The List answer: an aligned table of name, IP, port, client and status (online or
+    away), marking the caller."""
+    header = ("NAME", "IP", "PORT", "CLIENT", "STATUS")
     rows = [
         (
             printable(user.name),
             printable(user.ip),
             str(user.port),
             VIA_LABELS.get(user.via, printable(user.via)),
+            printable(user.status),
         )
         for user in users
     ]
@@ -134,7 +186,7 @@ def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
     lines = [f"{count} user{'' if count == 1 else 's'} online:"]
     for index, row in enumerate([header, *rows]):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
-                 row[2].rjust(widths[2]), row[3].ljust(widths[3])]
+                 row[2].rjust(widths[2]), row[3].ljust(widths[3]), row[4].ljust(widths[4])]
         line = "  " + "  ".join(cells)
         if index > 0 and users[index - 1].name == me:
             line += "  (you)"

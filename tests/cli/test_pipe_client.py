@@ -111,7 +111,7 @@ def test_everyone_messages_reach_every_other_client(room: Room) -> None:
     assert "alice (to everyone)" not in alice.text()
 
 
-def test_list_shows_every_client_with_address_and_kind_and_marks_the_caller(
+def test_list_shows_every_client_with_address_kind_and_status_and_marks_the_caller(
     room: Room,
 ) -> None:
     table = list_users(room.alice)
@@ -123,8 +123,9 @@ def test_list_shows_every_client_with_address_and_kind_and_marks_the_caller(
         assert row[1] == "127.0.0.1"
         assert row[2].isdigit()
         assert row[3] == "terminal"
-    assert rows["alice"][4:] == ["(you)"]
-    assert rows["bob"][4:] == []
+        assert row[4] == "online"
+    assert rows["alice"][5:] == ["(you)"]
+    assert rows["bob"][5:] == []
 
 
 def test_exit_removes_the_user_from_everyones_list(room: Room) -> None:

@@ -99,18 +99,18 @@ def test_render_event_shows_events_and_skips_stray_replies(
     assert render_event(event, TS, UTC) == expected  # type: ignore[arg-type]
 
 
-def test_user_table_is_aligned_and_marks_the_caller() -> None:
+def test_user_table_is_aligned_shows_each_status_and_marks_the_caller() -> None:
     users = [
         UserInfo(name="alice", ip="127.0.0.1", port=55834, via="tcp"),
         UserInfo(name="bob", ip="::1", port=9, via="web"),
-        UserInfo(name="carol-the-long", ip="10.0.0.22", port=443, via="tcp"),
+        UserInfo(name="carol-the-long", ip="10.0.0.22", port=443, via="tcp", status="away"),
     ]
     assert render_users(users, me="bob") == [
         "3 users online:",
-        "  NAME            IP          PORT  CLIENT",
-        "  alice           127.0.0.1  55834  terminal",
-        "  bob             ::1            9  browser   (you)",
-        "  carol-the-long  10.0.0.22    443  terminal",
+        "  NAME            IP          PORT  CLIENT    STATUS",
+        "  alice           127.0.0.1  55834  terminal  online",
+        "  bob             ::1            9  browser   online  (you)",
+        "  carol-the-long  10.0.0.22    443  terminal  away",
     ]
 
 
