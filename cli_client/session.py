@@ -15,8 +15,10 @@ without success.
 
 The main thread makes requests through request(), which waits (a bounded time) for a
 reconnection in progress, and ends the session with end(). Who touches what:
-- `_lock` guards `_state` and `_connection`; `_changed` (on `_lock`) is notified whenever
-  either changes, for request() waiting for a reconnection;
+- `_lock` guards `_state`, `_connection` and `_attempting` (the connection of a reconnection
+  attempt not yet welcomed, which end() and close() abort rather than wait for); `_changed`
+  (on `_lock`) is notified whenever the state or the connection changes, for request()
+  waiting for a reconnection;
 - `_seen` and `_token` belong to the events thread (it sets them while the main thread waits
   in request() or end() for it, never at the same time);
 - `_stop` is set by end() and close(): it wakes the events thread out of a backoff delay.
@@ -147,6 +149,7 @@ class Session:
         self._changed = threading.Condition(self._lock)
         self._state = LinkState.CONNECTED
         self._connection: ServerConnection | None = connection
+        self._attempting: ServerConnection | None = None
         self._lost = False  # guarded by _lock: ended without the user asking
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="events")
@@ -204,8 +207,11 @@ class Session:
             if not ended:
                 self._state = LinkState.ENDING
             connection = self._connection
+            attempting = self._attempting
             self._changed.notify_all()
         self._stop.set()
+        if attempting is not None:
+            attempting.abort()  # a core that does not answer must not hold up the goodbye
         if ended:
             self._join()
             return False
@@ -245,8 +251,11 @@ class Session:
             if self._state is not LinkState.ENDED:
                 self._state = LinkState.ENDING
             connection = self._connection
+            attempting = self._attempting
             self._changed.notify_all()
         self._stop.set()
+        if attempting is not None:
+            attempting.abort()
         if connection is not None:
             connection.close()
         self._join()
@@ -285,7 +294,7 @@ class Session:
 
     def _resume_once(self) -> ServerConnection | None:
         """One immediate attempt to take the session back (the events thread has ended)."""
-        outcome = self._attempt()
+        outcome = self._attempt(by_events_thread=False)
         return outcome if isinstance(outcome, ServerConnection) else None
 
     # --- the events thread ------------------------------------------------------------------
@@ -360,15 +369,22 @@ class Session:
                 self._give_up(outcome)
                 return False
 
-    def _attempt(self) -> ServerConnection | str | None:
+    def _attempt(self, by_events_thread: bool = True) -> ServerConnection | str | None:
         """One reconnection: the new connection; or why the session cannot be resumed; or
-        None to try again later."""
+        None to try again later. The events thread's attempts are aborted by end() and
+        close(); end()'s own last attempt is not."""
         try:
             connection = self._connect()
         except OSError as error:
             log.debug("reconnect: %s", error)
             return None
+        with self._lock:
+            if by_events_thread:
+                self._attempting = connection
+            stopping = by_events_thread and self._stop.is_set()
         try:
+            if stopping:  # end() or close() came between connecting and here
+                connection.abort()
             reply = connection.request(
                 Hello(name=self.name, resume=self._token, after=self._seen.highest),
                 timeout=RESUME_REPLY_TIMEOUT_S,
@@ -377,6 +393,9 @@ class Session:
             log.debug("reconnect: no welcome: %r", error)
             connection.close()
             return None
+        finally:
+            with self._lock:
+                self._attempting = None
         if isinstance(reply, Welcome):
             self._token = reply.session or self._token
             if reply.truncated:
