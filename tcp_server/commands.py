@@ -1,7 +1,8 @@
 """The rules of the chat: what each request does and what it answers. No sockets here.
 
 A connection hands every parsed request to `Commands.handle` together with its `Session`;
-the result says what to reply and whether to close. Deliveries to other users go through the
+the result says what to reply, what to replay and whether to close. Deliveries to other users
+go through the store (which commits, then hands each message to the room in seq order) and the
 room (presence and delivery), never through connection code.
 """
 
@@ -9,22 +10,34 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tcp_server.grace import Deadlines
 from tcp_server.protocol import (
+    EVERYONE,
     Bye,
+    Conversations,
     ErrorCode,
     Event,
     Exit,
     Hello,
+    History,
+    HistoryPage,
+    ListConversations,
     ListUsers,
+    MarkRead,
+    Message,
     Ping,
     Pong,
     ProtocolError,
     Proxy,
+    ReadMarker,
     Request,
+    Results,
+    Search,
     Send,
     Sent,
     UserInfo,
@@ -32,9 +45,20 @@ from tcp_server.protocol import (
     Welcome,
     format_address,
 )
-from tcp_server.registry import Envelope, Member, NameTakenError, Room
+from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, Room
+from tcp_server.store import (
+    MessageStore,
+    NewMessage,
+    SessionRecord,
+    StoredMessage,
+    StoreError,
+    search_words,
+)
 
 log = logging.getLogger(__name__)
+
+TOKEN_BYTES = 24  # 192 bits; 32 URL-safe characters
+RESUMED_ELSEWHERE = "resumed elsewhere"
 
 
 @dataclass(slots=True)
@@ -44,9 +68,12 @@ class Session:
     ip: str
     port: int
     deliver: Callable[[Envelope], None]
+    close: Callable[[str], None] = lambda reason: None
     via: str = "tcp"
     proxied: bool = False
     member: Member | None = None
+    record: SessionRecord | None = None
+    exited: bool = False
 
     @property
     def name(self) -> str | None:
@@ -61,18 +88,57 @@ class Session:
 class Outcome:
     replies: list[Event] = field(default_factory=list)
     close: bool = False
+    # After the replies: stored messages the connection missed, in pages, oldest first.
+    replay: Iterable[list[StoredMessage]] = ()
+    after_replay: list[Event] = field(default_factory=list)
 
 
 class Commands:
     def __init__(
         self,
         room: Room,
+        store: MessageStore,
         gateway_secret: str | None = None,
+        resume_grace: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._room = room
+        self._store = store
         self._gateway_secret = gateway_secret.encode() if gateway_secret else None
+        self._resume_grace = resume_grace
         self._clock = clock
+        self._graces: Deadlines[Member] = Deadlines(self._expire)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore the sessions that were open when the server last stopped, as away."""
+        now = self._clock()
+        restored = 0
+        for record in self._store.open_sessions():
+            since = record.away_since if record.away_since is not None else now
+            left_s = since + self._resume_grace - now
+            info = UserInfo(record.name, record.ip, record.port, record.via)
+            away = Member(info, record.id, deliver=_nowhere).gone_away()
+            if left_s <= 0:
+                self._store.end_session(record.id)
+                continue
+            try:
+                self._room.restore(away)
+            except NameTakenError:
+                self._store.end_session(record.id)
+                continue
+            self._store.set_away(record.id, since, record.delivered_seq)
+            self._graces.schedule(away, time.monotonic() + left_s)
+            restored += 1
+        if restored:
+            log.info("restored %d sessions as away", restored)
+        self._graces.start()
+
+    def stop(self) -> None:
+        self._graces.stop()
+
+    # --- requests ---------------------------------------------------------------------------
 
     def handle(self, session: Session, request: Request) -> Outcome:
         """Apply one request. ProtocolErrors become error replies here, at one boundary."""
@@ -80,32 +146,68 @@ class Commands:
             return self._dispatch(session, request)
         except ProtocolError as error:
             return Outcome([error.to_event()], close=error.code.closes_connection)
+        except StoreError as error:
+            log.error("%s: %s", session.peer, error)
+            unavailable = ProtocolError(
+                ErrorCode.UNAVAILABLE, "the message store failed; try again", request.id
+            )
+            return Outcome([unavailable.to_event()])
 
-    def leave(self, session: Session) -> None:
-        """The connection is ending: unregister its user, if any (the others see left)."""
-        if session.member is not None:
-            self._room.leave(session.member)
-            log.info("%s left as %s", session.peer, session.member.info.name)
+    def disconnect(self, session: Session, delivered_seq: int) -> None:
+        """The connection is ending. Its session ends (left) after exit or with no grace;
+        otherwise it goes away and ends when the grace runs out unless resumed."""
+        member, record = session.member, session.record
+        if member is None or record is None:
+            return
+        if session.exited or self._resume_grace <= 0:
+            if self._room.leave(member):
+                self._store.end_session(record.id)
+                log.info("%s left as %s", session.peer, member.info.name)
+            return
+        away = self._room.away(member)
+        if away is None:  # taken over by another connection, or the server is stopping
+            return
+        self._store.set_away(record.id, self._clock(), delivered_seq)
+        self._graces.schedule(away, time.monotonic() + self._resume_grace)
+        log.info("%s disconnected; %s is away", session.peer, member.info.name)
+
+    def _expire(self, away: Member) -> None:
+        if self._room.expire(away):
+            self._store.end_session(away.session)
+            log.info("%s left: the session's grace period ended", away.info.name)
 
     def _dispatch(self, session: Session, request: Request) -> Outcome:
         match request:
             case Ping(id=rid):
                 return Outcome([Pong(id=rid)])
             case Exit(id=rid):
+                session.exited = True
                 return Outcome([Bye(id=rid)], close=True)
             case Proxy():
                 return self._proxy(session, request)
             case Hello():
                 return self._hello(session, request)
-        if session.member is None:
+        if session.member is None or session.record is None:
             raise ProtocolError(
                 ErrorCode.NOT_REGISTERED, 'say hello with a name first', request.id
             )
+        record = session.record
         match request:
             case ListUsers(id=rid):
                 return Outcome([Users(users=self._room.users(), id=rid)])
             case Send():
-                return self._send(session.member.info.name, request)
+                return self._send(session.member.info.name, record, request)
+            case History():
+                return Outcome([self._history(record, request)])
+            case Search(q=q, limit=limit, id=rid):
+                found = self._store.search(record.id, search_words(q), limit)
+                return Outcome([Results(q=q, messages=_events(found), id=rid)])
+            case MarkRead(with_=with_, seq=seq, id=rid):
+                marker = self._store.mark_read(record.id, with_, seq)
+                return Outcome([ReadMarker(with_=with_, seq=marker, id=rid)])
+            case ListConversations(id=rid):
+                listed = self._store.conversations(record)
+                return Outcome([Conversations(conversations=tuple(listed), id=rid)])
         raise AssertionError(f"unhandled request {request!r}")
 
     def _proxy(self, session: Session, request: Proxy) -> Outcome:
@@ -137,25 +239,102 @@ class Commands:
                 f"you are already registered as {session.member.info.name}",
                 request.id,
             )
+        if request.resume is not None:
+            return self._resume(session, request, request.resume)
+        taken = ProtocolError(
+            ErrorCode.NAME_TAKEN, f"the name {request.name} is taken", request.id
+        )
+        if self._room.is_taken(request.name):
+            raise taken
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        record = self._store.open_session(
+            request.name, token, session.ip, session.port, session.via
+        )
         info = UserInfo(name=request.name, ip=session.ip, port=session.port, via=session.via)
-        member = Member(info=info, deliver=session.deliver)
+        member = Member(info, record.id, deliver=session.deliver, close=session.close)
         try:
             self._room.join(member)
-        except NameTakenError:
-            raise ProtocolError(
-                ErrorCode.NAME_TAKEN, f"the name {request.name} is taken", request.id
-            ) from None
-        session.member = member
+        except NameTakenError:  # another connection took it since is_taken()
+            self._store.end_session(record.id)
+            raise taken from None
+        session.member, session.record = member, record
         log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
-        return Outcome([Welcome(name=info.name, ip=info.ip, port=info.port, id=request.id)])
+        welcome = Welcome(
+            name=info.name, ip=info.ip, port=info.port, id=request.id, session=token,
+            seq=record.start_seq, resumed=False,
+        )
+        # Messages committed between the session's start and its joining the room reached
+        # it through neither: the replay (usually empty) closes that gap.
+        return Outcome(
+            [welcome], replay=self._store.missed(record, record.start_seq),
+            after_replay=self._recent(record, request.recent),
+        )
 
-    def _send(self, sender: str, request: Send) -> Outcome:
+    def _resume(self, session: Session, request: Hello, token: str) -> Outcome:
+        expired = ProtocolError(
+            ErrorCode.SESSION_EXPIRED,
+            "that session has ended or does not exist; say hello without resume",
+            request.id,
+        )
+        record = self._store.find_session(token)
+        if record is None or record.name.casefold() != request.name.casefold():
+            raise expired
+        info = UserInfo(name=record.name, ip=session.ip, port=session.port, via=session.via)
+        member = Member(info, record.id, deliver=session.deliver, close=session.close)
+        try:
+            previous = self._room.resume(member)
+        except NotHeldError:
+            raise expired from None
+        if previous is not None:
+            previous.close(RESUMED_ELSEWHERE)
+        self._store.reconnect_session(record.id, session.ip, session.port, session.via)
+        session.member, session.record = member, record
+        after = request.after if request.after is not None else record.delivered_seq
+        log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)
+        welcome = Welcome(
+            name=record.name, ip=session.ip, port=session.port, id=request.id, session=token,
+            seq=self._store.last_seq(), resumed=True,
+            truncated=self._store.pruned_upto() > max(after, record.start_seq),
+        )
+        return Outcome([welcome], replay=self._store.missed(record, after))
+
+    def _recent(self, record: SessionRecord, count: int) -> list[Event]:
+        if count <= 0:
+            return []
+        messages, more = self._store.history(record.id, EVERYONE, None, count)
+        return [HistoryPage(with_=EVERYONE, messages=_events(messages), more=more)]
+
+    def _history(self, record: SessionRecord, request: History) -> HistoryPage:
+        messages, more = self._store.history(
+            record.id, request.with_, request.before, request.limit
+        )
+        return HistoryPage(
+            with_=request.with_, messages=_events(messages), more=more, id=request.id
+        )
+
+    def _send(self, sender: str, record: SessionRecord, request: Send) -> Outcome:
         ts = round(self._clock(), 3)
-        to = self._room.send(sender, request.to, request.text, ts)
-        if to is None:
-            raise ProtocolError(
-                ErrorCode.NO_SUCH_USER, f"no user named {request.to[:40]!r} is online", request.id
-            )
+        if request.to == EVERYONE:
+            to, recipient_session = EVERYONE, None
+        else:
+            found = self._room.recipient(request.to)
+            if found is None:
+                raise ProtocolError(
+                    ErrorCode.NO_SUCH_USER,
+                    f"no user named {request.to[:40]!r} is online", request.id,
+                )
+            to, recipient_session = found
+        stored = self._store.append(
+            NewMessage(ts, sender, record.id, to, recipient_session, request.text)
+        )
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s -> %s: %r", sender, to, request.text)
-        return Outcome([Sent(to=to, ts=ts, id=request.id)])
+            log.debug("%s -> %s #%d: %r", sender, to, stored.seq, request.text)
+        return Outcome([Sent(to=to, ts=ts, id=request.id, seq=stored.seq)])
+
+
+def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:
+    return tuple(message.event() for message in messages)
+
+
+def _nowhere(envelope: Envelope) -> None:
+    """Delivery to a session restored without a connection."""

@@ -7,6 +7,7 @@ on the command line wins. docs/operations.md lists them with the reasons for the
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -26,6 +27,10 @@ class ServerConfig:
     text_pause: float = 0.1
     gateway_secret: str | None = None
     log_level: str = "INFO"
+    data_dir: str | None = None
+    resume_grace: float = 120.0
+    history_max_messages: int = 1_000_000
+    history_max_days: float = 365.0
 
 
 _HELP: dict[str, str] = {
@@ -42,7 +47,18 @@ _HELP: dict[str, str] = {
     "text_pause": "seconds of silence that end a plain-text command sent without a newline",
     "gateway_secret": "shared secret of the trusted web gateway (none: refuse proxy requests)",
     "log_level": "DEBUG, INFO, WARNING or ERROR; message texts are only logged at DEBUG",
+    "data_dir": "directory of the message store (history, sessions, read markers)",
+    "resume_grace": "seconds a session whose connection ended without exit stays resumable "
+    "(the user is shown away); 0: it ends at once",
+    "history_max_messages": "messages kept in history; older ones are deleted (0: no limit)",
+    "history_max_days": "days a message is kept in history (0: no limit)",
 }
+
+
+def default_data_dir(environ: Mapping[str, str]) -> str:
+    """$XDG_DATA_HOME/chatroom, else ~/.local/share/chatroom (systemd: /var/lib/chatroom)."""
+    base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "chatroom")
 
 
 def env_name(field_name: str) -> str:
@@ -71,6 +87,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     for field in fields(ServerConfig):
         default = field.default
+        if field.name == "data_dir":
+            default = default_data_dir(environ)
+        shown = default  # before the environment's value: never print a secret
         kind: type = type(default) if default is not None else str
         flag = "--" + field.name.replace("_", "-")
         env_value = environ.get(env_name(field.name))
@@ -85,7 +104,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             type=parse,
             default=default,
             metavar=field.name.upper(),
-            help=f"{_HELP[field.name]} (default: {field.default}; env {env_name(field.name)})",
+            help=f"{_HELP[field.name]} (default: {shown}; env {env_name(field.name)})",
         )
     return parser
 

@@ -18,7 +18,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tcp_server.commands import Commands, Session
 from tcp_server.config import ServerConfig
@@ -36,6 +36,7 @@ from tcp_server.protocol import (
 )
 from tcp_server.ratelimit import TokenBucket
 from tcp_server.registry import Envelope
+from tcp_server.store import StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,18 @@ class Connection:
             schedule=flusher.schedule if flusher else None,
         )
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
-        self.session = Session(ip=address[0], port=address[1], deliver=self.deliver)
+        self.session = Session(
+            ip=address[0], port=address[1], deliver=self.deliver, close=self.close
+        )
+        # While registering (see _register), deliveries wait here, so that the welcome and the
+        # replay come first; _held_lock makes the switch to direct delivery atomic.
+        self._held_lock = threading.Lock()
+        self._held: list[Envelope] | None = None
+        self._held_bytes = 0
+        # Messages with a seq up to this one were sent by the replay: a late live delivery of
+        # one of them is skipped. Written by the reader before it ends the hold.
+        self._replayed_upto = 0
+        self._delivered_seq = 0  # the highest seq queued for the client (the deliverers')
         # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
         # the reader finish the request in hand and set _quiet; close() then queues the bye
         # and sets _released. Between the two, every delivery in flight has reached its
@@ -98,8 +110,25 @@ class Connection:
 
     def deliver(self, envelope: Envelope) -> None:
         """Queue an event for this client without blocking; drop the client if it is full."""
+        if self._held is not None:
+            with self._held_lock:
+                if self._held is not None:
+                    self._held.append(envelope)
+                    self._held_bytes += len(envelope.encoded(self._encoder))
+                    if self._held_bytes > self._config.max_outbox_bytes:
+                        self._drop(self._full_reason)
+                    return
+        seq = envelope.seq
+        if seq:
+            if seq <= self._replayed_upto:
+                return
+            self._delivered_seq = seq
         if not self._outbox.put(envelope.encoded(self._encoder)):
-            self._drop(f"send queue full ({self._config.max_outbox_bytes} bytes): not reading")
+            self._drop(self._full_reason)
+
+    @property
+    def _full_reason(self) -> str:
+        return f"send queue full ({self._config.max_outbox_bytes} bytes): not reading"
 
     def stop_reading(self) -> None:
         """Handle no further request; the reader then waits for close(). Idempotent."""
@@ -216,21 +245,38 @@ class Connection:
         registering = isinstance(request, Hello) and self.session.member is None
         if registering:
             # Others deliver to a new member as soon as the room lists it: hold their events
-            # until the welcome is queued, so that the welcome always comes first.
-            self._outbox.hold()
+            # until the welcome and the replay are queued, so that those always come first.
+            with self._held_lock:
+                self._held, self._held_bytes = [], 0
         try:
             outcome = self._commands.handle(self.session, request)
-        except BaseException:
+            replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
+            if replies:
+                self._put(replies)
+            self._replay(outcome.replay)
+            for event in outcome.after_replay:
+                self._reply(event)
+        finally:
             if registering:
-                self._outbox.release()
-            raise
-        replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
-        if registering:
-            if not self._outbox.release(first=replies):
-                self._drop(REPLIES_UNREAD)
-        elif replies:
-            self._put(replies)
+                self._release_held()
         return not outcome.close
+
+    def _replay(self, pages: Iterable[list[StoredMessage]]) -> None:
+        """Queue what the session missed, a page at a time, as fast as the client reads."""
+        budget = self._config.max_outbox_bytes
+        for page in pages:
+            data = b"".join(self._encoder.encode(message.event()) for message in page)
+            if not self._outbox.wait_for_room(len(data), budget, self._config.hello_timeout):
+                self._drop(REPLIES_UNREAD)
+                return
+            self._put(data)
+            self._replayed_upto = page[-1].seq
+
+    def _release_held(self) -> None:
+        with self._held_lock:
+            held, self._held = self._held or [], None
+            for envelope in held:
+                self.deliver(envelope)  # in order, before any delivery that waits for the lock
 
     def _reply(self, event: Event) -> None:
         self._put(self._encoder.encode(event))
@@ -240,7 +286,7 @@ class Connection:
             self._drop(REPLIES_UNREAD)
 
     def _finish(self) -> None:
-        self._commands.leave(self.session)
+        self._commands.disconnect(self.session, self._delivered_seq)
         self._outbox.close()
         deadline = self._flush_deadline
         if deadline is None:

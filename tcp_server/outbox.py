@@ -42,9 +42,9 @@ class Outbox:
         self._closed = False
         # Who writes what is queued: nobody (idle), the flusher or the writer thread.
         self._owner: _Owner | None = None
-        # While not None (see hold()), what is put waits here, handed to nobody.
-        self._held: list[bytes] | None = None
-        self._held_bytes = 0
+        # _drained: notified when queued bytes go out, if anyone waits (wait_for_room).
+        self._drained = threading.Condition(self._lock)
+        self._room_waiters = 0
 
     def put(self, data: bytes) -> bool:
         """Queue data without blocking. False: the outbox is full (the data was not queued).
@@ -55,12 +55,8 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return True
-            if self._queued_bytes + self._held_bytes + len(data) > self._max_bytes:
+            if self._queued_bytes + len(data) > self._max_bytes:
                 return False
-            if self._held is not None:
-                self._held.append(data)
-                self._held_bytes += len(data)
-                return True
             self._chunks.append(data)
             self._queued_bytes += len(data)
             if self._owner is _Owner.FLUSHER:
@@ -74,23 +70,19 @@ class Outbox:
         self._schedule(self)  # outside the lock: the flusher has a lock of its own
         return True
 
-    def hold(self) -> None:
-        """Keep what is put from now on until release(), handing it to no writer.
-
-        For registration: the room may deliver to a new member as soon as it lists it, and
-        those events must not overtake the welcome that the member is about to be sent.
-        """
+    def wait_for_room(self, size: int, budget: int, timeout: float) -> bool:
+        """Wait until `size` more bytes fit in `budget` (or nothing is queued); False on
+        timeout or close. For a producer that may wait: the replay of missed messages."""
         with self._lock:
-            if self._held is None:
-                self._held = []
-
-    def release(self, first: bytes = b"") -> bool:
-        """End hold(): queue `first`, then everything held meanwhile. False: over budget."""
-        with self._lock:
-            held, self._held = self._held or [], None
-            self._held_bytes = 0
-        data = first + b"".join(held)
-        return self.put(data) if data else True
+            self._room_waiters += 1
+            try:
+                return self._drained.wait_for(
+                    lambda: self._closed or not self._chunks
+                    or self._queued_bytes + size <= budget,
+                    timeout,
+                ) and not self._closed
+            finally:
+                self._room_waiters -= 1
 
     def flush(self) -> bool:
         """The flusher's turn: write what is queued without blocking.
@@ -103,6 +95,8 @@ class Outbox:
             data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             self._chunks.clear()
             self._queued_bytes = 0
+            if self._room_waiters:
+                self._drained.notify_all()
         sent = 0
         if data:
             try:
@@ -137,6 +131,7 @@ class Outbox:
             if final is not None:
                 self._chunks.append(final)
                 self._queued_bytes += len(final)
+            self._drained.notify_all()
             if self._owner is None:
                 self._owner = _Owner.WRITER  # the flusher, if it owns us, hands over when done
             self._ready.notify()
@@ -166,4 +161,6 @@ class Outbox:
             batch = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             self._chunks.clear()
             self._queued_bytes = 0
+            if self._room_waiters:
+                self._drained.notify_all()
             return batch

@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
     SESSION_EXPIRED = "session_expired"
+    UNAVAILABLE = "unavailable"
 
     @property
     def closes_connection(self) -> bool:

@@ -1,8 +1,10 @@
 """Presence and delivery: who is online and where a message goes.
 
 `Room` is the interface the rest of the core uses; `LocalRoom` is the in-process
-implementation. A room spanning several core nodes (Redis pub/sub) is a second implementation
-of the same interface: connections and commands do not change.
+implementation. Messages reach the room only once they are committed to the store (see
+tcp_server/store.py), which calls `publish` in seq order. A room spanning several core nodes
+(Redis pub/sub) is a second implementation of the same interface: connections and commands do
+not change.
 
 Nothing here does I/O. A member's `deliver` must not block (it queues into the member's
 outbox), and it is always called outside the room's lock, so a slow or dead peer can never
@@ -13,10 +15,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from tcp_server.protocol import EVERYONE, Event, Joined, Left, Message, UserInfo, name_key
+from tcp_server.protocol import (
+    AWAY,
+    Away,
+    Back,
+    Event,
+    Joined,
+    Left,
+    Message,
+    UserInfo,
+    name_key,
+)
+from tcp_server.store import SessionId, StoredMessage
 
 
 class Encoder(Protocol):
@@ -24,12 +37,17 @@ class Encoder(Protocol):
 
 
 class Envelope:
-    """One event on its way to one or many members, encoded once per codec class."""
+    """One event on its way to one or many members, encoded once per codec class.
 
-    __slots__ = ("_encoded", "event")
+    `seq` is the message's seq (0 for other events): a connection skips a message it has
+    already been sent by a resume's replay.
+    """
+
+    __slots__ = ("_encoded", "event", "seq")
 
     def __init__(self, event: Event) -> None:
         self.event = event
+        self.seq = event.seq if isinstance(event, Message) else 0
         self._encoded: dict[type, bytes] = {}
 
     def encoded(self, codec: Encoder) -> bytes:
@@ -41,66 +59,170 @@ class Envelope:
         return data
 
 
+def _nowhere(envelope: Envelope) -> None:
+    """The delivery of an away member: what it misses is replayed from the store."""
+
+
+def _no_connection(reason: str) -> None:
+    """The close of an away member: it has no connection."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Member:
-    """A registered user as the room sees it: who, and how to hand them an event."""
+    """A user's session as the room sees it: who, and how to reach its connection.
+
+    An away member (status "away") has no connection: `deliver` and `close` do nothing.
+    """
 
     info: UserInfo
+    session: SessionId
     deliver: Callable[[Envelope], None]
+    close: Callable[[str], None] = _no_connection
+
+    def gone_away(self) -> Member:
+        return Member(replace(self.info, status=AWAY), self.session, _nowhere)
 
 
 class NameTakenError(Exception):
     """The name is already in use (names collide case-insensitively)."""
 
 
+class NotHeldError(Exception):
+    """The room does not hold this session (it ended meanwhile)."""
+
+
 class Room(Protocol):
-    """Presence and delivery for one chat room."""
+    """Presence and delivery for one chat room.
+
+    Each name is held by one session at a time, online (with a connection) or away (its
+    connection ended without exit, within the grace period).
+    """
 
     def join(self, member: Member) -> None:
-        """Register the member and tell everyone else; raise NameTakenError on a clash."""
+        """Register a new session and tell everyone else; raise NameTakenError on a clash."""
 
-    def leave(self, member: Member) -> None:
-        """Unregister the member (if it still is) and tell everyone else. Idempotent."""
+    def resume(self, member: Member) -> Member | None:
+        """Give an existing session its new connection; returns the member of the connection
+        that held it until now, if any (to be closed). Others see back if it was away.
+        Raises NotHeldError when the room no longer holds the session."""
+
+    def away(self, member: Member) -> Member | None:
+        """The member's connection ended without exit: keep its name, tell the others.
+        Returns the away member (for expire), or None if `member` no longer held the name."""
+
+    def leave(self, member: Member) -> bool:
+        """End the member's session (exit): free its name, tell everyone else. Idempotent;
+        True if it did end the session."""
+
+    def expire(self, away: Member) -> bool:
+        """End an away session whose grace has run out, if it is still that away member."""
+
+    def restore(self, away: Member) -> None:
+        """Hold a session that was open when the server last stopped, as away, unannounced."""
+
+    def is_taken(self, name: str) -> bool:
+        """Whether a session (online or away) holds the name."""
+
+    def recipient(self, name: str) -> tuple[str, SessionId] | None:
+        """The registered name and session of `name` (any case), online or away."""
 
     def users(self) -> tuple[UserInfo, ...]:
-        """Everyone online, sorted by name."""
+        """Everyone online or away, sorted by name."""
+
+    def publish(self, messages: list[StoredMessage]) -> None:
+        """Deliver committed messages, in the given (seq) order, to their live recipients."""
 
     def shutdown(self) -> None:
-        """This node is stopping: its members go without being announced to one another
-        (each is about to get a bye); a room spanning nodes tells the other nodes instead."""
-
-    def send(self, sender: str, to: str, text: str, ts: float) -> str | None:
-        """Deliver a message to `to` (a name, any case, or "*" for everyone but the sender).
-
-        Returns the recipient's registered name ("*" for everyone), or None when no such user
-        is online.
-        """
+        """This node is stopping: from now on nothing is announced (each member is about to
+        get a bye); a room spanning nodes tells the other nodes instead."""
 
 
 class LocalRoom:
-    """The room of a single core process. One private lock guards the member table."""
+    """The room of a single core process. One private lock guards the two tables."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._members: dict[str, Member] = {}  # name_key(name) -> member; guarded by _lock
+        # Guarded by _lock: the holder of each name (name_key), and the members that have a
+        # connection, by session. A member in _online is also _members' entry for its name.
+        self._members: dict[str, Member] = {}
+        self._online: dict[SessionId, Member] = {}
+        self._quiet = False
 
     def join(self, member: Member) -> None:
         key = name_key(member.info.name)
         with self._lock:
             if key in self._members:
                 raise NameTakenError(member.info.name)
-            others = list(self._members.values())
+            others = self._audience(member.session)
             self._members[key] = member
+            self._online[member.session] = member
         _fan_out(others, Envelope(Joined(member.info.name)))
 
-    def leave(self, member: Member) -> None:
+    def resume(self, member: Member) -> Member | None:
         key = name_key(member.info.name)
         with self._lock:
-            if self._members.get(key) is not member:
-                return
+            holder = self._members.get(key)
+            if holder is None or holder.session != member.session:
+                raise NotHeldError(member.info.name)
+            previous = self._online.get(member.session)
+            self._members[key] = member
+            self._online[member.session] = member
+            others = [] if previous is not None else self._audience(member.session)
+        _fan_out(others, Envelope(Back(member.info.name)))
+        return previous
+
+    def away(self, member: Member) -> Member | None:
+        key = name_key(member.info.name)
+        gone = member.gone_away()
+        with self._lock:
+            if self._online.get(member.session) is not member:
+                return None
+            del self._online[member.session]
+            self._members[key] = gone
+            others = self._audience(member.session)
+        _fan_out(others, Envelope(Away(member.info.name)))
+        return gone
+
+    def leave(self, member: Member) -> bool:
+        key = name_key(member.info.name)
+        with self._lock:
+            holder = self._members.get(key)
+            online = self._online.get(member.session)
+            if holder is None or holder.session != member.session or online not in (
+                member, None
+            ):
+                return False
             del self._members[key]
-            others = list(self._members.values())
+            self._online.pop(member.session, None)
+            others = self._audience(member.session)
         _fan_out(others, Envelope(Left(member.info.name)))
+        return True
+
+    def expire(self, away: Member) -> bool:
+        key = name_key(away.info.name)
+        with self._lock:
+            if self._members.get(key) is not away:
+                return False
+            del self._members[key]
+            others = self._audience(away.session)
+        _fan_out(others, Envelope(Left(away.info.name)))
+        return True
+
+    def restore(self, away: Member) -> None:
+        key = name_key(away.info.name)
+        with self._lock:
+            if key in self._members:
+                raise NameTakenError(away.info.name)
+            self._members[key] = away
+
+    def is_taken(self, name: str) -> bool:
+        with self._lock:
+            return name_key(name) in self._members
+
+    def recipient(self, name: str) -> tuple[str, SessionId] | None:
+        with self._lock:
+            member = self._members.get(name_key(name))
+        return None if member is None else (member.info.name, member.session)
 
     def users(self) -> tuple[UserInfo, ...]:
         with self._lock:
@@ -109,26 +231,35 @@ class LocalRoom:
 
     def shutdown(self) -> None:
         with self._lock:
-            self._members.clear()
+            self._quiet = True
 
-    def send(self, sender: str, to: str, text: str, ts: float) -> str | None:
-        if to == EVERYONE:
-            sender_key = name_key(sender)
+    def publish(self, messages: list[StoredMessage]) -> None:
+        everyone: list[Member] | None = None
+        for message in messages:
+            envelope = Envelope(message.event())
+            if message.recipient_session is None:
+                if everyone is None:
+                    with self._lock:
+                        everyone = list(self._online.values())
+                sender = message.sender_session
+                for member in everyone:
+                    if member.session != sender:
+                        member.deliver(envelope)
+                continue
             with self._lock:
-                recipients = [m for k, m in self._members.items() if k != sender_key]
-            _fan_out(recipients, Envelope(Message(sender=sender, to=EVERYONE, text=text, ts=ts)))
-            return EVERYONE
-        with self._lock:
-            recipient = self._members.get(name_key(to))
-        if recipient is None:
-            return None
-        name = recipient.info.name
-        recipient.deliver(Envelope(Message(sender=sender, to=name, text=text, ts=ts)))
-        return name
+                recipient = self._online.get(message.recipient_session)
+            if recipient is not None:
+                recipient.deliver(envelope)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._members)
+
+    def _audience(self, session: SessionId) -> list[Member]:
+        """Everyone online but `session`, to be told of its arrival or departure (under _lock)."""
+        if self._quiet:
+            return []
+        return [m for s, m in self._online.items() if s != session]
 
 
 def _fan_out(members: list[Member], envelope: Envelope) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import selectors
 import socket
+import tempfile
 import threading
 import time
 
@@ -17,11 +18,16 @@ from tcp_server.connection import Connection, run_connection
 from tcp_server.flusher import Flusher
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
 from tcp_server.registry import LocalRoom, Room
+from tcp_server.store import Retention, SqliteStore
 
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1_024
 ACCEPTS_PER_WAKEUP = 64
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_PROBES = 3
+USER_TIMEOUT_MS = 25_000
 
 
 class ChatServer:
@@ -34,8 +40,25 @@ class ChatServer:
     def __init__(self, config: ServerConfig, room: Room | None = None) -> None:
         self._config = config
         self.room: Room = room if room is not None else LocalRoom()
-        self._commands = Commands(self.room, config.gateway_secret)
         self._listener = _listen(config.host, config.port)
+        # No data_dir (tests, embedding): a private store that goes with the server.
+        self._scratch = None if config.data_dir else tempfile.TemporaryDirectory(
+            prefix="chatroom-"
+        )
+        data_dir = config.data_dir or self._scratch.name  # type: ignore[union-attr]
+        try:
+            self.store = SqliteStore(
+                data_dir,
+                on_commit=self.room.publish,
+                retention=Retention(config.history_max_messages, config.history_max_days),
+            )
+        except BaseException:
+            self._listener.close()
+            raise
+        self._commands = Commands(
+            self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace
+        )
+        self._commands.start()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._stop_reason = "server shutting down"
         self._lock = threading.Lock()
@@ -74,6 +97,10 @@ class ChatServer:
             finally:
                 self._listener.close()
                 self._close_all(self._stop_reason)
+                self._commands.stop()
+                self.store.close()
+                if self._scratch is not None:
+                    self._scratch.cleanup()
                 self._flusher.stop(self._config.close_timeout)
                 self._wake_reader.close()
                 self._wake_writer.close()
@@ -111,6 +138,7 @@ class ChatServer:
     def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock)
         with self._lock:
             full = len(self._threads) >= self._config.max_clients
             if not full:
@@ -178,6 +206,18 @@ class ChatServer:
             thread.join(max(0.0, deadline - time.monotonic()) + self._config.close_timeout)
             if thread.is_alive():
                 log.error("%s did not stop", thread.name)
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """Find a peer that vanished without closing (lid shut, network gone) within 25 s: TCP
+    keepalive probes after 10 s of silence, every 5 s, 3 unanswered mean dead; and data that
+    stays unacknowledged for 25 s fails the connection (docs/history-and-sessions.md)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the system's defaults
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
 def _listen(host: str, port: int) -> socket.socket:

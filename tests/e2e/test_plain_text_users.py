@@ -20,8 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def join_text(core: RestartableCore, name: str, scaffold: bool) -> TextClient:
     client = TextClient(core.address, scaffold)
-    client.command(name)
-    assert client.line().startswith(f"welcome {name}!")
+    client.join(name)
     return client
 
 

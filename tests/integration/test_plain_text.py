@@ -17,8 +17,7 @@ def scaffold(request: pytest.FixtureRequest) -> bool:
 
 def joined(address: Address, name: str, scaffold: bool) -> TextClient:
     client = TextClient(address, scaffold)
-    client.command(name)
-    assert client.line().startswith(f"welcome {name}!")
+    client.join(name)
     return client
 
 
@@ -101,6 +100,7 @@ def test_help_before_the_username_says_to_type_it_first(address: Address, scaffo
     try:
         text.command("help")
         assert text.line().startswith("first type your username")
+        assert text.line() == "a session back after a disconnect; then:"
         assert text.line().startswith("commands")
         assert "send <name> <message>" in "".join(text.line() for _ in range(3))
     finally:
@@ -112,9 +112,9 @@ def test_help_lists_the_commands(address: Address, scaffold: bool) -> None:
     try:
         text.command("help")
         assert text.line().startswith("commands")
-        lines = [text.line() for _ in range(6)]
+        lines = [text.line() for _ in range(8)]
         commands = [line.split()[0] for line in lines]
-        assert commands == ["list", "send", "send", "ping", "exit", "help"]
+        assert commands == ["list", "send", "send", "history", "search", "ping", "exit", "help"]
     finally:
         text.close()
 

@@ -47,3 +47,21 @@ class TextClient:
     def closed(self) -> bool:
         self.sock.settimeout(WAIT_S)
         return self.sock.recv(1024) == b""
+
+    def join(self, name: str) -> str:
+        """Send the username and read the whole welcome: its line, the line that says how to
+        resume (returns that command) and the recent messages to everyone."""
+        self.command(name)
+        welcome = self.line()
+        assert welcome.startswith(f"welcome {name}!"), welcome
+        hint = self.line()
+        assert hint.startswith("if you are disconnected"), hint
+        resume = hint[hint.index("resume "):]
+        heading = self.line()
+        if heading.startswith("last "):
+            for _ in range(int(heading.split()[1])):
+                self.line()
+        else:
+            assert heading == "no messages to everyone yet", heading
+        return resume
+

@@ -34,8 +34,8 @@ def parse(line: str, registered: bool = True) -> object:
 @pytest.mark.parametrize(
     ("line", "registered", "expected"),
     [
-        ("alice", False, Hello("alice")),
-        ("  alice  ", False, Hello("alice")),
+        ("alice", False, Hello("alice", recent=10)),
+        ("  alice  ", False, Hello("alice", recent=10)),
         ("LIST", True, ListUsers()),
         ("send bob hello there", True, Send("bob", "hello there")),
         ("Send * hi all", True, Send("*", "hi all")),

@@ -1,0 +1,638 @@
+"""The message store: messages with their room-wide seq, sessions and read markers.
+
+`MessageStore` is the interface the rest of the core uses; `SqliteStore` is the embedded
+implementation (the standard library's sqlite3, WAL). A store kept in Redis (streams for
+history, a counter for the seq) is a second implementation of the same interface.
+
+SQLite allows one writer at a time, so one thread owns the writing connection (see
+`SqliteStore`): every change is a job on its queue, and it commits the jobs it finds waiting
+in one transaction (group commit). A message is handed to `on_commit` (the room, which
+delivers it) only after its commit, in seq order, and only then is its sender answered: no seq
+is ever seen and then lost, and every connection receives messages in seq order. Readers use
+a small pool of their own connections and never wait for the writer (WAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from tcp_server.protocol import EVERYONE, Conversation, Message, name_key
+
+log = logging.getLogger(__name__)
+
+DB_FILE: Final = "chat.sqlite3"
+READ_CONNECTIONS: Final = 4
+REPLAY_PAGE: Final = 500
+PRUNE_EVERY_S: Final = 60.0
+PRUNE_CHUNK: Final = 10_000
+MAX_JOBS_PER_COMMIT: Final = 1_000
+SECONDS_PER_DAY: Final = 86_400
+
+SessionId = int
+
+
+def token_hash(token: str) -> bytes:
+    """What the store keeps of a session token: it never holds the token itself."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    ts: float
+    sender: str
+    sender_session: SessionId
+    to: str  # the recipient's registered name, or "*"
+    recipient_session: SessionId | None  # None for "*"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    seq: int
+    ts: float
+    sender: str
+    sender_session: SessionId
+    to: str
+    recipient_session: SessionId | None
+    text: str
+
+    def event(self) -> Message:
+        return Message(sender=self.sender, to=self.to, text=self.text, ts=self.ts, seq=self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: SessionId
+    name: str
+    ip: str
+    port: int
+    via: str
+    start_seq: int  # the highest seq when the session began: its "*" replay starts after it
+    delivered_seq: int  # the highest seq handed to its last connection, when it went away
+    away_since: float | None  # None: it had a connection when last recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    max_messages: int = 1_000_000  # 0: no limit
+    max_days: float = 365.0  # 0: no limit
+
+
+class MessageStore(Protocol):
+    """Messages, sessions and read markers. Thread-safe; every method may block briefly."""
+
+    def last_seq(self) -> int:
+        """The highest seq committed (0 when nothing was ever stored)."""
+
+    def pruned_upto(self) -> int:
+        """Every message with a seq up to this one has been deleted by retention."""
+
+    def append(self, message: NewMessage) -> StoredMessage:
+        """Store a message under the next seq; returns once it is committed and delivered."""
+
+    def open_session(
+        self, name: str, token: str, ip: str, port: int, via: str
+    ) -> SessionRecord:
+        """Start a session for a name; `token` is kept only as its hash."""
+
+    def find_session(self, token: str) -> SessionRecord | None:
+        """The open session with this token, or None."""
+
+    def reconnect_session(self, session: SessionId, ip: str, port: int, via: str) -> None:
+        """The session has a connection again, from this address."""
+
+    def set_away(self, session: SessionId, since: float, delivered_seq: int) -> None:
+        """The session lost its connection (its grace period runs from `since`)."""
+
+    def end_session(self, session: SessionId) -> None:
+        """The session is over: its token is dead. Its messages stay in history."""
+
+    def open_sessions(self) -> list[SessionRecord]:
+        """Every session not ended (after a restart: to be restored as away)."""
+
+    def missed(self, session: SessionRecord, after: int) -> Iterator[list[StoredMessage]]:
+        """What the session would have received live with seq > after, oldest first, in pages."""
+
+    def history(
+        self, session: SessionId, with_: str, before: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """The newest `limit` messages of a conversation below `before`, oldest first, and
+        whether older ones exist. `with_` is "*" or a name (this session's direct messages
+        with that name)."""
+
+    def search(self, session: SessionId, words: Sequence[str], limit: int) -> list[StoredMessage]:
+        """Messages this session may see containing every word, newest first."""
+
+    def mark_read(self, session: SessionId, with_: str, seq: int) -> int:
+        """Move a conversation's read marker forward; returns the marker as it now is."""
+
+    def conversations(self, session: SessionRecord) -> list[Conversation]:
+        """The session's conversations, the most recently active first."""
+
+    def close(self) -> None:
+        """Finish what is queued and release the database. Idempotent."""
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    sender TEXT NOT NULL,
+    sender_key TEXT NOT NULL,
+    sender_session INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    recipient_key TEXT NOT NULL,
+    recipient_session INTEGER,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_to_everyone ON messages (seq)
+    WHERE recipient_session IS NULL;
+CREATE INDEX IF NOT EXISTS messages_sent ON messages (sender_session, recipient_key, seq)
+    WHERE recipient_session IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_received ON messages (recipient_session, sender_key, seq);
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5 (
+    text, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, text) VALUES (new.seq, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+END;
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    via TEXT NOT NULL,
+    created REAL NOT NULL,
+    start_seq INTEGER NOT NULL,
+    delivered_seq INTEGER NOT NULL,
+    away_since REAL,
+    ended INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sessions_open ON sessions (id) WHERE ended = 0;
+CREATE TABLE IF NOT EXISTS read_markers (
+    session_id INTEGER NOT NULL,
+    conversation TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (session_id, conversation)
+) WITHOUT ROWID;
+"""
+
+_MESSAGE_COLUMNS: Final = "seq, ts, sender, sender_session, recipient, recipient_session, text"
+_SESSION_COLUMNS: Final = "id, name, ip, port, via, start_seq, delivered_seq, away_since"
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(*row)
+
+
+def _session(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(*row)
+
+
+def fts_query(words: Sequence[str]) -> str:
+    """Each word as a quoted FTS5 string: user text is matched, never run as query syntax."""
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+_WORD_RE: Final = re.compile(r"\w+")
+
+
+def search_words(q: str) -> list[str]:
+    """The words of a search text (punctuation, quotes and `*` separate words)."""
+    return _WORD_RE.findall(q)
+
+
+class _Job:
+    """One change for the writer thread; its submitter waits on `done`."""
+
+    __slots__ = ("action", "done", "error", "result")
+
+    def __init__(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> None:
+        self.action = action
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def wait(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class StoreError(Exception):
+    """A write could not be committed."""
+
+
+class StoreClosed(StoreError):
+    """The store is closed: nothing more can be written."""
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file in `data_dir`.
+
+    Threads: the writer thread owns `_writer_db` and runs every job (group commit); reading
+    methods borrow one of a few read connections from `_readers`. `_last_seq` and
+    `_pruned_upto` are written only by the writer thread (under `_lock`, read by anyone).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        on_commit: Callable[[list[StoredMessage]], None] = lambda messages: None,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(data_dir) / DB_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._on_commit = on_commit
+        self._retention = retention or Retention()
+        self._clock = clock
+        self._writer_db = self._connect()
+        with self._writer_db:
+            self._writer_db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._last_seq = self._meta("last_seq")
+        self._pruned_upto = self._meta("pruned_upto")
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all_readers = [self._connect() for _ in range(READ_CONNECTIONS)]
+        for reader in self._all_readers:
+            self._readers.put(reader)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._next_prune = 0.0
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer")
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed; only a power cut
+        # can take the last commits (docs/operations.md).
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def _meta(self, key: str) -> int:
+        row = self._writer_db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._last_seq
+
+    def pruned_upto(self) -> int:
+        with self._lock:
+            return self._pruned_upto
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        db = self._readers.get()
+        try:
+            yield db
+        finally:
+            self._readers.put(db)
+
+    def find_session(self, token: str) -> SessionRecord | None:
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE token_hash = ? AND ended = 0",
+                (token_hash(token),),
+            ).fetchone()
+        return _session(row) if row else None
+
+    def open_sessions(self) -> list[SessionRecord]:
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE ended = 0 ORDER BY id"
+            ).fetchall()
+        return [_session(row) for row in rows]
+
+    def missed(self, session: SessionRecord, after: int) -> Iterator[list[StoredMessage]]:
+        everyone_after = max(after, session.start_seq)
+        while True:
+            with self._reading() as db:
+                rows = db.execute(
+                    f"""SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages
+                            WHERE recipient_session IS NULL AND seq > :everyone_after
+                            AND sender_session != :session ORDER BY seq LIMIT :n)
+                        UNION ALL
+                        SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages
+                            WHERE recipient_session = :session AND seq > :after
+                            ORDER BY seq LIMIT :n)
+                        ORDER BY seq LIMIT :n""",
+                    {"session": session.id, "after": after, "everyone_after": everyone_after,
+                     "n": REPLAY_PAGE},
+                ).fetchall()
+            if not rows:
+                return
+            page = [_message(row) for row in rows]
+            yield page
+            if len(page) < REPLAY_PAGE:
+                return
+            after = everyone_after = page[-1].seq
+
+    def history(
+        self, session: SessionId, with_: str, before: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        params = {"session": session, "key": name_key(with_),
+                  "before": before if before is not None else 2**63 - 1, "n": limit + 1}
+        if with_ == EVERYONE:
+            sql = f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                      WHERE recipient_session IS NULL AND seq < :before
+                      ORDER BY seq DESC LIMIT :n"""
+        else:
+            sql = f"""SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages
+                          WHERE sender_session = :session AND recipient_key = :key
+                          AND recipient_session IS NOT NULL AND seq < :before
+                          ORDER BY seq DESC LIMIT :n)
+                      UNION
+                      SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages
+                          WHERE recipient_session = :session AND sender_key = :key
+                          AND seq < :before ORDER BY seq DESC LIMIT :n)
+                      ORDER BY seq DESC LIMIT :n"""
+        with self._reading() as db:
+            rows = db.execute(sql, params).fetchall()
+        more = len(rows) > limit
+        return [_message(row) for row in reversed(rows[:limit])], more
+
+    def search(self, session: SessionId, words: Sequence[str], limit: int) -> list[StoredMessage]:
+        if not words:
+            return []
+        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+        with self._reading() as db:
+            rows = db.execute(
+                f"""SELECT {columns} FROM messages_fts f JOIN messages m ON m.seq = f.rowid
+                    WHERE messages_fts MATCH :q
+                    AND (m.recipient_session IS NULL OR m.sender_session = :session
+                         OR m.recipient_session = :session)
+                    ORDER BY f.rowid DESC LIMIT :n""",
+                {"q": fts_query(words), "session": session, "n": limit},
+            ).fetchall()
+        return [_message(row) for row in rows]
+
+    def conversations(self, session: SessionRecord) -> list[Conversation]:
+        with self._reading() as db:
+            markers = dict(db.execute(
+                "SELECT conversation, seq FROM read_markers WHERE session_id = ?", (session.id,)
+            ).fetchall())
+            row = db.execute(
+                "SELECT max(seq) FROM messages WHERE recipient_session IS NULL"
+            ).fetchone()
+            everyone_last = int(row[0] or 0)
+            everyone_read = markers.get(EVERYONE, session.start_seq)
+            (everyone_unread,) = db.execute(
+                """SELECT count(*) FROM messages WHERE recipient_session IS NULL
+                   AND seq > ? AND sender_session != ?""",
+                (everyone_read, session.id),
+            ).fetchone()
+            found = [Conversation(EVERYONE, everyone_last, min(everyone_read, everyone_last)
+                                  if everyone_last else everyone_read, everyone_unread)]
+            peers = db.execute(
+                """SELECT peer_key, peer, max(seq) FROM (
+                       SELECT recipient_key AS peer_key, recipient AS peer, seq FROM messages
+                       WHERE sender_session = :s AND recipient_session IS NOT NULL
+                       UNION ALL
+                       SELECT sender_key, sender, seq FROM messages WHERE recipient_session = :s
+                   ) GROUP BY peer_key""",
+                {"s": session.id},
+            ).fetchall()
+            for peer_key, peer, last in peers:
+                read = markers.get(peer_key, 0)
+                (unread,) = db.execute(
+                    """SELECT count(*) FROM messages WHERE recipient_session = ?
+                       AND sender_key = ? AND seq > ? AND sender_session != ?""",
+                    (session.id, peer_key, read, session.id),
+                ).fetchone()
+                found.append(Conversation(peer, int(last), read, unread))
+        return sorted(found, key=lambda c: -c.last)
+
+    # --- writing (each method queues a job for the writer thread and waits for it) -------------
+
+    def _submit(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> Any:
+        job = _Job(action)
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("the store is closed")
+            self._jobs.put(job)
+        return job.wait()
+
+    def append(self, message: NewMessage) -> StoredMessage:
+        result: StoredMessage = self._submit(message)
+        return result
+
+    def open_session(
+        self, name: str, token: str, ip: str, port: int, via: str
+    ) -> SessionRecord:
+        def action(db: sqlite3.Connection) -> SessionRecord:
+            start = self._last_seq
+            cursor = db.execute(
+                """INSERT INTO sessions (token_hash, name, ip, port, via, created, start_seq,
+                       delivered_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (token_hash(token), name, ip, port, via, self._clock(), start, start),
+            )
+            assert cursor.lastrowid is not None
+            return SessionRecord(cursor.lastrowid, name, ip, port, via, start, start, None)
+
+        record: SessionRecord = self._submit(action)
+        return record
+
+    def reconnect_session(self, session: SessionId, ip: str, port: int, via: str) -> None:
+        self._submit(lambda db: db.execute(
+            "UPDATE sessions SET ip = ?, port = ?, via = ?, away_since = NULL WHERE id = ?",
+            (ip, port, via, session),
+        ))
+
+    def set_away(self, session: SessionId, since: float, delivered_seq: int) -> None:
+        self._submit(lambda db: db.execute(
+            """UPDATE sessions SET away_since = ?, delivered_seq = max(delivered_seq, ?)
+               WHERE id = ?""",
+            (since, delivered_seq, session),
+        ))
+
+    def end_session(self, session: SessionId) -> None:
+        def action(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE sessions SET ended = 1 WHERE id = ?", (session,))
+            db.execute("DELETE FROM read_markers WHERE session_id = ?", (session,))
+
+        self._submit(action)
+
+    def mark_read(self, session: SessionId, with_: str, seq: int) -> int:
+        key = name_key(with_)
+
+        def action(db: sqlite3.Connection) -> int:
+            if with_ == EVERYONE:
+                row = db.execute(
+                    "SELECT max(seq) FROM messages WHERE recipient_session IS NULL AND seq <= ?",
+                    (seq,),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    """SELECT max(seq) FROM (
+                           SELECT max(seq) AS seq FROM messages WHERE sender_session = :s
+                           AND recipient_key = :k AND recipient_session IS NOT NULL
+                           AND seq <= :seq
+                           UNION ALL
+                           SELECT max(seq) FROM messages WHERE recipient_session = :s
+                           AND sender_key = :k AND seq <= :seq)""",
+                    {"s": session, "k": key, "seq": seq},
+                ).fetchone()
+            upto = int(row[0] or 0)
+            if upto == 0:
+                return 0
+            db.execute(
+                """INSERT INTO read_markers (session_id, conversation, seq) VALUES (?, ?, ?)
+                   ON CONFLICT (session_id, conversation)
+                   DO UPDATE SET seq = max(seq, excluded.seq)""",
+                (session, key, upto),
+            )
+            (now,) = db.execute(
+                "SELECT seq FROM read_markers WHERE session_id = ? AND conversation = ?",
+                (session, key),
+            ).fetchone()
+            return int(now)
+
+        marker: int = self._submit(action)
+        return marker
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._jobs.put(None)
+        self._writer.join()
+        for db in [*self._all_readers, self._writer_db]:
+            db.close()
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        running = True
+        while running:
+            batch: list[_Job] = []
+            try:
+                first = self._jobs.get(timeout=PRUNE_EVERY_S)
+            except queue.Empty:  # idle: a chance to prune
+                first = _NO_JOB
+            if first is None:
+                running = False
+            elif first is not _NO_JOB:
+                batch.append(first)
+            while running and len(batch) < MAX_JOBS_PER_COMMIT:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    running = False
+                else:
+                    batch.append(job)
+            if batch:
+                self._commit(batch)
+            self._maybe_prune()
+
+    def _commit(self, batch: list[_Job]) -> None:
+        db = self._writer_db
+        stored: list[StoredMessage] = []
+        seq = self._last_seq
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                action = job.action
+                if isinstance(action, NewMessage):
+                    seq += 1
+                    job.result = self._insert(db, seq, action)
+                    stored.append(job.result)
+                else:
+                    job.result = action(db)
+            if stored:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)",
+                           (seq,))
+            db.execute("COMMIT")
+        except (sqlite3.Error, ValueError) as error:
+            log.error("store: commit of %d changes failed: %s", len(batch), error)
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            for job in batch:
+                job.error = StoreError(f"the message store failed: {error}")
+                job.done.set()
+            return
+        with self._lock:
+            self._last_seq = seq
+        if stored:
+            try:
+                self._on_commit(stored)
+            except Exception:  # delivery must never stop the store
+                log.exception("store: delivering committed messages failed")
+        for job in batch:
+            job.done.set()
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, seq: int, m: NewMessage) -> StoredMessage:
+        db.execute(
+            """INSERT INTO messages (seq, ts, sender, sender_key, sender_session, recipient,
+                   recipient_key, recipient_session, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (seq, m.ts, m.sender, name_key(m.sender), m.sender_session, m.to, name_key(m.to),
+             m.recipient_session, m.text),
+        )
+        return StoredMessage(seq, m.ts, m.sender, m.sender_session, m.to, m.recipient_session,
+                             m.text)
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            self.prune()
+        except sqlite3.Error as error:
+            log.error("store: pruning failed: %s", error)
+
+    def prune(self) -> int:
+        """Apply retention (writer thread, or a test with the writer idle); rows deleted."""
+        db = self._writer_db
+        upto = self._pruned_upto
+        if self._retention.max_messages:
+            upto = max(upto, self._last_seq - self._retention.max_messages)
+        if self._retention.max_days:
+            cutoff = self._clock() - self._retention.max_days * SECONDS_PER_DAY
+            row = db.execute(
+                "SELECT max(seq) FROM messages WHERE seq > ? AND ts < ?", (upto, cutoff)
+            ).fetchone()
+            upto = max(upto, int(row[0] or 0))
+        deleted = 0
+        while self._pruned_upto < upto:
+            chunk_end = min(upto, self._pruned_upto + PRUNE_CHUNK)
+            db.execute("BEGIN IMMEDIATE")
+            cursor = db.execute("DELETE FROM messages WHERE seq <= ?", (chunk_end,))
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_upto', ?)",
+                       (chunk_end,))
+            db.execute("COMMIT")
+            deleted += cursor.rowcount
+            with self._lock:
+                self._pruned_upto = chunk_end
+        if deleted:
+            log.info("store: retention deleted %d messages (up to seq %d)", deleted, upto)
+        return deleted
+
+
+_NO_JOB: Final = _Job(lambda db: None)
