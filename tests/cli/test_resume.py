@@ -1,0 +1,126 @@
+"""The real chat-client against real core processes that stop and start again on the same
+port and data directory: it reconnects, resumes its session and shows what it missed, once and
+in order; through a pipe and at a terminal (pty)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_client.render import CHOICE_PROMPT
+from tests.support.cli import ClientProcess, client_command, running_client
+from tests.support.core import WAIT_S, RawClient
+from tests.support.process import CoreProcess, core_process
+
+PROMPT = CHOICE_PROMPT.rstrip()  # prompt_toolkit draws the trailing space as a cursor move
+
+
+@contextlib.contextmanager
+def core_on(data_dir: Path, port: int = 0, *args: str) -> Iterator[CoreProcess]:
+    with core_process("--data-dir", str(data_dir), "--port", str(port), *args) as core:
+        yield core
+
+
+def stop_gracefully(core: CoreProcess) -> None:
+    """SIGTERM, as a service manager stops the core: it says bye to everyone and exits."""
+    core.proc.terminate()
+    assert core.proc.wait(WAIT_S) == 0
+
+
+@contextlib.contextmanager
+def paused(client: ClientProcess) -> Iterator[None]:
+    """The client process is stopped (SIGSTOP) meanwhile: it reads nothing, so what happens
+    then reaches it only as a replay or from its socket's buffer."""
+    os.kill(client.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(client.proc.pid, signal.SIGCONT)
+
+
+def resume(raw: RawClient, name: str, welcome: dict[str, Any], after: int) -> dict[str, Any]:
+    raw.send(type="hello", name=name, resume=welcome["session"], after=after)
+    return raw.expect("welcome", name=name, resumed=True)
+
+
+def send(raw: RawClient, to: str, text: str) -> int:
+    reply = raw.request("send", to=to, text=text)
+    assert reply["type"] == "sent", reply
+    seq: int = reply["seq"]
+    return seq
+
+
+def shown_texts(client: ClientProcess, texts: list[str]) -> list[str]:
+    """The given texts in the order the client showed them, each as often as it did."""
+    found: list[tuple[int, str]] = []
+    output = client.text()
+    for text in texts:
+        start = 0
+        while (index := output.find(text, start)) >= 0:
+            found.append((index, text))
+            start = index + len(text)
+    return [text for _, text in sorted(found)]
+
+
+@pytest.mark.parametrize("pty_mode", [False, True], ids=["pipe", "pty"])
+def test_client_survives_a_core_restart_and_shows_what_it_missed_once_in_order(
+    tmp_path: Path, pty_mode: bool
+) -> None:
+    texts = ["one (live)", "two (just before the stop)", "three (while down, to alice)",
+             "four (while down, to all)", "five (live again)"]
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(core_on(tmp_path))
+        port = first.address[1]
+        alice = stack.enter_context(
+            running_client(client_command(port, "--name", "alice"), pty_mode=pty_mode)
+        )
+        alice.wait_for(PROMPT)
+        bob = stack.enter_context(RawClient(first.address))
+        bob_welcome = bob.hello("bob")
+        send(bob, "alice", texts[0])
+        alice.wait_for(f"bob (to you): {texts[0]}")
+        with paused(alice):
+            last = send(bob, "*", texts[1])
+            stop_gracefully(first)
+            bob.close()
+            second = stack.enter_context(core_on(tmp_path, port))
+            bob = stack.enter_context(RawClient(second.address))
+            resume(bob, "bob", bob_welcome, after=last)
+            send(bob, "alice", texts[2])
+            send(bob, "*", texts[3])
+        # Alice reads the rest of the old connection, sees it end and comes back.
+        alice.wait_for("Connection to the server lost; reconnecting...")
+        alice.wait_for("Reconnected as alice.")
+        bob.expect("back", name="alice")
+        send(bob, "alice", texts[4])
+        alice.wait_for(texts[4])
+        assert shown_texts(alice, texts) == texts
+        alice.line("3")
+        alice.wait_for("Goodbye!")
+        assert alice.wait_exit() == 0
+        bob.expect("left", name="alice")
+
+
+@pytest.mark.parametrize("pty_mode", [False, True], ids=["pipe", "pty"])
+def test_an_expired_session_ends_the_client_with_a_clear_message_and_exit_code_1(
+    tmp_path: Path, pty_mode: bool
+) -> None:
+    # A grace of 0: a session whose connection ended is over at once, even across a restart.
+    with core_on(tmp_path, 0, "--resume-grace", "0") as first:
+        port = first.address[1]
+        with running_client(client_command(port, "--name", "alice"),
+                            pty_mode=pty_mode) as alice:
+            alice.wait_for(PROMPT)
+            stop_gracefully(first)
+            with core_on(tmp_path, port, "--resume-grace", "0"):
+                alice.wait_for("Connection to the server lost; reconnecting...")
+                alice.wait_for("Your session could not be resumed")
+                alice.wait_for("Start the client again to join afresh.")
+                assert alice.wait_exit() == 1
+                assert "Traceback" not in alice.text() + alice.stderr_text()
