@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cli_client.render import CHOICE_PROMPT
+from cli_client.render import CHOICE_PROMPT, RECIPIENT_PROMPT, TEXT_PROMPT
 from tests.support.cli import ClientProcess, client_command, running_client
 from tests.support.core import WAIT_S, RawClient
 from tests.support.process import CoreProcess, core_process
@@ -124,3 +124,69 @@ def test_an_expired_session_ends_the_client_with_a_clear_message_and_exit_code_1
                 alice.wait_for("Start the client again to join afresh.")
                 assert alice.wait_exit() == 1
                 assert "Traceback" not in alice.text() + alice.stderr_text()
+
+
+def test_a_message_sent_from_the_menu_while_reconnecting_waits_and_goes_once_back(
+    tmp_path: Path,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(core_on(tmp_path))
+        port = first.address[1]
+        alice = stack.enter_context(running_client(client_command(port, "--name", "alice")))
+        alice.wait_for(CHOICE_PROMPT)
+        with RawClient(first.address) as bob:
+            bob_welcome = bob.hello("bob")
+            alice.wait_for("* bob joined the chat")
+            stop_gracefully(first)
+        alice.wait_for("Connection to the server lost; reconnecting...")
+        alice.line("2")
+        alice.wait_for(RECIPIENT_PROMPT)
+        alice.line("bob")  # the check that bob is there waits for the connection
+        alice.wait_for("Waiting for the connection to the server to come back (up to 30 s)...")
+        second = stack.enter_context(core_on(tmp_path, port))
+        alice.wait_for("Reconnected as alice.")
+        alice.wait_for(TEXT_PROMPT)  # bob is away, but there: the message is asked for
+        alice.line("written while the core was down")
+        alice.wait_for("Message sent to bob.")
+        bob = stack.enter_context(RawClient(second.address))
+        resume(bob, "bob", bob_welcome, after=bob_welcome["seq"])
+        bob.expect("message", text="written while the core was down")
+        bob.assert_silent()
+
+
+def test_end_of_input_while_reconnecting_still_says_goodbye_on_the_server(
+    tmp_path: Path,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(core_on(tmp_path))
+        port = first.address[1]
+        alice = stack.enter_context(running_client(client_command(port, "--name", "alice")))
+        alice.wait_for(CHOICE_PROMPT)
+        stop_gracefully(first)
+        alice.wait_for("Connection to the server lost; reconnecting...")
+        second = stack.enter_context(core_on(tmp_path, port))
+        carol = stack.enter_context(RawClient(second.address))
+        carol.hello("carol")
+        # Whether the client is back already or still waiting out its backoff, the end of
+        # input ends the session on the server.
+        alice.close_stdin()
+        alice.wait_for("Goodbye!")
+        assert alice.wait_exit() == 0
+        event = carol.recv()
+        if event == {"type": "back", "name": "alice"}:
+            event = carol.recv()
+        assert event == {"type": "left", "name": "alice"}
+
+
+def test_end_of_input_while_the_core_is_down_says_the_goodbye_could_not_be_said(
+    tmp_path: Path,
+) -> None:
+    with core_on(tmp_path) as core, running_client(
+        client_command(core.address[1], "--name", "alice")
+    ) as alice:
+        alice.wait_for(CHOICE_PROMPT)
+        stop_gracefully(core)
+        alice.wait_for("Connection to the server lost; reconnecting...")
+        alice.close_stdin()
+        alice.wait_for("The connection ended before the server said goodbye.")
+        assert alice.wait_exit() == 1
