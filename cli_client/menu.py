@@ -45,6 +45,7 @@ from cli_client.session import (
 )
 from tcp_server.protocol import (
     EVERYONE,
+    MAX_HISTORY_LIMIT,
     Bye,
     Error,
     Event,
@@ -295,6 +296,7 @@ def send_message(session: Session, console: Console) -> None:
         # Rather than make the user type it all again: the text, back in the prompt.
         console.show(EDIT_HINT)
         text = console.ask(TEXT_PROMPT, default=text)
+    floor = session.sent_floor()
     try:
         # Not sent again by itself: if the connection ended after the text went out, the
         # server may have taken it, and sending it twice would show it twice.
@@ -302,13 +304,42 @@ def send_message(session: Session, console: Console) -> None:
     except SessionEnded:
         raise
     except ConnectionClosed:
-        console.show("The connection was lost before the server confirmed the message: it "
-                     "may or may not have been sent.")
+        console.show("The connection was lost before the server confirmed the message; "
+                     "checking whether it arrived...")
+        console.show(check_lost_send(session, to, text, floor))
         return
     if isinstance(reply, Sent):
         console.show(render_sent(reply.to))
     elif isinstance(reply, Error):
         console.show(render_not_sent(reply))
+
+
+def check_lost_send(session: Session, to: str, text: str, floor: int) -> str:
+    """Whether a message whose `sent` was cut off by a lost connection was taken: the answer
+    to show. Looks, once the session is back, for a message from this session to `to` with
+    this text and a seq above `floor` (session.sent_floor() from before sending) in the
+    conversation's history: the server stores a message before it answers `sent`.
+    """
+    try:
+        reply = session.request(History(with_=to, limit=MAX_HISTORY_LIMIT))
+    except SessionEnded:
+        raise
+    except (NotConnected, ConnectionClosed, ReplyTimeout):
+        reply = None
+    if not isinstance(reply, HistoryPage):
+        return ("Could not check with the server: the message may or may not have been "
+                "sent.")
+    me = name_key(session.name)
+    for message in reply.messages:
+        if (message.seq > floor and name_key(message.sender) == me
+                and name_key(message.to) == name_key(to) and message.text == text):
+            return render_sent(to).removesuffix(".") + " (confirmed after reconnecting)."
+    if reply.more and (not reply.messages or reply.messages[0].seq > floor):
+        # Too much happened since to see it all: no answer either way.
+        return ("Could not check with the server: the message may or may not have been "
+                "sent.")
+    return ("Message not sent: the connection was lost before the server took it. Please "
+            "send it again.")
 
 
 def text_problem(text: str) -> Error | None:

@@ -15,8 +15,9 @@ without success.
 
 The main thread makes requests through request(), which waits (a bounded time) for a
 reconnection in progress, and ends the session with end(). Who touches what:
-- `_lock` guards `_state`, `_connection` and `_attempting` (the connection of a reconnection
-  attempt not yet welcomed, which end() and close() abort rather than wait for); `_changed`
+- `_lock` guards `_state`, `_connection`, `_attempting` (the connection of a reconnection
+  attempt not yet welcomed, which end() and close() abort rather than wait for) and
+  `_sent_floor` (see sent_floor()); `_changed`
   (on `_lock`) is notified whenever the state or the connection changes, for request()
   waiting for a reconnection;
 - `_seen` and `_token` belong to the events thread (it sets them while the main thread waits
@@ -53,6 +54,7 @@ from tcp_server.protocol import (
     Hello,
     Message,
     Request,
+    Sent,
     Welcome,
 )
 
@@ -150,6 +152,7 @@ class Session:
         self._state = LinkState.CONNECTED
         self._connection: ServerConnection | None = connection
         self._attempting: ServerConnection | None = None
+        self._sent_floor = welcome.seq
         self._lost = False  # guarded by _lock: ended without the user asking
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="events")
@@ -164,6 +167,13 @@ class Session:
     def state(self) -> LinkState:
         with self._lock:
             return self._state
+
+    def sent_floor(self) -> int:
+        """A seq that every message this session sends from now on will be above: the store's
+        seq at the last welcome, or the seq of the last message it sent, whichever is higher.
+        (Seqs only grow, and a message gets its seq when the server takes it.)"""
+        with self._lock:
+            return self._sent_floor
 
     def start(self) -> None:
         """Start the heartbeat of the first connection and the events thread."""
@@ -188,11 +198,16 @@ class Session:
         while True:
             connection = self._wait_connected(dead)
             try:
-                return connection.request(request, timeout)
+                reply = connection.request(request, timeout)
             except ConnectionClosed as error:
                 if error.written and not resend:
                     raise
                 dead = connection
+                continue
+            if isinstance(reply, Sent):
+                with self._lock:
+                    self._sent_floor = max(self._sent_floor, reply.seq)
+            return reply
 
     def end(self) -> bool:
         """Say exit and wait for the server's bye, then close. True when the bye came.
@@ -398,6 +413,8 @@ class Session:
                 self._attempting = None
         if isinstance(reply, Welcome):
             self._token = reply.session or self._token
+            with self._lock:
+                self._sent_floor = max(self._sent_floor, reply.seq)
             if reply.truncated:
                 # Shown before the replay the server sends next (the events thread shows
                 # those only after this returns).

@@ -190,3 +190,33 @@ def test_end_of_input_while_the_core_is_down_says_the_goodbye_could_not_be_said(
         alice.close_stdin()
         alice.wait_for("The connection ended before the server said goodbye.")
         assert alice.wait_exit() == 1
+
+
+def test_a_message_lost_with_a_dying_core_is_said_not_sent_after_reconnecting(
+    tmp_path: Path,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(core_on(tmp_path))
+        port = first.address[1]
+        alice = stack.enter_context(running_client(client_command(port, "--name", "alice")))
+        alice.wait_for(CHOICE_PROMPT)
+        bob = stack.enter_context(RawClient(first.address))
+        bob_welcome = bob.hello("bob")
+        alice.line("2")
+        alice.wait_for(RECIPIENT_PROMPT)
+        alice.line("bob")
+        alice.wait_for(TEXT_PROMPT)
+        # The core freezes: the text goes out but nobody reads it; then the core dies.
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        alice.line("lost in the crash")
+        first.proc.kill()
+        first.proc.wait(WAIT_S)
+        alice.wait_for("The connection was lost before the server confirmed the message; "
+                       "checking whether it arrived...")
+        second = stack.enter_context(core_on(tmp_path, port))
+        alice.wait_for("Reconnected as alice.")
+        alice.wait_for("Message not sent: the connection was lost before the server took it. "
+                       "Please send it again.")
+        bob = stack.enter_context(RawClient(second.address))
+        resume(bob, "bob", bob_welcome, after=bob_welcome["seq"])
+        bob.assert_silent()

@@ -10,6 +10,7 @@ from functools import partial
 import pytest
 
 from cli_client.connection import ConnectionClosed, ServerConnection
+from cli_client.menu import check_lost_send
 from cli_client.session import (
     LinkState,
     NotConnected,
@@ -366,3 +367,83 @@ def test_end_while_reconnecting_resumes_at_once_to_say_exit(setup: Setup) -> Non
         console.wait_for("missed just before leaving")
     finally:
         session.close()
+
+
+# --- after a Send whose reply was cut off: was it taken? -----------------------------------
+
+
+def stored(seq: int, text: str, sender: str = "alice", to: str = "bob") -> dict[str, object]:
+    return {"type": "message", "from": sender, "to": to, "text": text, "ts": 1.0, "seq": seq}
+
+
+def check_after_loss(setup: Setup, history: list[dict[str, object]], more: bool = False,
+                     floor: int = 5) -> str:
+    """check_lost_send on a connection that the fake core cut; it answers history so."""
+    answers: list[str] = []
+    checker = threading.Thread(
+        target=lambda: answers.append(check_lost_send(setup.session, "bob", "hi", floor)),
+        name="test-check",
+    )
+    setup.peer.close()
+    checker.start()
+    try:
+        peer, hello = resume_on_next_connection(setup)
+        peer.welcome(hello, seq=9, resumed=True)
+        request = peer.expect("history")
+        assert (request["with"], request["limit"]) == ("bob", 200)
+        peer.send(type="history", messages=history, more=more, id=request["id"],
+                  **{"with": "bob"})
+    finally:
+        checker.join(WAIT_S)
+    return answers[0]
+
+
+def test_a_cut_off_send_found_in_history_is_confirmed(setup: Setup) -> None:
+    answer = check_after_loss(setup, [stored(4, "hi"), stored(7, "hi"), stored(8, "later")])
+    assert answer == "Message sent to bob (confirmed after reconnecting)."
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [stored(4, "hi")],  # the same text, sent before: not this one
+        [stored(7, "hi", sender="bob", to="alice")],  # bob's, not ours
+        [stored(7, "hi", to="carol")],
+        [stored(7, "hi!")],
+        [],
+    ],
+    ids=["older", "from-bob", "to-another", "other-text", "none"],
+)
+def test_a_cut_off_send_not_in_history_is_said_not_sent(
+    setup: Setup, history: list[dict[str, object]]
+) -> None:
+    assert check_after_loss(setup, history) == (
+        "Message not sent: the connection was lost before the server took it. "
+        "Please send it again."
+    )
+
+
+def test_a_cut_off_send_beyond_the_history_page_is_said_unknown(setup: Setup) -> None:
+    answer = check_after_loss(setup, [stored(seq, "other") for seq in (6, 7)], more=True)
+    assert answer.startswith("Could not check with the server")
+
+
+def test_the_floor_rises_with_each_sent_and_welcome(setup: Setup) -> None:
+    assert setup.session.sent_floor() == 5
+    replies: list[object] = []
+    asker = threading.Thread(
+        target=lambda: replies.append(setup.session.request(Send(to="*", text="x"))),
+        name="test-send",
+    )
+    asker.start()
+    try:
+        request = setup.peer.expect("send")
+        setup.peer.send(type="sent", to="*", ts=1.0, seq=11, id=request["id"])
+    finally:
+        asker.join(WAIT_S)
+    assert setup.session.sent_floor() == 11
+    setup.peer.close()
+    peer, hello = resume_on_next_connection(setup)
+    peer.welcome(hello, seq=20, resumed=True)
+    setup.console.wait_for("Reconnected as alice.")
+    assert setup.session.sent_floor() == 20
