@@ -31,8 +31,10 @@ from cli_client.render import (
     render_bye,
     render_earlier,
     render_error,
+    render_history,
     render_not_online,
     render_not_sent,
+    render_results,
     render_sent,
     render_users,
 )
@@ -55,11 +57,14 @@ from tcp_server.protocol import (
     HistoryPage,
     ListUsers,
     ProtocolError,
+    Results,
+    Search,
     Send,
     Sent,
     Users,
     Welcome,
     check_text,
+    is_valid_name,
     name_key,
 )
 
@@ -67,6 +72,11 @@ log = logging.getLogger(__name__)
 
 # Shown on joining: the last few messages to everyone (the plain-text dialect shows as many).
 RECENT_MESSAGES: Final = 10
+# `history` and `search` show as many as the plain-text dialect does.
+HISTORY_SHOWN: Final = 20
+# Typed at the menu's prompt; the numbered menu itself keeps the assignment's wording.
+MORE_COMMANDS: Final = ("You can also type: history (messages to everyone), history NAME "
+                        "(yours with NAME), search WORDS.")
 NOT_CONNECTED: Final = ("The connection to the server has not come back yet (still "
                         "reconnecting); nothing was sent. Please try again in a moment.")
 
@@ -234,11 +244,16 @@ def _next_or_none(events: queue.Queue[Incoming | None]) -> Incoming | None:
 
 
 def menu_loop(session: Session, console: Console, me: str) -> None:
-    """Show the menu and do what is chosen, until Exit (returns) or EOF/Ctrl-C (raises)."""
+    """Show the menu and do what is chosen, until Exit (returns) or EOF/Ctrl-C (raises).
+
+    Besides 1, 2 and 3, `history`, `history NAME` and `search WORDS` are understood.
+    """
     while True:
         console.show("\n" + "\n".join(MENU))
-        answer = console.ask(CHOICE_PROMPT).strip().lower()
+        line = console.ask(CHOICE_PROMPT).strip()
+        answer = line.lower()
         choice = CHOICES.get(answer)
+        command, _, argument = line.partition(" ")
         try:
             if choice == "list":
                 list_users(session, console, me)
@@ -246,12 +261,37 @@ def menu_loop(session: Session, console: Console, me: str) -> None:
                 send_message(session, console)
             elif choice == "exit":
                 return
+            elif command.lower() == "history":
+                show_history(session, console, me, argument.strip() or EVERYONE)
+            elif command.lower() == "search" and argument.strip():
+                search_messages(session, console, me, argument.strip())
             elif answer:
-                console.show("Please enter 1, 2 or 3.")
+                console.show("Please enter 1, 2 or 3. " + MORE_COMMANDS)
         except ReplyTimeout:
             console.show("The server did not answer in time; please try again.")
         except NotConnected:
             console.show(NOT_CONNECTED)
+
+
+def show_history(session: Session, console: Console, me: str, with_: str) -> None:
+    """`history` (messages to everyone) or `history NAME` (yours with NAME), oldest first."""
+    if with_ != EVERYONE and not is_valid_name(with_):
+        console.show(f"'{printable(with_)}' is not a username.")
+        return
+    reply = session.request(History(with_=with_, limit=HISTORY_SHOWN))
+    if isinstance(reply, HistoryPage):
+        console.show(render_history(reply, me))
+    elif isinstance(reply, Error):
+        console.show(render_error(reply))
+
+
+def search_messages(session: Session, console: Console, me: str, words: str) -> None:
+    """`search WORDS`: the newest messages (to everyone, or yours) holding every word."""
+    reply = session.request(Search(q=words, limit=HISTORY_SHOWN))
+    if isinstance(reply, Results):
+        console.show(render_results(reply, me))
+    elif isinstance(reply, Error):
+        console.show(render_error(reply))
 
 
 def list_users(session: Session, console: Console, me: str) -> None:

@@ -20,9 +20,11 @@ from tcp_server.protocol import (
     Bye,
     Error,
     Event,
+    HistoryPage,
     Joined,
     Left,
     Message,
+    Results,
     UserInfo,
     name_key,
 )
@@ -124,10 +126,36 @@ def render_earlier(messages: Sequence[Message], me: str, tz: tzinfo | None = Non
     """The recent messages to everyone shown on joining, oldest first; None when there are none."""
     if not messages:
         return None
-    count = len(messages)
-    heading = f"Earlier messages to everyone (the last {count}):"
+    heading = f"Earlier messages to everyone (the last {len(messages)}):"
+    return _stored_block(heading, messages, me, tz)
+
+
+def _stored_block(heading: str, messages: Sequence[Message], me: str,
+                  tz: tzinfo | None) -> str:
     return "\n".join([heading, *("  " + render_stored(m, me, tz).replace("\n", "\n  ")
                                  for m in messages)])
+
+
+def render_history(page: HistoryPage, me: str, tz: tzinfo | None = None) -> str:
+    """The answer to `history` / `history NAME`: a heading, then the messages oldest first."""
+    who = printable(page.with_)
+    about = "to everyone" if page.with_ == EVERYONE else f"between you and {who}"
+    if not page.messages:
+        return f"No messages {about} yet."
+    count = len(page.messages)
+    older = ", older ones not shown" if page.more else ""
+    heading = f"Messages {about} (the last {count}{older}):"
+    return _stored_block(heading, page.messages, me, tz)
+
+
+def render_results(results: Results, me: str, tz: tzinfo | None = None) -> str:
+    """The answer to `search WORDS`: a heading, then the matches newest first."""
+    query = printable(results.q)
+    if not results.messages:
+        return f"No messages match '{query}'."
+    count = len(results.messages)
+    heading = f"{count} message{'' if count == 1 else 's'} match '{query}' (newest first):"
+    return _stored_block(heading, results.messages, me, tz)
 
 
 def render_bye(event: Bye) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from cli_client.render import CHOICE_PROMPT
 from tcp_server.server import ChatServer
 from tests.cli.conftest import StartClient
 from tests.cli.test_pipe_client import list_users, send, start_registered
+from tests.support.cli import ClientProcess
 from tests.support.core import RawClient
 
 
@@ -67,3 +69,41 @@ def test_a_user_whose_connection_ends_is_shown_away_then_back(
         assert message["from"] == "alice"
         alice.wait_for("* bob is back")
         assert "left" not in alice.text().split("* bob is away", 1)[1]
+
+
+def test_history_and_search_can_be_typed_at_the_menus_prompt(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as bob:
+        bob.hello("bob")
+        alice = start_registered(start_client, "alice")
+        bob.expect("joined", name="alice")
+        assert bob.request("send", to="*", text="lunch on friday?")["type"] == "sent"
+        alice.wait_for("bob (to everyone): lunch on friday?")
+        assert "Message sent to bob." in send(alice, "bob", "friday LUNCH works")
+        alice.wait_for(CHOICE_PROMPT)
+
+        shown = command(alice, "history")
+        assert "Messages to everyone (the last 1):" in shown
+        assert "bob -> everyone: lunch on friday?" in shown
+
+        shown = command(alice, "history BOB")
+        assert "Messages between you and BOB (the last 1):" in shown
+        assert "you -> bob: friday LUNCH works" in shown
+
+        shown = command(alice, "search friday lunch")
+        assert "2 messages match 'friday lunch' (newest first):" in shown
+        assert shown.index("you -> bob: friday LUNCH works") < shown.index(
+            "bob -> everyone: lunch on friday?")
+
+        assert "No messages match 'dinner'." in command(alice, "search dinner")
+        assert "'not/a/name' is not a username." in command(alice, "history not/a/name")
+        assert ("Please enter 1, 2 or 3. You can also type: history (messages to everyone), "
+                "history NAME (yours with NAME), search WORDS.") in command(alice, "hello")
+
+
+def command(client: ClientProcess, line: str) -> str:
+    """Type `line` at the menu's prompt (waited for already); what the client showed until it
+    asked again."""
+    client.line(line)
+    return client.wait_for(CHOICE_PROMPT)
