@@ -1,6 +1,6 @@
 """The user's session with the core, across connections: it survives a lost connection.
 
-A Session starts from a welcomed connection. Its thread, "events", shows what arrives (as the
+A Session starts from a welcomed connection. Its thread, "events-NAME", shows what arrives (as the
 printer did before) and, when the connection ends without the client asking for it (the server
 closed it, a reset, a core restart, a ping without pong), says so and takes the session back:
 it connects again with a jittered, capped exponential backoff (cli_client/backoff.py) and says
@@ -155,7 +155,7 @@ class Session:
         self._sent_floor = welcome.seq
         self._lost = False  # guarded by _lock: ended without the user asking
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="events")
+        self._thread = threading.Thread(target=self._run, name=f"events-{self.name}")
 
     @property
     def lost(self) -> bool:

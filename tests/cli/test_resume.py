@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from cli_client.backoff import MAX_DELAY_S
+from cli_client.connection import PING_INTERVAL_S, PONG_TIMEOUT_S
 from cli_client.render import CHOICE_PROMPT, RECIPIENT_PROMPT, TEXT_PROMPT
 from tests.support.cli import ClientProcess, client_command, running_client
 from tests.support.core import WAIT_S, RawClient
@@ -220,3 +222,33 @@ def test_a_message_lost_with_a_dying_core_is_said_not_sent_after_reconnecting(
         bob = stack.enter_context(RawClient(second.address))
         resume(bob, "bob", bob_welcome, after=bob_welcome["seq"])
         bob.assert_silent()
+
+
+@pytest.mark.slow
+def test_a_core_that_stops_answering_is_found_by_ping_and_the_session_resumed(
+    tmp_path: Path,
+) -> None:
+    # SIGSTOP: the core's sockets stay open and nothing is closed or reset, like a server
+    # whose machine froze. Only the client's ping without pong can tell.
+    found_within_s = PING_INTERVAL_S + PONG_TIMEOUT_S + WAIT_S
+    with contextlib.ExitStack() as stack:
+        core = stack.enter_context(core_on(tmp_path))
+        alice = stack.enter_context(
+            running_client(client_command(core.address[1], "--name", "alice"))
+        )
+        alice.wait_for(CHOICE_PROMPT)
+        bob = stack.enter_context(RawClient(core.address))
+        bob.hello("bob")
+        alice.wait_for("* bob joined the chat")
+        os.kill(core.proc.pid, signal.SIGSTOP)
+        try:
+            alice.wait_for("Connection to the server lost; reconnecting...",
+                           timeout=found_within_s)
+        finally:
+            os.kill(core.proc.pid, signal.SIGCONT)
+        alice.wait_for("Reconnected as alice.", timeout=WAIT_S + MAX_DELAY_S)
+        bob.request("send", to="alice", text="you were frozen out")
+        alice.wait_for("bob (to you): you were frozen out")
+        alice.line("3")
+        alice.wait_for("Goodbye!")
+        assert alice.wait_exit() == 0
