@@ -213,9 +213,10 @@ class Session:
         """Say exit and wait for the server's bye, then close. True when the bye came.
 
         Called by the main thread for Exit, Ctrl-C, Ctrl-D and the end of piped input. During a
-        reconnection, the attempt under way may still succeed; if not, one more attempt is
-        made at once, so that the session ends on the server (the others see `left`) rather
-        than staying away until its grace runs out.
+        reconnection, the backoff is cut short and an attempt not yet welcomed is abandoned;
+        one attempt is made at once instead, so that the session ends on the server (the others
+        see `left`) rather than staying away until its grace runs out. What that connection
+        replays before the bye is shown.
         """
         with self._lock:
             ended = self._state is LinkState.ENDED
