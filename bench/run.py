@@ -46,7 +46,10 @@ IDLE_SETUP_S = 150.0  # load 5 registers as many clients as it can in this time
 # at once overflow it and measure SYN retransmissions (1 s, 3 s...), so it gets 8. The core
 # (backlog 1,024) and the gateway get 64: with 8 the core's joined announcements go out one
 # join at a time, with 64 several joins share each send.
-PARALLEL = {"ngircd": 8, "core": 64, "gateway": 64}
+PARALLEL = {"ngircd": 8, "core": 64, "core-memory": 64, "gateway": 64}
+# "core" keeps history in SQLite (the default); "core-memory" runs it with --store memory, so
+# that the pair, in the same run, shows what the durable store costs.
+STORES = {"core": "sqlite", "core-memory": "memory", "gateway": "sqlite"}
 
 NGIRCD_CONF = """\
 [Global]
@@ -188,11 +191,15 @@ def stop(process: subprocess.Popen[bytes], what: str) -> float:
 
 
 @contextlib.contextmanager
-def core_server(max_clients: int, secret: str | None, log: Path) -> Iterator[tuple[int, int]]:
+def core_server(
+    max_clients: int, secret: str | None, log: Path, store: str = "sqlite"
+) -> Iterator[tuple[int, int]]:
     port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="core-data-", dir=log.parent)  # fresh: empty history
     command = [
         sys.executable, "-m", "tcp_server", "--port", str(port), "--rate-limit", "0",
-        "--max-clients", str(max_clients), "--log-level", "WARNING",
+        "--max-clients", str(max_clients), "--log-level", "WARNING", "--store", store,
+        "--data-dir", data_dir,
     ]
     if secret:
         command += ["--gateway-secret", secret]
@@ -203,6 +210,7 @@ def core_server(max_clients: int, secret: str | None, log: Path) -> Iterator[tup
         yield port, process.pid
     finally:
         stop(process, "the core")
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -302,8 +310,10 @@ def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
         if system == "ngircd":
             port, pid = stack.enter_context(ngircd_server(workdir))
             pids, dialect = [pid], "irc"
-        elif system == "core":
-            port, pid = stack.enter_context(core_server(max(1_000, load.clients + 10), None, log))
+        elif system in ("core", "core-memory"):
+            port, pid = stack.enter_context(
+                core_server(max(1_000, load.clients + 10), None, log, STORES[system])
+            )
             pids, dialect = [pid], "v1"
         else:  # the web gateway in front of the core
             secret = secrets.token_hex(16)
@@ -418,8 +428,9 @@ def markdown(report: dict[str, Any]) -> str:
     repeated = ", ".join(f"load {k}" for k in REPEATS)
     for load in [*LOADS, *[Load(f"6/{k}", "", 0) for k in GATEWAY_LOADS]]:
         gateway_key = load.key.split("/")[1] if load.key.startswith("6/") else None
-        systems = [("gateway", gateway_key)] if gateway_key else [("core", load.key),
-                                                                   ("ngircd", load.key)]
+        systems = [("gateway", gateway_key)] if gateway_key else [
+            ("core", load.key), ("core-memory", load.key), ("ngircd", load.key)
+        ]
         for system, key in systems:
             r = results.get(f"{system}/{key}")
             if not r:
@@ -430,11 +441,12 @@ def markdown(report: dict[str, Any]) -> str:
             rate = r.get("delivered_per_s")
             peer_rate = peer.get("delivered_per_s") if peer else None
             peer_p99 = peer.get("latency_ms", {}).get("p99") if peer else None
-            name = {"core": "core", "ngircd": "ngIRCd", "gateway": "gateway (vs core)"}[system]
+            name = {"core": "core", "core-memory": "core, --store memory", "ngircd": "ngIRCd",
+                    "gateway": "gateway (vs core)"}[system]
             register = (f"{r.get('registered', 0):,} in {r.get('register_seconds', 0):.2f} s")
             lines.append(
                 "| " + " | ".join([
-                    load.key if system != "ngircd" else "",
+                    load.key if system == "core" or system == "gateway" else "",
                     name,
                     _fmt(rate),
                     _fmt(r.get("lost")),
@@ -451,7 +463,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"{repeated}: the median of {max(REPEATS.values())} runs by delivered/s "
               "(the systems taking turns); every run is in latest.json."]
     for key in REPEATS:
-        for system in ("core", "ngircd"):
+        for system in ("core", "core-memory", "ngircd"):
             r = results.get(f"{system}/{key}")
             if r and r.get("delivered_per_s_all"):
                 rates = ", ".join(_fmt(x) for x in r["delivered_per_s_all"])
@@ -498,7 +510,8 @@ def raise_open_files_limit() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loads", default="1,2,3,4,5,6", help="comma-separated load numbers")
-    parser.add_argument("--systems", default="core,ngircd", help="core and/or ngircd")
+    parser.add_argument("--systems", default="core,ngircd",
+                        help="core, core-memory (the core with --store memory), ngircd")
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     chosen = set(args.loads.split(","))

@@ -49,6 +49,7 @@ from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, 
 from tcp_server.store import (
     MessageStore,
     NewMessage,
+    PendingMessage,
     SessionRecord,
     StoredMessage,
     StoreError,
@@ -91,6 +92,26 @@ class Outcome:
     # After the replies: stored messages the connection missed, in pages, oldest first.
     replay: Iterable[list[StoredMessage]] = ()
     after_replay: list[Event] = field(default_factory=list)
+    # A send whose message is on its way to the store: answer() gives its replies once
+    # committed. The connection may handle the next sends meanwhile (they share a commit),
+    # and answers them in order before any other reply.
+    pending: PendingSend | None = None
+
+
+class PendingSend:
+    def __init__(self, request: Send, to: str, ts: float, message: PendingMessage) -> None:
+        self._request, self._to, self._ts, self._message = request, to, ts, message
+
+    def answer(self) -> list[Event]:
+        rid = self._request.id
+        try:
+            stored = self._message.wait()
+        except StoreError as error:
+            log.error("storing a message failed: %s", error)
+            return [ProtocolError(
+                ErrorCode.UNAVAILABLE, "the message store failed; try again", rid
+            ).to_event()]
+        return [Sent(to=self._to, ts=self._ts, id=rid, seq=stored.seq)]
 
 
 class Commands:
@@ -324,12 +345,12 @@ class Commands:
                     f"no user named {request.to[:40]!r} is online", request.id,
                 )
             to, recipient_session = found
-        stored = self._store.append(
+        message = self._store.submit(
             NewMessage(ts, sender, record.id, to, recipient_session, request.text)
         )
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s -> %s #%d: %r", sender, to, stored.seq, request.text)
-        return Outcome([Sent(to=to, ts=ts, id=request.id, seq=stored.seq)])
+            log.debug("%s -> %s: %r", sender, to, request.text)
+        return Outcome(pending=PendingSend(request, to, ts, message))
 
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:

@@ -27,6 +27,7 @@ class ServerConfig:
     text_pause: float = 0.1
     gateway_secret: str | None = None
     log_level: str = "INFO"
+    store: str = "sqlite"
     data_dir: str | None = None
     resume_grace: float = 120.0
     history_max_messages: int = 1_000_000
@@ -47,6 +48,8 @@ _HELP: dict[str, str] = {
     "text_pause": "seconds of silence that end a plain-text command sent without a newline",
     "gateway_secret": "shared secret of the trusted web gateway (none: refuse proxy requests)",
     "log_level": "DEBUG, INFO, WARNING or ERROR; message texts are only logged at DEBUG",
+    "store": "sqlite (history and sessions on disk, in data_dir) or memory (forgotten at "
+    "every restart)",
     "data_dir": "directory of the message store (history, sessions, read markers)",
     "resume_grace": "seconds a session whose connection ended without exit stays resumable "
     "(the user is shown away); 0: it ends at once",
@@ -109,9 +112,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+STORES = ("sqlite", "memory")
+
+
 def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
-    args = build_parser(environ).parse_args(argv)
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
     values = {field.name: getattr(args, field.name) for field in fields(ServerConfig)}
+    if values["store"] not in STORES:
+        parser.error(f"--store must be one of {', '.join(STORES)}, not {values['store']!r}")
     if values["gateway_secret"] == "":
         values["gateway_secret"] = None
     return ServerConfig(**values)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from tcp_server.commands import Commands, Session
+from tcp_server.commands import Commands, PendingSend, Session
 from tcp_server.config import ServerConfig
 from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
 from tcp_server.flusher import Flusher
@@ -90,6 +90,7 @@ class Connection:
         # one of them is skipped. Written by the reader before it ends the hold.
         self._replayed_upto = 0
         self._delivered_seq = 0  # the highest seq queued for the client (the deliverers')
+        self._unanswered: list[PendingSend] = []  # sends on their way to the store (reader)
         # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
         # the reader finish the request in hand and set _quiet; close() then queues the bye
         # and sets _released. Between the two, every delivery in flight has reached its
@@ -210,8 +211,16 @@ class Connection:
         """Parse and handle frames in order; False when the connection is to close.
 
         Each frame is parsed only after the one before it was handled: in the plain-text
-        dialect the first line means a name and later ones commands.
+        dialect the first line means a name and later ones commands. Sends among them are
+        answered, in order, by the end (consecutive ones share a commit of the store).
         """
+        try:
+            return self._handle_each(codec, frames)
+        finally:
+            if self._unanswered:
+                self._answer_sends()
+
+    def _handle_each(self, codec: Codec, frames: Sequence[bytes | ProtocolError]) -> bool:
         for frame in frames:
             if self._outbox.closed or self._stop_requested:  # dropped or stopping
                 return False
@@ -250,6 +259,9 @@ class Connection:
                 self._held, self._held_bytes = [], 0
         try:
             outcome = self._commands.handle(self.session, request)
+            if outcome.pending is not None:
+                self._unanswered.append(outcome.pending)
+                return True
             replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
             if replies:
                 self._put(replies)
@@ -270,7 +282,7 @@ class Connection:
                 self._drop(REPLIES_UNREAD)
                 return
             self._put(data)
-            self._replayed_upto = page[-1].seq
+            self._replayed_upto = self._delivered_seq = page[-1].seq
 
     def _release_held(self) -> None:
         with self._held_lock:
@@ -282,7 +294,19 @@ class Connection:
         self._put(self._encoder.encode(event))
 
     def _put(self, data: bytes) -> None:
+        """Queue a reply, after the replies still owed to earlier sends."""
+        if self._unanswered:
+            self._answer_sends()
         if not self._outbox.put(data):
+            self._drop(REPLIES_UNREAD)
+
+    def _answer_sends(self) -> None:
+        """Wait for the sends in hand to be committed and queue their replies, in order."""
+        pending, self._unanswered = self._unanswered, []
+        replies = b"".join(
+            self._encoder.encode(reply) for send in pending for reply in send.answer()
+        )
+        if replies and not self._outbox.put(replies):
             self._drop(REPLIES_UNREAD)
 
     def _finish(self) -> None:

@@ -33,7 +33,7 @@ class Deadlines(Generic[T]):
         self._heap: list[tuple[float, int, T]] = []
         self._order = itertools.count()  # ties: first scheduled, first expired
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name)
 
     def start(self) -> None:
         self._thread.start()

@@ -11,14 +11,16 @@ import socket
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
 from tcp_server.connection import Connection, run_connection
 from tcp_server.flusher import Flusher
+from tcp_server.memory_store import MemoryStore
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
 from tcp_server.registry import LocalRoom, Room
-from tcp_server.store import Retention, SqliteStore
+from tcp_server.store import DB_FILE, MessageStore, Retention, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,9 @@ class ChatServer:
         self._config = config
         self.room: Room = room if room is not None else LocalRoom()
         self._listener = _listen(config.host, config.port)
-        # No data_dir (tests, embedding): a private store that goes with the server.
-        self._scratch = None if config.data_dir else tempfile.TemporaryDirectory(
-            prefix="chatroom-"
-        )
-        data_dir = config.data_dir or self._scratch.name  # type: ignore[union-attr]
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         try:
-            self.store = SqliteStore(
-                data_dir,
-                on_commit=self.room.publish,
-                retention=Retention(config.history_max_messages, config.history_max_days),
-            )
+            self.store = self._open_store(config)
         except BaseException:
             self._listener.close()
             raise
@@ -66,6 +60,16 @@ class ChatServer:
         self._flusher = Flusher()
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+
+    def _open_store(self, config: ServerConfig) -> MessageStore:
+        retention = Retention(config.history_max_messages, config.history_max_days)
+        if config.store == "memory":
+            return MemoryStore(on_commit=self.room.publish, retention=retention)
+        if not config.data_dir:  # tests, embedding: a private store that goes with the server
+            self._scratch = tempfile.TemporaryDirectory(prefix="chatroom-")
+        data_dir = config.data_dir or self._scratch.name  # type: ignore[union-attr]
+        log.info("message store: %s", Path(data_dir).resolve() / DB_FILE)
+        return SqliteStore(data_dir, on_commit=self.room.publish, retention=retention)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -89,6 +89,11 @@ class Retention:
     max_days: float = 365.0  # 0: no limit
 
 
+class PendingMessage(Protocol):
+    def wait(self) -> StoredMessage:
+        """Block until the message is committed and delivered; raises StoreError."""
+
+
 class MessageStore(Protocol):
     """Messages, sessions and read markers. Thread-safe; every method may block briefly."""
 
@@ -100,6 +105,10 @@ class MessageStore(Protocol):
 
     def append(self, message: NewMessage) -> StoredMessage:
         """Store a message under the next seq; returns once it is committed and delivered."""
+
+    def submit(self, message: NewMessage) -> PendingMessage:
+        """append() in two steps: queue the message now, wait() for it later (so one
+        connection's consecutive sends share a commit)."""
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
@@ -427,17 +436,23 @@ class SqliteStore:
 
     # --- writing (each method queues a job for the writer thread and waits for it) -------------
 
-    def _submit(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> Any:
+    def _queue(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> _Job:
         job = _Job(action)
         with self._lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
             self._jobs.put(job)
-        return job.wait()
+        return job
+
+    def _submit(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> Any:
+        return self._queue(action).wait()
 
     def append(self, message: NewMessage) -> StoredMessage:
         result: StoredMessage = self._submit(message)
         return result
+
+    def submit(self, message: NewMessage) -> PendingMessage:
+        return self._queue(message)
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
@@ -496,19 +511,23 @@ class SqliteStore:
                     {"s": session, "k": key, "seq": seq},
                 ).fetchone()
             upto = int(row[0] or 0)
-            if upto == 0:
-                return 0
-            db.execute(
-                """INSERT INTO read_markers (session_id, conversation, seq) VALUES (?, ?, ?)
-                   ON CONFLICT (session_id, conversation)
-                   DO UPDATE SET seq = max(seq, excluded.seq)""",
-                (session, key, upto),
-            )
-            (now,) = db.execute(
+            if with_ == EVERYONE:  # its marker starts at the session's start, never below
+                start = db.execute(
+                    "SELECT start_seq FROM sessions WHERE id = ?", (session,)
+                ).fetchone()
+                upto = max(upto, int(start[0]) if start else 0)
+            if upto:  # a conversation without messages (up to seq) gets no marker
+                db.execute(
+                    """INSERT INTO read_markers (session_id, conversation, seq) VALUES (?, ?, ?)
+                       ON CONFLICT (session_id, conversation)
+                       DO UPDATE SET seq = max(seq, excluded.seq)""",
+                    (session, key, upto),
+                )
+            now = db.execute(
                 "SELECT seq FROM read_markers WHERE session_id = ? AND conversation = ?",
                 (session, key),
             ).fetchone()
-            return int(now)
+            return int(now[0]) if now else 0
 
         marker: int = self._submit(action)
         return marker
@@ -568,8 +587,8 @@ class SqliteStore:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)",
                            (seq,))
             db.execute("COMMIT")
-        except (sqlite3.Error, ValueError) as error:
-            log.error("store: commit of %d changes failed: %s", len(batch), error)
+        except Exception as error:  # noqa: BLE001 - any failure fails this batch, not the store
+            log.error("store: commit of %d changes failed: %r", len(batch), error)
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             for job in batch:

@@ -1,11 +1,29 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from tcp_server.server import ChatServer
 from tests.support.core import running_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_home() -> Iterator[str]:
+    """Every core a test starts without --data-dir (a process started as the README or a unit
+    file does) keeps its store under a directory of this test session, never the user's."""
+    with tempfile.TemporaryDirectory(prefix="chatroom-tests-") as data_home:
+        previous = os.environ.get("XDG_DATA_HOME")
+        os.environ["XDG_DATA_HOME"] = data_home
+        try:
+            yield data_home
+        finally:
+            if previous is None:
+                del os.environ["XDG_DATA_HOME"]
+            else:
+                os.environ["XDG_DATA_HOME"] = previous
 
 
 @pytest.fixture

@@ -40,7 +40,9 @@ def test_list_shows_everyone_sorted_with_address_and_via(address: Address) -> No
         assert reply["type"] == "users"
         assert [u["name"] for u in reply["users"]] == ["Alice", "bob"]
         ip, port = bob.sock.getsockname()[:2]
-        assert reply["users"][1] == {"name": "bob", "ip": ip, "port": port, "via": "tcp"}
+        assert reply["users"][1] == {
+            "name": "bob", "ip": ip, "port": port, "via": "tcp", "status": "online"
+        }
 
 
 def test_direct_message_is_acknowledged_and_delivered(address: Address) -> None:
@@ -255,7 +257,8 @@ def test_proxy_with_the_right_secret_lists_the_browser_address_via_web() -> None
         web.send(type="hello", name="browser")
         web.expect("welcome", name="browser", ip="203.0.113.7", port=51000)
         assert web.request("list")["users"] == [
-            {"name": "browser", "ip": "203.0.113.7", "port": 51000, "via": "web"}
+            {"name": "browser", "ip": "203.0.113.7", "port": 51000, "via": "web",
+             "status": "online"}
         ]
 
 
@@ -340,15 +343,15 @@ def test_client_that_never_reads_is_dropped_and_the_others_chat_on() -> None:
             for number in range(5000):
                 alice.send(type="send", to="*", text=f"{number} {text}")
                 while (obj := bob.recv())["type"] != "message":
-                    assert obj == {"type": "left", "name": "sleeper"}
+                    assert obj == {"type": "away", "name": "sleeper"}
                 assert obj["text"].startswith(f"{number} ")
-                if number % 100 == 99 and "sleeper" not in bob.users():
+                if number % 100 == 99 and statuses(bob)["sleeper"] == "away":
                     break
             else:
                 raise AssertionError("the sleeper was never dropped")
             bob.send(type="send", to="alice", text="still here")
             while (obj := alice.recv())["type"] != "message" or obj["from"] != "bob":
-                assert obj["type"] in ("sent", "joined", "left")
+                assert obj["type"] in ("sent", "joined", "away")
             assert obj["text"] == "still here"
 
 
@@ -365,13 +368,39 @@ def test_hello_deadline_does_not_apply_once_registered() -> None:
         assert client.request("ping")["type"] == "pong"
 
 
-def test_abrupt_disconnect_tells_the_others(address: Address) -> None:
+def statuses(client: RawClient) -> dict[str, str]:
+    return {u["name"]: u["status"] for u in client.request("list")["users"]}
+
+
+def test_abrupt_disconnect_makes_the_user_away_for_the_others(address: Address) -> None:
     with registered(address, "alice") as alice:
         bob = registered(address, "bob")
         bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         bob.close()  # RST, no exit
         alice.expect("joined", name="bob")
+        alice.expect("away", name="bob")
+        assert statuses(alice) == {"alice": "online", "bob": "away"}
+        with RawClient(address) as impostor:
+            assert impostor.request("hello", name="BOB")["code"] == "name_taken"
+
+
+def test_abrupt_disconnect_without_grace_tells_the_others_left() -> None:
+    with running_server(resume_grace=0) as server, registered(server.address, "alice") as alice:
+        bob = registered(server.address, "bob")
+        bob.close()
+        alice.expect("joined", name="bob")
         alice.expect("left", name="bob")
+        assert alice.users() == ["alice"]
+
+
+def test_an_away_user_leaves_when_the_grace_ends() -> None:
+    with running_server(resume_grace=0.5) as server, registered(server.address, "alice") as alice:
+        bob = registered(server.address, "bob")
+        bob.close()
+        alice.expect("joined", name="bob")
+        alice.expect("away", name="bob")
+        alice.expect("left", name="bob")
+        assert alice.users() == ["alice"]
 
 
 def test_shutdown_says_bye_with_a_reason_to_every_client() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -48,6 +49,7 @@ from tcp_server.protocol import (
     parse_request,
 )
 from tcp_server.registry import LocalRoom
+from tcp_server.store import SqliteStore
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -386,7 +388,17 @@ def test_any_requests_from_several_sessions_get_replies_that_can_be_sent(
 ) -> None:
     """Whatever the clients send, the rules answer with events that encode to one wire line."""
     room = LocalRoom()
-    commands = Commands(room, gateway_secret=secret, clock=lambda: 1_795_610_750.351)
+    with tempfile.TemporaryDirectory(prefix="chatroom-fuzz-") as data_dir:
+        store = SqliteStore(data_dir, on_commit=room.publish)
+        try:
+            commands = Commands(room, store, gateway_secret=secret, resume_grace=0,
+                                clock=lambda: 1_795_610_750.351)
+            run_sessions(commands, room, lines)
+        finally:
+            store.close()
+
+
+def run_sessions(commands: Commands, room: LocalRoom, lines: list[tuple[int, bytes]]) -> None:
     delivered: list[bytes] = []
     sessions = [
         Session(ip="127.0.0.1", port=50_000 + i,
@@ -401,13 +413,14 @@ def test_any_requests_from_several_sessions_get_replies_that_can_be_sent(
             elif item is None or isinstance(item, bytes):
                 continue
             else:
-                replies = commands.handle(sessions[index], item).replies
+                outcome = commands.handle(sessions[index], item)
+                replies = outcome.replies + (outcome.pending.answer() if outcome.pending else [])
             for reply in replies:
                 wire = encode_event(reply)
                 assert wire.count(b"\n") == 1
                 parse_event(wire.rstrip(b"\n"))
     for session in sessions:
-        commands.leave(session)
+        commands.disconnect(session, 0)
     assert len(room) == 0
     for wire in delivered:
         parse_event(wire.rstrip(b"\n"))

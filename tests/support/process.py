@@ -8,6 +8,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,12 @@ class CoreProcess:
     blocks on a full pipe; `log_lines` keeps what it said."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        # A store of its own, removed with the process, unless the test gives one.
+        self._data_dir = None if "--data-dir" in args else tempfile.TemporaryDirectory(
+            prefix="chatroom-core-"
+        )
+        if self._data_dir is not None:
+            args = ("--data-dir", self._data_dir.name, *args)
         proc = subprocess.Popen(
             # INFO at least: the address is read from the "listening on" line.
             [sys.executable, "-m", "tcp_server", "--port", "0", *args, "--log-level", "INFO"],
@@ -38,6 +45,7 @@ class CoreProcess:
     def attach(cls, proc: subprocess.Popen[str]) -> CoreProcess:
         """Wrap a core started some other way (stderr piped, as text, logging at INFO)."""
         core = cls.__new__(cls)
+        core._data_dir = None
         core._attach(proc)
         return core
 
@@ -77,6 +85,8 @@ class CoreProcess:
         self._drain.join(WAIT_S)
         if self.proc.stderr:
             self.proc.stderr.close()
+        if self._data_dir is not None:
+            self._data_dir.cleanup()
 
 
 @contextlib.contextmanager

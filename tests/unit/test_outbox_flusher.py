@@ -126,3 +126,21 @@ def test_flusher_keeps_no_reference_to_an_outbox_it_has_flushed() -> None:
         assert gone() is None  # a flushed outbox (and its connection) can be freed at once
     finally:
         flusher.stop(timeout=5.0)
+
+
+def test_flush_wakes_a_waiter_for_room() -> None:
+    flusher, sock = ManualFlusher(), FakeSocket()
+    outbox = Outbox(100, try_send=sock.send, schedule=flusher.schedule)
+    outbox.put(b"x" * 80)
+    got: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(outbox.wait_for_room(30, budget=100, timeout=10)),
+        name="wait-for-room",
+    )
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive()  # no room yet: it waits
+    assert outbox.flush() is False
+    waiter.join(5)
+    assert got == [True]
+    assert sock.written == b"x" * 80

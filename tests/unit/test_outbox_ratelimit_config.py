@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import threading
+import time
+from dataclasses import replace
 
 import pytest
 
@@ -67,8 +70,18 @@ def test_token_bucket_with_rate_zero_is_unlimited() -> None:
 
 
 def test_config_defaults() -> None:
-    assert config_from_args([], {}) == ServerConfig()
+    # Only the data directory's default depends on the environment (XDG_DATA_HOME).
+    config = config_from_args([], {"XDG_DATA_HOME": "/srv/data"})
+    assert config == replace(ServerConfig(), data_dir=os.path.join("/srv/data", "chatroom"))
     assert ServerConfig().port == 9000
+    assert ServerConfig().resume_grace == 120.0
+
+
+def test_config_data_dir_defaults_to_the_users_data_directory() -> None:
+    expected = os.path.join(os.path.expanduser("~"), ".local", "share", "chatroom")
+    assert config_from_args([], {}).data_dir == expected
+    assert config_from_args(["--data-dir", "/tmp/x"], {}).data_dir == "/tmp/x"
+    assert config_from_args([], {"CHAT_DATA_DIR": "/tmp/y"}).data_dir == "/tmp/y"
 
 
 def test_config_flag_beats_environment_which_beats_default() -> None:
@@ -88,19 +101,61 @@ def test_config_rejects_negative_limits() -> None:
         config_from_args(["--max-clients", "-1"], {})
 
 
-def test_outbox_release_puts_the_first_bytes_before_what_was_held() -> None:
+def test_wait_for_room_returns_at_once_when_there_is_room() -> None:
     outbox = Outbox(max_bytes=100)
-    outbox.hold()
-    assert outbox.put(b"joined ")
-    assert outbox.put(b"message ")
-    assert outbox.release(first=b"welcome ")
-    assert outbox.take() == b"welcome joined message "
+    assert outbox.wait_for_room(50, budget=50, timeout=0)
+    outbox.put(b"x" * 20)
+    assert outbox.wait_for_room(30, budget=50, timeout=0)
+    assert not outbox.wait_for_room(31, budget=50, timeout=0)
 
 
-def test_outbox_hold_counts_held_bytes_against_the_budget() -> None:
-    outbox = Outbox(max_bytes=10)
-    outbox.hold()
-    assert outbox.put(b"x" * 8)
-    assert not outbox.put(b"yyy")
-    assert outbox.release(first=b"ab")
-    assert outbox.take() == b"ab" + b"x" * 8
+def test_wait_for_room_for_more_than_the_budget_returns_once_nothing_is_queued() -> None:
+    outbox = Outbox(max_bytes=100)
+    assert outbox.wait_for_room(500, budget=50, timeout=0)
+
+
+def test_wait_for_room_waits_until_take_drains_the_outbox() -> None:
+    outbox = Outbox(max_bytes=100)
+    outbox.put(b"x" * 80)
+    got: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(outbox.wait_for_room(30, budget=100, timeout=10)),
+        name="wait-for-room",
+    )
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive()  # no room yet: it waits
+    assert outbox.take() == b"x" * 80
+    waiter.join(5)
+    assert got == [True]
+
+
+def test_wait_for_room_is_false_on_timeout() -> None:
+    outbox = Outbox(max_bytes=100)
+    outbox.put(b"x" * 80)
+    start = time.monotonic()
+    assert not outbox.wait_for_room(30, budget=100, timeout=0.05)
+    assert time.monotonic() - start >= 0.04
+    assert outbox.take() == b"x" * 80  # nothing was lost meanwhile
+
+
+def test_wait_for_room_is_false_after_close() -> None:
+    outbox = Outbox(max_bytes=100)
+    outbox.close()
+    assert not outbox.wait_for_room(1, budget=100, timeout=5)
+
+
+def test_close_wakes_a_waiter_for_room_with_false() -> None:
+    outbox = Outbox(max_bytes=100)
+    outbox.put(b"x" * 80)
+    got: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(outbox.wait_for_room(30, budget=100, timeout=10)),
+        name="wait-for-room",
+    )
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive()
+    outbox.close(b"bye")
+    waiter.join(5)
+    assert got == [False]

@@ -5,22 +5,42 @@ import json
 import pytest
 
 from tcp_server.protocol import (
+    AWAY,
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_SEARCH_LIMIT,
+    MAX_HISTORY_LIMIT,
     MAX_LINE_BYTES,
+    MAX_QUERY_CHARS,
+    MAX_SEARCH_LIMIT,
+    MAX_SEQ,
+    MAX_TOKEN_CHARS,
+    Away,
+    Back,
     Bye,
+    Conversation,
+    Conversations,
     Error,
     ErrorCode,
+    Event,
     Exit,
     Hello,
+    History,
+    HistoryPage,
     Joined,
     JsonLinesCodec,
     Left,
     LineBuffer,
+    ListConversations,
     ListUsers,
+    MarkRead,
     Message,
     Ping,
     Pong,
     ProtocolError,
     Proxy,
+    ReadMarker,
+    Results,
+    Search,
     Send,
     Sent,
     UserInfo,
@@ -28,6 +48,7 @@ from tcp_server.protocol import (
     Welcome,
     encode_event,
     encode_request,
+    event_to_wire,
     parse_event,
     parse_request,
 )
@@ -111,6 +132,34 @@ def test_line_buffer_does_not_keep_an_over_long_line_in_memory() -> None:
             b'{"type":"proxy","secret":"s","ip":"::1","port":5}',
             Proxy(secret="s", ip="::1", port=5),
         ),
+        (
+            b'{"type":"hello","name":"alice","resume":"m2V","after":57}',
+            Hello(name="alice", resume="m2V", after=57),
+        ),
+        (
+            b'{"type":"hello","name":"alice","resume":"m2V","after":0,"id":2}',
+            Hello(name="alice", id=2, resume="m2V", after=0),
+        ),
+        (b'{"type":"hello","name":"a","resume":null,"after":null}', Hello(name="a")),
+        (b'{"type":"history","with":"*"}', History(with_="*", limit=DEFAULT_HISTORY_LIMIT)),
+        (
+            b'{"type":"history","with":"Bob","before":120,"limit":1,"id":7}',
+            History(with_="Bob", before=120, limit=1, id=7),
+        ),
+        (
+            b'{"type":"history","with":"*","before":0,"limit":200}',
+            History(with_="*", before=0, limit=MAX_HISTORY_LIMIT),
+        ),
+        (b'{"type":"history","with":"*","before":null}', History(with_="*")),
+        (
+            b'{"type":"search","q":"lunch friday","id":8}',
+            Search(q="lunch friday", limit=DEFAULT_SEARCH_LIMIT, id=8),
+        ),
+        (b'{"type":"search","q":" x ","limit":1}', Search(q=" x ", limit=1)),
+        (b'{"type":"search","q":"\\"*\\" NEAR -","limit":100}', Search(q='"*" NEAR -', limit=100)),
+        (b'{"type":"read","with":"bob","seq":58,"id":9}', MarkRead(with_="bob", seq=58, id=9)),
+        (b'{"type":"read","with":"*","seq":0}', MarkRead(with_="*", seq=0)),
+        (b'{"type":"conversations","id":10}', ListConversations(id=10)),
     ],
 )
 def test_parse_request(line: bytes, expected: object) -> None:
@@ -145,6 +194,50 @@ def test_parse_request(line: bytes, expected: object) -> None:
         (b'{"type":"ping","id":"' + b"i" * 65 + b'"}', ErrorCode.BAD_REQUEST),
         (b'{"type":"proxy","secret":"s","ip":"nope","port":1}', ErrorCode.BAD_REQUEST),
         (b'{"type":"proxy","secret":"s","ip":"1.2.3.4","port":70000}', ErrorCode.BAD_REQUEST),
+        # hello with resume: the token and the last seen seq come together
+        (b'{"type":"hello","name":"a","resume":"t"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","after":3}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"t","after":null}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":5,"after":3}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"t","after":-1}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"t","after":"3"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"t","after":true}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"t","after":1.5}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"t","after":' + str(MAX_SEQ + 1).encode() + b"}",
+         ErrorCode.BAD_REQUEST),
+        (b'{"type":"hello","name":"a","resume":"' + b"t" * (MAX_TOKEN_CHARS + 1)
+         + b'","after":0}', ErrorCode.SESSION_EXPIRED),
+        (b'{"type":"hello","name":"a b","resume":"t","after":0}', ErrorCode.BAD_NAME),
+        # history
+        (b'{"type":"history"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":""}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"a b"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"**"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"' + b"a" * 33 + b'"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":5}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"*","limit":0}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"*","limit":201}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"*","limit":"5"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"*","limit":true}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"*","before":-1}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"history","with":"*","before":1.0}', ErrorCode.BAD_REQUEST),
+        # search
+        (b'{"type":"search"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":""}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":"   "}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":" \\t\\n "}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":"' + b"q" * (MAX_QUERY_CHARS + 1) + b'"}',
+         ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":"\\ud800"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":["a"]}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":"a","limit":0}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"search","q":"a","limit":101}', ErrorCode.BAD_REQUEST),
+        # read
+        (b'{"type":"read","with":"bob"}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"read","seq":1}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"read","with":"bob","seq":-1}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"read","with":"bob","seq":null}', ErrorCode.BAD_REQUEST),
+        (b'{"type":"read","with":"b o b","seq":1}', ErrorCode.BAD_REQUEST),
     ],
 )
 def test_parse_request_errors(line: bytes, code: ErrorCode) -> None:
@@ -170,10 +263,47 @@ def test_proxy_repr_hides_the_secret() -> None:
     assert "hunter2" not in repr(Proxy(secret="hunter2", ip="1.2.3.4", port=1))
 
 
+def test_hello_and_welcome_reprs_hide_the_session_token() -> None:
+    assert "m2Vsecret" not in repr(Hello("alice", resume="m2Vsecret", after=3))
+    assert "m2Vsecret" not in repr(Welcome("alice", "::1", 1, session="m2Vsecret"))
+
+
+@pytest.mark.parametrize("limit", [1, MAX_HISTORY_LIMIT])
+def test_history_limit_at_its_bounds_is_accepted(limit: int) -> None:
+    line = json.dumps({"type": "history", "with": "*", "limit": limit}).encode()
+    assert parse_request(line) == History(with_="*", limit=limit)
+
+
+@pytest.mark.parametrize("limit", [1, MAX_SEARCH_LIMIT])
+def test_search_limit_at_its_bounds_is_accepted(limit: int) -> None:
+    line = json.dumps({"type": "search", "q": "x", "limit": limit}).encode()
+    assert parse_request(line) == Search(q="x", limit=limit)
+
+
+def test_search_text_of_exactly_the_limit_is_accepted() -> None:
+    q = "é" * MAX_QUERY_CHARS
+    assert parse_request(json.dumps({"type": "search", "q": q}).encode()) == Search(q=q)
+
+
+def test_resume_token_of_exactly_the_limit_is_parsed() -> None:
+    token = "t" * MAX_TOKEN_CHARS
+    line = json.dumps({"type": "hello", "name": "a", "resume": token, "after": MAX_SEQ})
+    assert parse_request(line.encode()) == Hello("a", resume=token, after=MAX_SEQ)
+
+
+def test_new_request_errors_carry_the_request_id() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_request(b'{"type":"history","with":"*","limit":0,"id":"h1"}')
+    assert caught.value.request_id == "h1"
+
+
 @pytest.mark.parametrize(
     "request_",
     [Hello("x", id=1), ListUsers(), Send("*", "a\nb é", id="z"), Exit(), Ping(id=0),
-     Proxy("s", "10.0.0.1", 4)],
+     Proxy("s", "10.0.0.1", 4), Hello("x", resume="tok", after=0),
+     Hello("x", id="h", resume="tok", after=99), History("*"), History("bob", 5, 1, id=3),
+     Search("a \"b\" *"), Search("q", 100, id="s"), MarkRead("*", 7), MarkRead("bob", 0, id=1),
+     ListConversations(), ListConversations(id=4)],
 )
 def test_requests_round_trip(request_: object) -> None:
     encoded = encode_request(request_)  # type: ignore[arg-type]
@@ -185,31 +315,131 @@ def test_requests_round_trip(request_: object) -> None:
 # --- events ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "event",
-    [
-        Welcome("alice", "127.0.0.1", 5, id=1),
-        Users((UserInfo("a", "::1", 1, "tcp"), UserInfo("b", "1.2.3.4", 2, "web")), id="l"),
-        Sent("bob", 1795610750.351),
-        Pong(),
-        Bye(),
-        Bye(reason="server shutting down", id=3),
-        Error("bad_text", "too long", id=9),
-        Message("alice", "*", "multi\nline 😀 <b>", 1795610750.5),
-        Joined("carol"),
-        Left("dave"),
-    ],
-)
-def test_events_round_trip_as_one_line(event: object) -> None:
-    encoded = encode_event(event)  # type: ignore[arg-type]
+EVENTS: list[Event] = [
+    Welcome("alice", "127.0.0.1", 5, id=1),
+    Welcome("alice", "::1", 5, session="m2V", seq=40),
+    Welcome("alice", "::1", 5, id="r", session="m2V", seq=63, resumed=True, truncated=True),
+    Users((UserInfo("a", "::1", 1, "tcp"), UserInfo("b", "1.2.3.4", 2, "web")), id="l"),
+    Users((UserInfo("a", "::1", 1, "tcp", AWAY),)),
+    Sent("bob", 1795610750.351),
+    Sent("*", 2.5, id=4, seq=41),
+    Pong(),
+    Bye(),
+    Bye(reason="server shutting down", id=3),
+    Error("bad_text", "too long", id=9),
+    Message("alice", "*", "multi\nline 😀 <b>", 1795610750.5),
+    Message("bob", "alice", "are you there?", 1795610790.1, seq=58),
+    Joined("carol"),
+    Left("dave"),
+    Away("erin"),
+    Back("erin"),
+    HistoryPage("*", (), more=False),
+    HistoryPage(
+        "bob",
+        (Message("alice", "bob", "a", 1.5, 3), Message("bob", "alice", "b\n😀", 2.0, 9)),
+        more=True,
+        id=7,
+    ),
+    Results("lunch friday", (Message("bob", "*", "lunch friday?", 3.0, 61),), id="s"),
+    Results('"*"', ()),
+    ReadMarker("bob", 58, id=9),
+    ReadMarker("*", 0),
+    Conversations((Conversation("*", 63, 61, 2), Conversation("bob", 58, 58, 0)), id=10),
+    Conversations((Conversation("*", 0, 0, 0),)),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_events_round_trip_as_one_line(event: Event) -> None:
+    encoded = encode_event(event)
     assert encoded.endswith(b"\n")
     assert encoded.count(b"\n") == 1
     assert parse_event(encoded[:-1]) == event
 
 
-def test_message_event_uses_from_on_the_wire_and_raw_utf8() -> None:
-    encoded = encode_event(Message("alice", "bob", "é", 1.0))
-    assert encoded == '{"type":"message","from":"alice","to":"bob","text":"é","ts":1.0}\n'.encode()
+@pytest.mark.parametrize("event", EVENTS)
+def test_events_round_trip_through_event_to_wire(event: Event) -> None:
+    assert parse_event(json.dumps(event_to_wire(event)).encode()) == event
+
+
+def test_message_event_uses_from_on_the_wire_and_raw_utf8_with_its_seq() -> None:
+    encoded = encode_event(Message("alice", "bob", "é", 1.0, seq=42))
+    assert encoded == (
+        '{"type":"message","from":"alice","to":"bob","text":"é","ts":1.0,"seq":42}\n'.encode()
+    )
+
+
+def test_sent_event_carries_the_seq() -> None:
+    assert encode_event(Sent("bob", 1795610750.351, seq=41)) == (
+        b'{"type":"sent","to":"bob","ts":1795610750.351,"seq":41}\n'
+    )
+
+
+def test_welcome_on_the_wire() -> None:
+    welcome = Welcome("alice", "127.0.0.1", 55834, id=1, session="m2V", seq=40)
+    assert encode_event(welcome) == (
+        b'{"type":"welcome","name":"alice","ip":"127.0.0.1","port":55834,"session":"m2V",'
+        b'"seq":40,"resumed":false,"id":1}\n'
+    )
+
+
+def test_welcome_of_a_resume_says_truncated_only_when_it_is() -> None:
+    resumed = Welcome("alice", "::1", 5, session="m2V", seq=63, resumed=True)
+    assert event_to_wire(resumed)["resumed"] is True
+    assert "truncated" not in event_to_wire(resumed)
+    truncated = Welcome("alice", "::1", 5, session="m2V", seq=63, resumed=True, truncated=True)
+    assert event_to_wire(truncated)["truncated"] is True
+
+
+def test_users_on_the_wire_carry_each_status() -> None:
+    users = Users((UserInfo("a", "::1", 1, "tcp"), UserInfo("b", "1.2.3.4", 2, "web", AWAY)))
+    assert encode_event(users) == (
+        b'{"type":"users","users":[{"name":"a","ip":"::1","port":1,"via":"tcp","status":"online"},'
+        b'{"name":"b","ip":"1.2.3.4","port":2,"via":"web","status":"away"}]}\n'
+    )
+
+
+def test_away_and_back_on_the_wire() -> None:
+    assert encode_event(Away("bob")) == b'{"type":"away","name":"bob"}\n'
+    assert encode_event(Back("bob")) == b'{"type":"back","name":"bob"}\n'
+
+
+def test_history_reply_on_the_wire_holds_complete_messages_oldest_first() -> None:
+    page = HistoryPage(
+        "*", (Message("bob", "*", "a", 1.0, 70), Message("carol", "*", "b", 2.0, 71)), True, id=7
+    )
+    assert json.loads(encode_event(page)) == {
+        "type": "history", "with": "*", "more": True, "id": 7,
+        "messages": [
+            {"type": "message", "from": "bob", "to": "*", "text": "a", "ts": 1.0, "seq": 70},
+            {"type": "message", "from": "carol", "to": "*", "text": "b", "ts": 2.0, "seq": 71},
+        ],
+    }
+
+
+def test_results_read_and_conversations_on_the_wire() -> None:
+    assert json.loads(encode_event(Results("lunch", (), id=8))) == {
+        "type": "results", "q": "lunch", "messages": [], "id": 8,
+    }
+    assert encode_event(ReadMarker("bob", 58, id=9)) == (
+        b'{"type":"read","with":"bob","seq":58,"id":9}\n'
+    )
+    listed = Conversations((Conversation("*", 63, 61, 2), Conversation("bob", 58, 58, 0)), id=10)
+    assert encode_event(listed) == (
+        b'{"type":"conversations","conversations":[{"with":"*","last":63,"read":61,"unread":2},'
+        b'{"with":"bob","last":58,"read":58,"unread":0}],"id":10}\n'
+    )
+
+
+def test_events_from_a_server_without_the_new_fields_parse_with_defaults() -> None:
+    assert parse_event(b'{"type":"message","from":"a","to":"*","text":"t","ts":1}') == (
+        Message("a", "*", "t", 1.0, seq=0)
+    )
+    assert parse_event(b'{"type":"users","users":[{"name":"a","ip":"::1","port":1,"via":"tcp"}]}'
+                       ) == Users((UserInfo("a", "::1", 1, "tcp"),))
+    assert parse_event(b'{"type":"welcome","name":"a","ip":"::1","port":1}') == (
+        Welcome("a", "::1", 1)
+    )
 
 
 def test_bye_without_reason_has_no_reason_field() -> None:

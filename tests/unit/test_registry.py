@@ -1,18 +1,75 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from tcp_server.protocol import Event, Joined, Left, Message, UserInfo, encode_event
-from tcp_server.registry import Envelope, LocalRoom, Member, NameTakenError
+from tcp_server.protocol import (
+    AWAY,
+    ONLINE,
+    Away,
+    Back,
+    Event,
+    Joined,
+    Left,
+    Message,
+    UserInfo,
+    encode_event,
+)
+from tcp_server.registry import Envelope, LocalRoom, Member, NameTakenError, NotHeldError
+from tcp_server.store import StoredMessage
+
+_sessions = itertools.count(1)
 
 
 class Inbox:
-    def __init__(self, name: str) -> None:
+    """One connection as the room sees it: what it was delivered, and whether it was closed."""
+
+    def __init__(self, name: str, session: int | None = None, port: int = 1000) -> None:
         self.events: list[Event] = []
-        self.member = Member(UserInfo(name, "127.0.0.1", 1000, "tcp"), self.deliver)
+        self.seqs: list[int] = []  # the envelope seqs of the messages among them
+        self.closed: list[str] = []
+        self.session = next(_sessions) if session is None else session
+        self.member = Member(
+            UserInfo(name, "127.0.0.1", port, "tcp"), self.session, self.deliver, self.closed.append
+        )
 
     def deliver(self, envelope: Envelope) -> None:
         self.events.append(envelope.event)
+        if isinstance(envelope.event, Message):
+            self.seqs.append(envelope.seq)
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.seqs.clear()
+
+    def reconnect(self, port: int = 2000) -> Inbox:
+        """A new connection of the same session (what resume hands the room)."""
+        return Inbox(self.member.info.name, self.session, port)
+
+
+def stored(seq: int, sender: Inbox, to: Inbox | None, text: str = "hi") -> StoredMessage:
+    return StoredMessage(
+        seq=seq,
+        ts=float(seq),
+        sender=sender.member.info.name,
+        sender_session=sender.session,
+        to="*" if to is None else to.member.info.name,
+        recipient_session=None if to is None else to.session,
+        text=text,
+    )
+
+
+def joined(room: LocalRoom, *names: str) -> list[Inbox]:
+    inboxes = [Inbox(name) for name in names]
+    for inbox in inboxes:
+        room.join(inbox.member)
+    for inbox in inboxes:
+        inbox.clear()
+    return inboxes
+
+
+# --- join, names, users ----------------------------------------------------------------------
 
 
 def test_join_tells_the_others_but_not_the_newcomer() -> None:
@@ -28,6 +85,8 @@ def test_names_collide_case_insensitively() -> None:
     room.join(Inbox("Alice").member)
     with pytest.raises(NameTakenError):
         room.join(Inbox("aLICE").member)
+    assert room.is_taken("ALICE")
+    assert not room.is_taken("bob")
 
 
 def test_users_are_sorted_by_name_case_insensitively() -> None:
@@ -35,38 +94,144 @@ def test_users_are_sorted_by_name_case_insensitively() -> None:
     for name in ["carol", "Bob", "alice"]:
         room.join(Inbox(name).member)
     assert [u.name for u in room.users()] == ["alice", "Bob", "carol"]
+    assert {u.status for u in room.users()} == {ONLINE}
 
 
-def test_direct_message_reaches_the_recipient_under_its_registered_name() -> None:
-    room, alice, bob = LocalRoom(), Inbox("alice"), Inbox("Bob")
-    room.join(alice.member)
-    room.join(bob.member)
-    assert room.send("alice", "BOB", "hi", 1.5) == "Bob"
-    assert bob.events == [Message("alice", "Bob", "hi", 1.5)]
+# --- away, resume, expire --------------------------------------------------------------------
 
 
-def test_message_to_everyone_skips_the_sender() -> None:
-    room, alice, bob, carol = LocalRoom(), Inbox("alice"), Inbox("bob"), Inbox("carol")
-    for inbox in (alice, bob, carol):
-        room.join(inbox.member)
-    assert room.send("alice", "*", "hey", 2.0) == "*"
-    assert Message("alice", "*", "hey", 2.0) in bob.events
-    assert Message("alice", "*", "hey", 2.0) in carol.events
-    assert all(not isinstance(e, Message) for e in alice.events)
-
-
-def test_message_to_nobody_online_returns_none() -> None:
+def test_away_keeps_the_name_reserved_and_tells_the_others() -> None:
     room = LocalRoom()
-    room.join(Inbox("alice").member)
-    assert room.send("alice", "ghost", "hi", 1.0) is None
+    alice, bob = joined(room, "alice", "bob")
+    away = room.away(bob.member)
+    assert away is not None
+    assert away.session == bob.session
+    assert alice.events == [Away("bob")]
+    assert bob.events == []
+    assert room.is_taken("BOB")
+    with pytest.raises(NameTakenError):
+        room.join(Inbox("Bob").member)
+
+
+def test_users_lists_an_away_member_as_away_with_its_last_address() -> None:
+    room = LocalRoom()
+    _, bob = joined(room, "alice", "bob")
+    room.away(bob.member)
+    assert room.users() == (
+        UserInfo("alice", "127.0.0.1", 1000, "tcp", ONLINE),
+        UserInfo("bob", "127.0.0.1", 1000, "tcp", AWAY),
+    )
+
+
+def test_away_of_a_member_that_no_longer_holds_its_session_does_nothing() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    new_bob = bob.reconnect()
+    room.resume(new_bob.member)
+    assert room.away(bob.member) is None
+    assert alice.events == []
+    assert [u.status for u in room.users()] == [ONLINE, ONLINE]
+
+
+def test_resume_of_an_away_session_tells_the_others_back_and_returns_none() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    room.away(bob.member)
+    new_bob = bob.reconnect(port=2000)
+    assert room.resume(new_bob.member) is None
+    assert alice.events == [Away("bob"), Back("bob")]
+    assert new_bob.events == []
+    assert room.users()[1] == UserInfo("bob", "127.0.0.1", 2000, "tcp", ONLINE)
+
+
+def test_resume_of_an_online_session_returns_the_previous_member_and_tells_nobody() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    new_bob = bob.reconnect()
+    assert room.resume(new_bob.member) is bob.member
+    assert alice.events == []
+    assert new_bob.events == []
+    assert len(room) == 2
+
+
+@pytest.mark.parametrize("case", ["never joined", "other session holds the name", "expired"])
+def test_resume_of_a_session_the_room_does_not_hold_raises_not_held(case: str) -> None:
+    room = LocalRoom()
+    (alice,) = joined(room, "alice")
+    bob = Inbox("bob")
+    if case == "other session holds the name":
+        room.join(Inbox("BOB").member)
+    elif case == "expired":
+        room.join(bob.member)
+        away = room.away(bob.member)
+        assert away is not None
+        assert room.expire(away)
+    alice.clear()
+    with pytest.raises(NotHeldError):
+        room.resume(bob.reconnect().member)
+    assert alice.events == []
+
+
+def test_expire_ends_the_away_session_tells_the_others_and_frees_the_name() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    away = room.away(bob.member)
+    assert away is not None
+    assert room.expire(away)
+    assert alice.events == [Away("bob"), Left("bob")]
+    assert not room.is_taken("bob")
+    assert room.recipient("bob") is None
+
+
+def test_expire_after_resume_does_nothing() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    away = room.away(bob.member)
+    assert away is not None
+    room.resume(bob.reconnect().member)
+    assert not room.expire(away)
+    assert alice.events == [Away("bob"), Back("bob")]
+    assert room.is_taken("bob")
+
+
+def test_expire_of_an_earlier_grace_does_not_end_a_later_away() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    first = room.away(bob.member)
+    again = bob.reconnect()
+    room.resume(again.member)
+    second = room.away(again.member)
+    assert first is not None
+    assert second is not None
+    assert not room.expire(first)
+    assert room.is_taken("bob")
+    assert alice.events == [Away("bob"), Back("bob"), Away("bob")]
+    assert room.expire(second)
+    assert alice.events[-1] == Left("bob")
+
+
+def test_restore_holds_the_session_as_away_without_telling_anyone() -> None:
+    room = LocalRoom()
+    (alice,) = joined(room, "alice")
+    bob = Inbox("bob")
+    room.restore(bob.member.gone_away())
+    assert alice.events == []
+    assert room.users()[1].status == AWAY
+    with pytest.raises(NameTakenError):
+        room.restore(Inbox("BOB").member.gone_away())
+    assert room.resume(bob.reconnect().member) is None
+    assert alice.events == [Back("bob")]
+
+
+# --- leave -----------------------------------------------------------------------------------
 
 
 def test_leave_tells_the_others_once_and_frees_the_name() -> None:
     room, alice, bob = LocalRoom(), Inbox("alice"), Inbox("bob")
     room.join(alice.member)
     room.join(bob.member)
-    room.leave(bob.member)
-    room.leave(bob.member)
+    assert room.leave(bob.member)
+    assert not room.leave(bob.member)
     assert alice.events == [Joined("bob"), Left("bob")]
     room.join(Inbox("BOB").member)
     assert len(room) == 2
@@ -77,8 +242,136 @@ def test_leave_of_a_stale_member_does_not_remove_the_new_holder_of_the_name() ->
     room.join(old.member)
     room.leave(old.member)
     room.join(new.member)
-    room.leave(old.member)
+    assert not room.leave(old.member)
     assert [u.name for u in room.users()] == ["bob"]
+    assert room.recipient("bob") == ("bob", new.session)
+
+
+def test_leave_of_a_connection_replaced_by_resume_does_not_end_the_session() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    room.resume(bob.reconnect().member)
+    assert not room.leave(bob.member)
+    assert alice.events == []
+    assert room.is_taken("bob")
+
+
+def test_leave_of_an_away_session_tells_the_others_left() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    away = room.away(bob.member)
+    assert away is not None
+    assert room.leave(away)
+    assert alice.events == [Away("bob"), Left("bob")]
+    assert not room.is_taken("bob")
+
+
+def test_after_shutdown_members_leave_and_go_away_without_announcements() -> None:
+    room = LocalRoom()
+    alice, bob, carol = joined(room, "alice", "bob", "carol")
+    room.shutdown()
+    assert room.leave(bob.member)
+    assert room.away(carol.member) is not None
+    assert alice.events == []
+    assert [(u.name, u.status) for u in room.users()] == [("alice", ONLINE), ("carol", AWAY)]
+
+
+# --- recipient -------------------------------------------------------------------------------
+
+
+def test_recipient_finds_online_and_away_holders_under_their_registered_names() -> None:
+    room = LocalRoom()
+    _, bob = joined(room, "Alice", "bob")
+    room.away(bob.member)
+    alice_session = room.recipient("alice")
+    assert alice_session is not None
+    assert alice_session[0] == "Alice"
+    assert room.recipient("BOB") == ("bob", bob.session)
+    assert room.recipient("ghost") is None
+
+
+# --- publish ---------------------------------------------------------------------------------
+
+
+def test_publish_to_everyone_reaches_every_online_member_but_the_senders_session() -> None:
+    room = LocalRoom()
+    alice, bob, carol = joined(room, "alice", "bob", "carol")
+    message = stored(7, alice, None, "hey")
+    room.publish([message])
+    assert bob.events == carol.events == [message.event()]
+    assert bob.seqs == [7]
+    assert alice.events == []
+
+
+def test_publish_skips_the_senders_session_on_its_new_connection_too() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    new_alice = alice.reconnect()
+    room.resume(new_alice.member)
+    room.publish([stored(1, alice, None)])
+    assert new_alice.events == alice.events == []
+    assert len(bob.events) == 1
+
+
+def test_publish_of_a_direct_message_reaches_only_the_recipient_session() -> None:
+    room = LocalRoom()
+    alice, bob, carol = joined(room, "alice", "Bob", "carol")
+    message = stored(3, alice, bob, "psst")
+    room.publish([message])
+    assert bob.events == [Message("alice", "Bob", "psst", 3.0, 3)]
+    assert alice.events == carol.events == []
+
+
+def test_publish_of_a_direct_message_to_a_later_holder_of_the_name_reaches_nobody() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    message = stored(1, alice, bob)
+    room.leave(bob.member)
+    (new_bob,) = joined(room, "bob")
+    alice.clear()
+    room.publish([message])
+    assert new_bob.events == []
+    assert alice.events == []
+
+
+def test_publish_delivers_nothing_to_away_members() -> None:
+    room = LocalRoom()
+    alice, bob, carol = joined(room, "alice", "bob", "carol")
+    room.away(bob.member)
+    room.publish([stored(1, alice, None), stored(2, alice, bob)])
+    assert bob.events == []
+    assert carol.seqs == [1]
+
+
+def test_publish_delivers_to_a_resumed_connection_not_the_replaced_one() -> None:
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    new_bob = bob.reconnect()
+    room.resume(new_bob.member)
+    room.publish([stored(1, alice, None), stored(2, alice, bob)])
+    assert bob.events == []
+    assert new_bob.seqs == [1, 2]
+
+
+def test_publish_delivers_in_the_given_order() -> None:
+    room = LocalRoom()
+    alice, bob, carol = joined(room, "alice", "bob", "carol")
+    batch = [
+        stored(10, alice, None),
+        stored(11, alice, bob),
+        stored(12, carol, None),
+        stored(13, carol, bob),
+        stored(14, bob, None),
+        stored(15, alice, None),
+    ]
+    room.publish(batch)
+    assert bob.seqs == [10, 11, 12, 13, 15]
+    assert [e.seq for e in bob.events if isinstance(e, Message)] == bob.seqs
+    assert alice.seqs == [12, 14]
+    assert carol.seqs == [10, 14, 15]
+
+
+# --- envelopes -------------------------------------------------------------------------------
 
 
 def test_envelope_encodes_once_per_codec_class() -> None:
@@ -93,13 +386,4 @@ def test_envelope_encodes_once_per_codec_class() -> None:
     first, second = envelope.encoded(Codec()), envelope.encoded(Codec())
     assert first == second == b'{"type":"joined","name":"x"}\n'
     assert len(calls) == 1
-
-
-def test_after_shutdown_members_leave_without_announcements() -> None:
-    room, alice, bob = LocalRoom(), Inbox("alice"), Inbox("bob")
-    room.join(alice.member)
-    room.join(bob.member)
-    room.shutdown()
-    room.leave(bob.member)
-    assert alice.events == [Joined("bob")]
-    assert room.users() == ()
+    assert envelope.seq == 0

@@ -1,0 +1,336 @@
+"""Sessions, away/back, resume, history, search and read markers over real sockets."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.core import RawClient, running_server, wait_until
+from tests.support.text_client import TextClient
+
+Address = tuple[str, int]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def address(request: pytest.FixtureRequest) -> Iterator[Address]:
+    """Each test below runs against both implementations of the store's interface."""
+    with running_server(store=request.param) as server:
+        yield server.address
+
+
+def joined(address: Address, name: str) -> tuple[RawClient, dict[str, Any]]:
+    client = RawClient(address)
+    return client, client.hello(name)
+
+
+def drop(client: RawClient) -> None:
+    """End the connection abruptly (a reset, no exit): the session goes away."""
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    client.close()
+
+
+def resume(address: Address, name: str, token: str, after: int) -> tuple[RawClient, dict[str, Any]]:
+    client = RawClient(address)
+    client.send(type="hello", name=name, resume=token, after=after)
+    welcome = client.expect("welcome", name=name, resumed=True)
+    client.name = name
+    return client, welcome
+
+
+def messages_until_silent(client: RawClient, seconds: float = 0.3) -> list[dict[str, Any]]:
+    """Every message event that arrives until the connection stays quiet for `seconds`."""
+    found = []
+    while True:
+        try:
+            obj = client.recv(seconds)
+        except TimeoutError:
+            return found
+        if obj["type"] == "message":
+            found.append(obj)
+
+
+def send(client: RawClient, to: str, text: str) -> int:
+    reply = client.request("send", to=to, text=text)
+    assert reply["type"] == "sent", reply
+    return int(reply["seq"])
+
+
+def test_welcome_carries_a_secret_session_token_and_the_last_seq(address: Address) -> None:
+    alice, welcome = joined(address, "alice")
+    with alice:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32,}", welcome["session"])
+        assert welcome["seq"] == 0
+        assert welcome["resumed"] is False
+        seq = send(alice, "*", "first")
+        assert seq == 1
+        bob, bob_welcome = joined(address, "bob")
+        with bob:
+            assert bob_welcome["seq"] == 1
+            assert bob_welcome["session"] != welcome["session"]
+
+
+def test_seqs_increase_and_every_recipient_sees_the_sender_s_seq(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    bob, _ = joined(address, "bob")
+    with alice, bob:
+        seqs = [send(alice, "*", f"m{i}") for i in range(5)]
+        seqs.append(send(alice, "bob", "direct"))
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 6
+        received = [bob.expect("message") for _ in range(6)]
+        assert [m["seq"] for m in received] == seqs
+
+
+def test_a_direct_message_to_an_away_user_is_kept_and_delivered_once_on_resume(
+    address: Address,
+) -> None:
+    alice, _ = joined(address, "alice")
+    bob, welcome = joined(address, "bob")
+    with alice:
+        alice.expect("joined", name="bob")
+        drop(bob)
+        alice.expect("away", name="bob")
+        seq = send(alice, "BOB", "are you there?")
+        bob2, again = resume(address, "bob", welcome["session"], after=0)
+        with bob2:
+            assert again["session"] == welcome["session"]
+            assert again["seq"] >= seq
+            got = messages_until_silent(bob2)
+            assert [(m["from"], m["to"], m["text"], m["seq"]) for m in got] == [
+                ("alice", "bob", "are you there?", seq)
+            ]
+            alice.expect("back", name="bob")
+            assert {u["name"]: u["status"] for u in alice.request("list")["users"]} == {
+                "alice": "online", "bob": "online"
+            }
+
+
+def test_resume_with_a_stale_after_replays_everything_missed_in_order(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    bob, welcome = joined(address, "bob")
+    with alice:
+        first = send(alice, "*", "seen by bob")
+        assert bob.expect("message")["seq"] == first
+        drop(bob)
+        alice.expect("joined", name="bob")
+        alice.expect("away", name="bob")
+        later = [send(alice, "*" if i % 2 else "bob", f"missed {i}") for i in range(20)]
+        # bob saw nothing at all: after=0 replays what the session would have received
+        bob2, _ = resume(address, "bob", welcome["session"], after=0)
+        with bob2:
+            got = messages_until_silent(bob2)
+            assert [m["seq"] for m in got] == [first, *later]
+            assert [m["text"] for m in got[1:]] == [f"missed {i}" for i in range(20)]
+        # with after = the first: only the later ones (a third connection takes over)
+        bob3, _ = resume(address, "bob", welcome["session"], after=first)
+        with bob3:
+            assert [m["seq"] for m in messages_until_silent(bob3)] == later
+
+
+def test_a_second_resume_takes_the_session_over_and_nobody_sees_left_or_joined(
+    address: Address,
+) -> None:
+    alice, _ = joined(address, "alice")
+    bob, welcome = joined(address, "bob")
+    with alice, bob:
+        alice.expect("joined", name="bob")
+        bob2, _ = resume(address, "bob", welcome["session"], after=0)
+        with bob2:
+            bye = bob.expect("bye")
+            assert bye["reason"] == "resumed elsewhere"
+            bob.expect_closed()
+            seq = send(alice, "bob", "which bob?")
+            assert bob2.expect("message")["seq"] == seq
+            alice.assert_silent(0.3)  # no left, joined, away or back
+            assert alice.users() == ["alice", "bob"]
+
+
+def test_forged_expired_and_mismatched_tokens_are_refused_and_hello_may_follow() -> None:
+    with running_server(resume_grace=0.3) as server:
+        address = server.address
+        bob, welcome = joined(address, "bob")
+        token = welcome["session"]
+        alice, _ = joined(address, "alice")
+        with alice, RawClient(address) as client:
+            for name, forged in [("bob", "x" * 32), ("alice", token), ("bob", ""), ("bob", "é")]:
+                reply = client.request("hello", name=name, resume=forged, after=0)
+                assert reply["code"] == "session_expired", reply
+            drop(bob)
+            alice.expect("away", name="bob")
+            alice.expect("left", name="bob")
+            reply = client.request("hello", name="bob", resume=token, after=0)
+            assert reply["code"] == "session_expired"
+            assert client.request("hello", name="bob")["type"] == "welcome"
+
+
+def test_resume_and_after_come_together(address: Address) -> None:
+    with RawClient(address) as client:
+        assert client.request("hello", name="a", resume="t")["code"] == "bad_request"
+        assert client.request("hello", name="a", after=3)["code"] == "bad_request"
+        assert client.request("hello", name="a", resume="t", after=-1)["code"] == "bad_request"
+
+
+def test_exit_ends_the_session_at_once(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    bob, welcome = joined(address, "bob")
+    with alice, bob:
+        alice.expect("joined", name="bob")
+        assert bob.request("exit")["type"] == "bye"
+        alice.expect("left", name="bob")
+        with RawClient(address) as again:
+            reply = again.request("hello", name="bob", resume=welcome["session"], after=0)
+            assert reply["code"] == "session_expired"
+
+
+def test_a_freed_name_s_new_holder_sees_none_of_the_old_direct_history() -> None:
+    with running_server(resume_grace=0) as server:
+        address = server.address
+        alice, _ = joined(address, "alice")
+        old_bob, _ = joined(address, "bob")
+        with alice:
+            send(alice, "bob", "secret for the first bob")
+            send(old_bob, "alice", "reply from the first bob")
+            send(alice, "*", "public")
+            old_bob.close()
+            alice.expect("joined", name="bob")
+            alice.expect("message", text="reply from the first bob")
+            alice.expect("left", name="bob")
+            new_bob, _ = joined(address, "bob")
+            with new_bob:
+                page = new_bob.request("history", **{"with": "alice"})
+                assert page["messages"] == []
+                assert page["more"] is False
+                assert new_bob.request("search", q="secret")["messages"] == []
+                everyone = new_bob.request("history", **{"with": "*"})
+                assert [m["text"] for m in everyone["messages"]] == ["public"]
+                # alice still has her whole conversation with the first bob
+                mine = alice.request("history", **{"with": "bob"})["messages"]
+                assert [m["text"] for m in mine] == [
+                    "secret for the first bob", "reply from the first bob"
+                ]
+
+
+def test_history_pages_backwards_with_before_and_more(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    with alice:
+        seqs = [send(alice, "*", f"n{i}") for i in range(25)]
+        page = alice.request("history", limit=10, **{"with": "*"})
+        assert [m["seq"] for m in page["messages"]] == seqs[-10:]
+        assert page["more"] is True
+        assert page["messages"][0] == {
+            "type": "message", "from": "alice", "to": "*", "text": "n15",
+            "ts": page["messages"][0]["ts"], "seq": seqs[15],
+        }
+        page = alice.request("history", limit=10, before=seqs[15], **{"with": "*"})
+        assert [m["seq"] for m in page["messages"]] == seqs[5:15]
+        page = alice.request("history", limit=10, before=seqs[5], **{"with": "*"})
+        assert [m["seq"] for m in page["messages"]] == seqs[:5]
+        assert page["more"] is False
+        for bad in [{"limit": 0}, {"limit": 201}, {"before": -1}, {"with": "no one"}, {}]:
+            fields = {"with": "*", **bad}
+            if bad == {}:
+                del fields["with"]
+            assert alice.request("history", **fields)["code"] == "bad_request", bad
+
+
+def test_search_finds_every_word_within_what_the_session_may_see(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    bob, _ = joined(address, "bob")
+    carol, _ = joined(address, "carol")
+    with alice, bob, carol:
+        send(alice, "*", "Lunch on Friday at noon")
+        send(alice, "bob", "lunch friday, just us")
+        send(bob, "*", "friday is a holiday")
+        send(alice, "*", 'weird "quotes" AND * NEAR(x y) -minus col:on')
+        found = carol.request("search", q="FRIDAY lunch")
+        assert [m["text"] for m in found["messages"]] == ["Lunch on Friday at noon"]
+        assert found["q"] == "FRIDAY lunch"
+        found = bob.request("search", q="lunch friday")
+        assert [m["text"] for m in found["messages"]] == [
+            "lunch friday, just us", "Lunch on Friday at noon"  # newest first
+        ]
+        for q in ['"quotes"', "AND", "NEAR(x", "*", "-minus", "col:on", '"', "OR NOT"]:
+            reply = carol.request("search", q=q)
+            assert reply["type"] == "results", (q, reply)
+        assert len(carol.request("search", q='"quotes" near')["messages"]) == 1
+        assert carol.request("search", q="*")["messages"] == []
+        for bad in ["", "   ", "x" * 201]:
+            assert carol.request("search", q=bad)["code"] == "bad_request"
+        assert carol.request("search", q="friday", limit=1)["messages"][0]["text"] == (
+            "friday is a holiday"
+        )
+
+
+def test_read_markers_and_conversations_survive_a_new_connection(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    bob, welcome = joined(address, "bob")
+    with alice:
+        before = send(alice, "*", "before")
+        assert bob.request("conversations")["conversations"] == [
+            {"with": "*", "last": before, "read": welcome["seq"], "unread": 1}
+        ]
+        one = send(alice, "bob", "one")
+        two = send(alice, "bob", "two")
+        reply = bob.request("read", seq=one, **{"with": "alice"})
+        assert (reply["type"], reply["with"], reply["seq"]) == ("read", "alice", one)
+        assert bob.request("read", seq=0, **{"with": "alice"})["seq"] == one  # never back
+        assert bob.request("read", seq=10**9, **{"with": "nobody"})["seq"] == 0
+        drop(bob)
+        bob2, _ = resume(address, "bob", welcome["session"], after=two)
+        with bob2:
+            listed = bob2.request("conversations")["conversations"]
+            assert listed == [
+                {"with": "alice", "last": two, "read": one, "unread": 1},
+                {"with": "*", "last": before, "read": welcome["seq"], "unread": 1},
+            ]
+            assert bob2.request("read", seq=10**9, **{"with": "*"})["seq"] == before
+            listed = bob2.request("conversations")["conversations"]
+            assert listed[1] == {"with": "*", "last": before, "read": before, "unread": 0}
+
+
+def test_requests_of_this_round_need_a_hello(address: Address) -> None:
+    with RawClient(address) as client:
+        for kind, fields in [("history", {"with": "*"}), ("search", {"q": "x"}),
+                             ("read", {"with": "*", "seq": 1}), ("conversations", {})]:
+            assert client.request(kind, **fields)["code"] == "not_registered"
+
+
+def test_plain_text_user_takes_the_session_back_with_the_resume_line(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    with alice:
+        send(alice, "*", "before bob")
+        text = TextClient(address, scaffold=False)
+        resume_line = text.join("bob")
+        alice.expect("joined", name="bob")
+        text.close()
+        alice.expect("away", name="bob")
+        send(alice, "bob", "while you were away")
+        again = TextClient(address, scaffold=False)
+        try:
+            again.command(resume_line)
+            assert again.line().startswith("welcome back bob!")
+            assert again.line().endswith("alice -> you: while you were away")
+            alice.expect("back", name="bob")
+            again.command("history")
+            assert again.line() == "last 1 message to everyone:"
+            assert again.line().endswith("alice -> everyone: before bob")
+            again.command("search while away")
+            assert again.line() == "1 match for 'while away':"
+            assert "alice -> bob: while you were away" in again.line()
+        finally:
+            again.close()
+
+
+def test_the_token_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    with running_server() as server:
+        bob, welcome = joined(server.address, "bob")
+        drop(bob)
+        wait_until(lambda: "is away" in caplog.text, what="bob away")
+        again, _ = resume(server.address, "bob", welcome["session"], after=0)
+        again.close()
+    assert welcome["session"] not in caplog.text
