@@ -161,8 +161,9 @@ def show_recent(connection: ServerConnection, console: Console, welcome: Welcome
     except (ConnectionClosed, ReplyTimeout) as error:
         log.debug("no recent messages: %r", error)
         return
-    if isinstance(reply, HistoryPage) and (text := render_earlier(reply.messages,
-                                                                 welcome.name)):
+    # None of them is the user's, even under the same name: they came before the welcome.
+    if isinstance(reply, HistoryPage) and (text := render_earlier(
+            reply.messages, welcome.name, mine_after=welcome.seq)):
         console.show(text)
 
 
@@ -280,7 +281,7 @@ def show_history(session: Session, console: Console, me: str, with_: str) -> Non
         return
     reply = session.request(History(with_=with_, limit=HISTORY_SHOWN))
     if isinstance(reply, HistoryPage):
-        console.show(render_history(reply, me))
+        console.show(render_history(reply, me, mine_after=session.started_seq))
     elif isinstance(reply, Error):
         console.show(render_error(reply))
 
@@ -289,7 +290,7 @@ def search_messages(session: Session, console: Console, me: str, words: str) -> 
     """`search WORDS`: the newest messages (to everyone, or yours) holding every word."""
     reply = session.request(Search(q=words, limit=HISTORY_SHOWN))
     if isinstance(reply, Results):
-        console.show(render_results(reply, me))
+        console.show(render_results(reply, me, mine_after=session.started_seq))
     elif isinstance(reply, Error):
         console.show(render_error(reply))
 

@@ -107,36 +107,45 @@ def render_back(event: Back, now: float, tz: tzinfo | None = None) -> str:
     return f"[{format_time(now, tz)}] * {printable(event.name)} is back"
 
 
-def render_stored(message: Message, me: str, tz: tzinfo | None = None) -> str:
+def render_stored(
+    message: Message, me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str:
     """A message from the server's store (history, search): time, sender, recipient, text.
 
-    Unlike a live message it may be one the user sent, so both ends are named.
+    Unlike a live message it may be one the user sent, so both ends are named, "you" for the
+    user. Only messages after seq `mine_after` (where this session started) can be the user's:
+    one before it under the same name was an earlier holder's of that name.
     """
-    if message.to == EVERYONE:
-        to = "everyone"
-    elif name_key(message.to) == name_key(me):
-        to = "you"
-    else:
-        to = printable(message.to)
-    sender = "you" if name_key(message.sender) == name_key(me) else printable(message.sender)
-    return _with_body(f"[{format_time(message.ts, tz)}] {sender} -> {to}: ", message.text)
+
+    def who(name: str) -> str:
+        if message.seq > mine_after and name_key(name) == name_key(me):
+            return "you"
+        return printable(name)
+
+    to = "everyone" if message.to == EVERYONE else who(message.to)
+    return _with_body(f"[{format_time(message.ts, tz)}] {who(message.sender)} -> {to}: ",
+                      message.text)
 
 
-def render_earlier(messages: Sequence[Message], me: str, tz: tzinfo | None = None) -> str | None:
+def render_earlier(
+    messages: Sequence[Message], me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str | None:
     """The recent messages to everyone shown on joining, oldest first; None when there are none."""
     if not messages:
         return None
     heading = f"Earlier messages to everyone (the last {len(messages)}):"
-    return _stored_block(heading, messages, me, tz)
+    return _stored_block(heading, messages, me, tz, mine_after)
 
 
 def _stored_block(heading: str, messages: Sequence[Message], me: str,
-                  tz: tzinfo | None) -> str:
-    return "\n".join([heading, *("  " + render_stored(m, me, tz).replace("\n", "\n  ")
-                                 for m in messages)])
+                  tz: tzinfo | None, mine_after: int) -> str:
+    return "\n".join([heading, *("  " + render_stored(m, me, tz, mine_after)
+                                 .replace("\n", "\n  ") for m in messages)])
 
 
-def render_history(page: HistoryPage, me: str, tz: tzinfo | None = None) -> str:
+def render_history(
+    page: HistoryPage, me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str:
     """The answer to `history` / `history NAME`: a heading, then the messages oldest first."""
     who = printable(page.with_)
     about = "to everyone" if page.with_ == EVERYONE else f"between you and {who}"
@@ -145,17 +154,19 @@ def render_history(page: HistoryPage, me: str, tz: tzinfo | None = None) -> str:
     count = len(page.messages)
     older = ", older ones not shown" if page.more else ""
     heading = f"Messages {about} (the last {count}{older}):"
-    return _stored_block(heading, page.messages, me, tz)
+    return _stored_block(heading, page.messages, me, tz, mine_after)
 
 
-def render_results(results: Results, me: str, tz: tzinfo | None = None) -> str:
+def render_results(
+    results: Results, me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str:
     """The answer to `search WORDS`: a heading, then the matches newest first."""
     query = printable(results.q)
     if not results.messages:
         return f"No messages match '{query}'."
     count = len(results.messages)
     heading = f"{count} message{'' if count == 1 else 's'} match '{query}' (newest first):"
-    return _stored_block(heading, results.messages, me, tz)
+    return _stored_block(heading, results.messages, me, tz, mine_after)
 
 
 def render_bye(event: Bye) -> str:

@@ -138,6 +138,9 @@ class Session:
         heartbeat: Callable[[ServerConnection], None] = ServerConnection.start_heartbeat,
     ) -> None:
         self.name = welcome.name
+        # Messages up to this seq were not sent by this session (an earlier holder of the
+        # name may have sent some).
+        self.started_seq = welcome.seq
         self._connect = connect
         self._console = console
         self._policy = policy or ReconnectPolicy()

@@ -38,6 +38,22 @@ def test_joining_shows_the_last_ten_messages_to_everyone_as_earlier_ones(
     assert earlier.count("Earlier messages") == 1
 
 
+def test_earlier_messages_of_a_previous_holder_of_the_name_are_not_called_yours(
+    start_client: StartClient, server: ChatServer
+) -> None:
+    with RawClient(server.address) as before:
+        before.hello("alice")
+        assert before.request("send", to="*", text="from the first alice")["type"] == "sent"
+        assert before.request("exit")["type"] == "bye"
+    alice = start_registered(start_client, "alice")
+    output = alice.text()
+    assert "alice -> everyone: from the first alice" in output
+    assert "you -> everyone" not in output
+    alice.line("history")
+    alice.wait_for("Messages to everyone (the last 1):")
+    alice.wait_for("alice -> everyone: from the first alice")
+
+
 def test_an_empty_room_shows_no_earlier_messages(start_client: StartClient) -> None:
     alice = start_registered(start_client, "alice")
     alice.line("3")

@@ -165,6 +165,16 @@ def test_stored_message_names_both_ends(message: Message, expected: str) -> None
     assert render_stored(message, me="alice", tz=UTC) == expected
 
 
+def test_a_stored_message_from_before_the_session_is_not_called_yours() -> None:
+    # An earlier holder of the name "alice" sent seq 4; this session started at seq 5.
+    assert render_stored(stored("alice", "*", "old", 4), "alice", UTC, mine_after=5) == (
+        "[12:45:50] alice -> everyone: old"
+    )
+    assert render_stored(stored("alice", "*", "new", 6), "alice", UTC, mine_after=5) == (
+        "[12:45:50] you -> everyone: new"
+    )
+
+
 def test_earlier_messages_come_under_one_heading_indented() -> None:
     messages = [stored("bob", "*", "one", 1), stored("carol", "*", "two\nlines", 2)]
     assert render_earlier(messages, "alice", UTC) == "\n".join([
