@@ -252,3 +252,39 @@ def test_a_core_that_stops_answering_is_found_by_ping_and_the_session_resumed(
         alice.line("3")
         alice.wait_for("Goodbye!")
         assert alice.wait_exit() == 0
+
+
+def test_messages_deleted_by_retention_while_away_are_said_missing(tmp_path: Path) -> None:
+    keep = ("--history-max-messages", "2")
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(core_on(tmp_path, 0, *keep))
+        port = first.address[1]
+        alice = stack.enter_context(running_client(client_command(port, "--name", "alice")))
+        alice.wait_for(CHOICE_PROMPT)
+        bob = stack.enter_context(RawClient(first.address))
+        bob_welcome = bob.hello("bob")
+        after = bob_welcome["seq"]
+        with paused(alice):
+            stop_gracefully(first)
+            bob.close()
+            # Five messages while alice is away; the store keeps only the last two, and a
+            # fresh core applies that retention after its first commit.
+            second = stack.enter_context(core_on(tmp_path, port, *keep))
+            bob = RawClient(second.address)
+            resume(bob, "bob", bob_welcome, after=after)
+            for i in range(1, 6):
+                after = send(bob, "*", f"gone or kept {i}")
+            bob.close()
+            stop_gracefully(second)
+            stack.enter_context(core_on(tmp_path, port, *keep))
+            bob = stack.enter_context(RawClient(("127.0.0.1", port)))
+            resume(bob, "bob", bob_welcome, after=after)
+            send(bob, "*", "the newest")
+        alice.wait_for("Connection to the server lost; reconnecting...")
+        alice.wait_for("Some of the messages sent while you were away are no longer kept by "
+                       "the server and cannot be shown.")
+        alice.wait_for("Reconnected as alice.")
+        alice.wait_for("bob (to everyone): the newest")
+        output = alice.text()
+        assert "gone or kept 1" not in output
+        assert output.count("the newest") == 1
