@@ -11,7 +11,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -49,7 +51,7 @@ from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, 
 from tcp_server.store import (
     MessageStore,
     NewMessage,
-    PendingMessage,
+    SessionId,
     SessionRecord,
     StoredMessage,
     StoreError,
@@ -92,26 +94,36 @@ class Outcome:
     # After the replies: stored messages the connection missed, in pages, oldest first.
     replay: Iterable[list[StoredMessage]] = ()
     after_replay: list[Event] = field(default_factory=list)
-    # A send whose message is on its way to the store: answer() gives its replies once
-    # committed. The connection may handle the next sends meanwhile (they share a commit),
-    # and answers them in order before any other reply.
+    # A send to submit to the store (see PendingSend): the connection answers it when the
+    # store is done, and meanwhile handles the next sends (they share a commit).
     pending: PendingSend | None = None
 
 
 class PendingSend:
-    def __init__(self, request: Send, to: str, ts: float, message: PendingMessage) -> None:
-        self._request, self._to, self._ts, self._message = request, to, ts, message
+    """A send that passed the rules: `submit` stores it, and `then` gets its replies (sent,
+    or unavailable) on the store's thread once it is committed and delivered."""
 
-    def answer(self) -> list[Event]:
-        rid = self._request.id
+    __slots__ = ("_message", "_request", "_store")
+
+    def __init__(self, request: Send, message: NewMessage, store: MessageStore) -> None:
+        self._request, self._message, self._store = request, message, store
+
+    def submit(self, then: Callable[[list[Event]], None]) -> None:
+        request, message = self._request, self._message
+
+        def answer(result: StoredMessage | StoreError) -> None:
+            if isinstance(result, StoreError):
+                log.error("storing a message failed: %s", result)
+                then([ProtocolError(
+                    ErrorCode.UNAVAILABLE, "the message store failed; try again", request.id
+                ).to_event()])
+            else:
+                then([Sent(to=message.to, ts=message.ts, id=request.id, seq=result.seq)])
+
         try:
-            stored = self._message.wait()
+            self._store.submit(message, answer)
         except StoreError as error:
-            log.error("storing a message failed: %s", error)
-            return [ProtocolError(
-                ErrorCode.UNAVAILABLE, "the message store failed; try again", rid
-            ).to_event()]
-        return [Sent(to=self._to, ts=self._ts, id=rid, seq=stored.seq)]
+            answer(error)
 
 
 class Commands:
@@ -122,6 +134,7 @@ class Commands:
         gateway_secret: str | None = None,
         resume_grace: float = 120.0,
         clock: Callable[[], float] = time.time,
+        max_away: int = 1_000,
     ) -> None:
         self._room = room
         self._store = store
@@ -129,6 +142,11 @@ class Commands:
         self._resume_grace = resume_grace
         self._clock = clock
         self._graces: Deadlines[Member] = Deadlines(self._expire)
+        # Away sessions, oldest first, at most max_away: past it the oldest ends early, so
+        # connecting and vanishing in a loop cannot hold names and memory without bound.
+        self._max_away = max_away
+        self._away_lock = threading.Lock()
+        self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +169,7 @@ class Commands:
                 continue
             self._store.set_away(record.id, since, record.delivered_seq)
             self._graces.schedule(away, time.monotonic() + left_s)
+            self._note_away(away)
             restored += 1
         if restored:
             log.info("restored %d sessions as away", restored)
@@ -191,8 +210,24 @@ class Commands:
         self._store.set_away(record.id, self._clock(), delivered_seq)
         self._graces.schedule(away, time.monotonic() + self._resume_grace)
         log.info("%s disconnected; %s is away", session.peer, member.info.name)
+        self._note_away(away)
+
+    def _note_away(self, away: Member) -> None:
+        with self._away_lock:
+            self._away[away.session] = away
+            oldest = self._away.popitem(last=False)[1] if len(self._away) > self._max_away else None
+        if oldest is not None:
+            log.warning("more than %d sessions away: %s's ends early", self._max_away,
+                        oldest.info.name)
+            self._expire(oldest)
+
+    def _not_away(self, away: Member) -> None:
+        with self._away_lock:
+            if self._away.get(away.session) is away:
+                del self._away[away.session]
 
     def _expire(self, away: Member) -> None:
+        self._not_away(away)
         if self._room.expire(away):
             self._store.end_session(away.session)
             log.info("%s left: the session's grace period ended", away.info.name)
@@ -308,6 +343,8 @@ class Commands:
             raise expired from None
         if previous is not None:
             previous.close(RESUMED_ELSEWHERE)
+        with self._away_lock:
+            self._away.pop(record.id, None)
         self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
         after = request.after if request.after is not None else record.delivered_seq
@@ -345,12 +382,10 @@ class Commands:
                     f"no user named {request.to[:40]!r} is online", request.id,
                 )
             to, recipient_session = found
-        message = self._store.submit(
-            NewMessage(ts, sender, record.id, to, recipient_session, request.text)
-        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s: %r", sender, to, request.text)
-        return Outcome(pending=PendingSend(request, to, ts, message))
+        message = NewMessage(ts, sender, record.id, to, recipient_session, request.text)
+        return Outcome(pending=PendingSend(request, message, self._store))
 
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:

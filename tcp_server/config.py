@@ -30,6 +30,7 @@ class ServerConfig:
     store: str = "sqlite"
     data_dir: str | None = None
     resume_grace: float = 120.0
+    max_away: int = 0
     history_max_messages: int = 1_000_000
     history_max_days: float = 365.0
 
@@ -53,6 +54,8 @@ _HELP: dict[str, str] = {
     "data_dir": "directory of the message store (history, sessions, read markers)",
     "resume_grace": "seconds a session whose connection ended without exit stays resumable "
     "(the user is shown away); 0: it ends at once",
+    "max_away": "sessions kept away (resumable) at once; past it the oldest ends early "
+    "(0: as many as max_clients)",
     "history_max_messages": "messages kept in history; older ones are deleted (0: no limit)",
     "history_max_days": "days a message is kept in history (0: no limit)",
 }

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from tcp_server.commands import Commands, PendingSend, Session
+from tcp_server.commands import Commands, Session
 from tcp_server.config import ServerConfig
 from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
 from tcp_server.flusher import Flusher
@@ -90,7 +90,14 @@ class Connection:
         # one of them is skipped. Written by the reader before it ends the hold.
         self._replayed_upto = 0
         self._delivered_seq = 0  # the highest seq queued for the client (the deliverers')
-        self._unanswered: list[PendingSend] = []  # sends on their way to the store (reader)
+        # Sends handed to the store and not yet answered. The store's thread answers them in
+        # order (_answer_send); any other reply waits until they are, so replies keep the
+        # order of the requests. _sends_lock guards the count; _sends_answered is notified
+        # when it drops to 0 while the reader waits.
+        self._sends_lock = threading.Lock()
+        self._sends_answered = threading.Condition(self._sends_lock)
+        self._sends_in_flight = 0
+        self._waiting_for_sends = False
         # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
         # the reader finish the request in hand and set _quiet; close() then queues the bye
         # and sets _released. Between the two, every delivery in flight has reached its
@@ -163,6 +170,8 @@ class Connection:
         except Exception:
             log.exception("%s unexpected error; closing this connection", self.peer)
         finally:
+            if self._sends_in_flight:  # the bye and the close come after their answers
+                self._wait_for_sends()
             self._quiet.set()
             if self._stop_requested:  # the server closes us, with a bye, once all are quiet
                 self._released.wait(self._config.shutdown_timeout)
@@ -211,14 +220,9 @@ class Connection:
         """Parse and handle frames in order; False when the connection is to close.
 
         Each frame is parsed only after the one before it was handled: in the plain-text
-        dialect the first line means a name and later ones commands. Sends among them are
-        answered, in order, by the end (consecutive ones share a commit of the store).
+        dialect the first line means a name and later ones commands.
         """
-        try:
-            return self._handle_each(codec, frames)
-        finally:
-            if self._unanswered:
-                self._answer_sends()
+        return self._handle_each(codec, frames)
 
     def _handle_each(self, codec: Codec, frames: Sequence[bytes | ProtocolError]) -> bool:
         for frame in frames:
@@ -260,7 +264,9 @@ class Connection:
         try:
             outcome = self._commands.handle(self.session, request)
             if outcome.pending is not None:
-                self._unanswered.append(outcome.pending)
+                with self._sends_lock:
+                    self._sends_in_flight += 1
+                outcome.pending.submit(self._answer_send)
                 return True
             replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
             if replies:
@@ -295,19 +301,30 @@ class Connection:
 
     def _put(self, data: bytes) -> None:
         """Queue a reply, after the replies still owed to earlier sends."""
-        if self._unanswered:
-            self._answer_sends()
+        if self._sends_in_flight:
+            self._wait_for_sends()
         if not self._outbox.put(data):
             self._drop(REPLIES_UNREAD)
 
-    def _answer_sends(self) -> None:
-        """Wait for the sends in hand to be committed and queue their replies, in order."""
-        pending, self._unanswered = self._unanswered, []
-        replies = b"".join(
-            self._encoder.encode(reply) for send in pending for reply in send.answer()
-        )
-        if replies and not self._outbox.put(replies):
+    def _answer_send(self, replies: list[Event]) -> None:
+        """The store's thread: a send is stored and delivered; queue its replies."""
+        self._put_from_store(b"".join(self._encoder.encode(reply) for reply in replies))
+
+    def _put_from_store(self, data: bytes) -> None:
+        if not self._outbox.put(data):
             self._drop(REPLIES_UNREAD)
+        with self._sends_lock:
+            self._sends_in_flight -= 1
+            if not self._sends_in_flight and self._waiting_for_sends:
+                self._sends_answered.notify()
+
+    def _wait_for_sends(self) -> None:
+        """Until every send in hand is answered (the store answers each within its commit)."""
+        with self._sends_lock:
+            self._waiting_for_sends = True
+            while self._sends_in_flight:
+                self._sends_answered.wait()
+            self._waiting_for_sends = False
 
     def _finish(self) -> None:
         self._commands.disconnect(self.session, self._delivered_seq)

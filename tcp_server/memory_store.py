@@ -8,28 +8,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from tcp_server.protocol import EVERYONE, Conversation, name_key
 from tcp_server.store import (
+    MAX_CONVERSATIONS,
     REPLAY_PAGE,
+    SEARCH_SCAN,
     SECONDS_PER_DAY,
     NewMessage,
     Retention,
+    SendDone,
     SessionId,
     SessionRecord,
     StoreClosed,
     StoredMessage,
+    StoreError,
     token_hash,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    message: StoredMessage
-
-    def wait(self) -> StoredMessage:
-        return self.message
 
 
 class MemoryStore:
@@ -75,8 +71,13 @@ class MemoryStore:
             self._on_commit([stored])
         return stored
 
-    def submit(self, message: NewMessage) -> _Done:
-        return _Done(self.append(message))
+    def submit(self, message: NewMessage, then: SendDone) -> None:
+        try:
+            stored = self.append(message)
+        except StoreError as error:
+            then(error)
+        else:
+            then(stored)
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
@@ -145,9 +146,17 @@ class MemoryStore:
         if not wanted:
             return []
         with self._lock:
-            visible = [m for m in self._messages if self._may_see(session, m)]
-        found = [m for m in reversed(visible) if wanted <= _words(m.text)]
-        return found[:limit]
+            messages = list(self._messages)
+        found: list[StoredMessage] = []
+        scanned = 0
+        for m in reversed(messages):
+            if scanned >= SEARCH_SCAN or len(found) >= limit:
+                break
+            if wanted <= _words(m.text):
+                scanned += 1
+                if self._may_see(session, m):
+                    found.append(m)
+        return found
 
     def mark_read(self, session: SessionId, with_: str, seq: int) -> int:
         key = (session, name_key(with_))
@@ -174,7 +183,8 @@ class MemoryStore:
                 EVERYONE, last, min(read, last) if last else read,
                 sum(1 for m in everyone if m.seq > read and m.sender_session != session.id),
             )]
-            for key, (peer, last) in peers.items():
+            newest = sorted(peers.items(), key=lambda item: -item[1][1])
+            for key, (peer, last) in newest[:MAX_CONVERSATIONS - 1]:
                 read = self._markers.get((session.id, key), 0)
                 unread = sum(1 for m in self._visible_in(session.id, peer)
                              if m.seq > read and m.sender_session != session.id)

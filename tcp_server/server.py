@@ -50,9 +50,16 @@ class ChatServer:
             self._listener.close()
             raise
         self._commands = Commands(
-            self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace
+            self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace,
+            max_away=config.max_away or config.max_clients,
         )
-        self._commands.start()
+        try:
+            self._commands.start()
+        except BaseException:
+            self._commands.stop()
+            self.store.close()
+            self._listener.close()
+            raise
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._stop_reason = "server shutting down"
         self._lock = threading.Lock()

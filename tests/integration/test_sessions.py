@@ -334,3 +334,32 @@ def test_the_token_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
         again, _ = resume(server.address, "bob", welcome["session"], after=0)
         again.close()
     assert welcome["session"] not in caplog.text
+
+
+def test_registering_and_vanishing_in_a_loop_holds_at_most_max_away_sessions() -> None:
+    with running_server(max_away=3, rate_limit=0) as server:
+        watcher, _ = joined(server.address, "watcher")
+        with watcher:
+            for number in range(10):
+                ghost, _ = joined(server.address, f"ghost{number}")
+                drop(ghost)
+            wait_until(lambda: sum(1 for u in watcher.request("list")["users"]
+                                   if u["status"] == "away") == 3, what="3 away")
+            names = watcher.users()
+            assert names == ["ghost7", "ghost8", "ghost9", "watcher"]
+            with RawClient(server.address) as newcomer:
+                assert newcomer.request("hello", name="ghost0")["type"] == "welcome"
+
+
+def test_search_and_conversations_stay_bounded_for_a_busy_session(address: Address) -> None:
+    alice, _ = joined(address, "alice")
+    with alice:
+        peers = [joined(address, f"p{number}") for number in range(5)]
+        for client, _ in peers:
+            with client:
+                send(client, "alice", "common word here")
+        listed = alice.request("conversations")["conversations"]
+        assert [c["with"] for c in listed] == ["p4", "p3", "p2", "p1", "p0", "*"]
+        assert [c["unread"] for c in listed] == [1, 1, 1, 1, 1, 0]
+        found = alice.request("search", q="common", limit=3)["messages"]
+        assert [m["from"] for m in found] == ["p4", "p3", "p2"]

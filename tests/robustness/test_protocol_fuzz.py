@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import tempfile
 from typing import Any
 
@@ -414,7 +415,11 @@ def run_sessions(commands: Commands, room: LocalRoom, lines: list[tuple[int, byt
                 continue
             else:
                 outcome = commands.handle(sessions[index], item)
-                replies = outcome.replies + (outcome.pending.answer() if outcome.pending else [])
+                replies = list(outcome.replies)
+                if outcome.pending is not None:
+                    answered: queue.Queue[list[Any]] = queue.Queue()
+                    outcome.pending.submit(answered.put)
+                    replies += answered.get(timeout=5)
             for reply in replies:
                 wire = encode_event(reply)
                 assert wire.count(b"\n") == 1
