@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tcp_server.grace import Deadlines
+from tcp_server.lograte import LogRate, held_back
 from tcp_server.protocol import (
     EVERYONE,
     Bye,
@@ -84,6 +85,7 @@ class Session:
     member: Member | None = None
     record: SessionRecord | None = None
     exited: bool = False
+    logged: bool = True  # False: its address floods us, so its comings and goings are not logged
 
     @property
     def name(self) -> str | None:
@@ -150,6 +152,7 @@ class Commands:
         self._resume_grace = resume_grace
         self._clock = clock
         self._graces: Deadlines[Member] = Deadlines(self._expire)
+        self._secret_failures = LogRate(every=60.0)  # a guesser gets a line a minute
         # Away sessions, oldest first, at most max_away: past it the oldest ends early, so
         # connecting and vanishing in a loop cannot hold names and memory without bound.
         self._max_away = max_away
@@ -218,14 +221,16 @@ class Commands:
         if session.exited or self._resume_grace <= 0:
             if self._room.leave(member):
                 self._store.end_session(record.id)
-                log.info("%s left as %s", session.peer, member.info.name)
+                if session.logged:
+                    log.info("%s left as %s", session.peer, member.info.name)
             return
         away = self._room.away(member)
         if away is None:  # taken over by another connection, or the server is stopping
             return
         self._store.set_away(record.id, self._clock(), delivered_seq)
         self._graces.schedule(away, time.monotonic() + self._resume_grace)
-        log.info("%s disconnected; %s is away", session.peer, member.info.name)
+        if session.logged:
+            log.info("%s disconnected; %s is away", session.peer, member.info.name)
         self._note_away(away)
 
     def _note_away(self, away: Member) -> None:
@@ -296,7 +301,10 @@ class Commands:
         if not hmac.compare_digest(
             request.secret.encode("utf-8", "surrogatepass"), self._gateway_secret
         ):
-            log.warning("%s sent a proxy request with a wrong secret", session.peer)
+            held = self._secret_failures.allow(session.ip)
+            if held is not None:
+                log.warning("%s sent a proxy request with a wrong secret%s", session.peer,
+                            held_back(held, "from this address in the last minute"))
             raise ProtocolError(ErrorCode.FORBIDDEN, "wrong gateway secret", rid)
         log.info("%s is a gateway for browser %s:%d", session.peer, request.ip, request.port)
         session.ip, session.port, session.via, session.proxied = (
@@ -343,7 +351,8 @@ class Commands:
             self._store.end_session(record.id)
             raise address_full from None
         session.member, session.record = member, record
-        log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
+        if session.logged:
+            log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
         welcome = Welcome(
             name=info.name, ip=info.ip, port=info.port, id=request.id, session=token,
             seq=record.start_seq, resumed=False,
@@ -377,7 +386,8 @@ class Commands:
         self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
         after = request.after if request.after is not None else record.delivered_seq
-        log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)
+        if session.logged:
+            log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)
         welcome = Welcome(
             name=record.name, ip=session.ip, port=session.port, id=request.id, session=token,
             seq=self._store.last_seq(), resumed=True,

@@ -24,6 +24,7 @@ from tcp_server.commands import Commands, Session
 from tcp_server.config import ServerConfig
 from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
 from tcp_server.flusher import Flusher
+from tcp_server.lograte import held_back
 from tcp_server.outbox import Outbox
 from tcp_server.protocol import (
     Bye,
@@ -63,7 +64,11 @@ class Connection:
         config: ServerConfig,
         commands: Commands,
         flusher: Flusher | None = None,
+        logged: int | None = 0,
     ) -> None:
+        """`logged`: None keeps this connection's coming and going out of the log (a flood
+        from its address); a count says how many were held back before it."""
+        self._logged = logged
         self._sock = sock
         self._sock_lock = threading.Lock()  # serializes shutdown() against close()
         self._config = config
@@ -79,7 +84,8 @@ class Connection:
         )
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(
-            ip=address[0], port=address[1], deliver=self.deliver, close=self.close
+            ip=address[0], port=address[1], deliver=self.deliver, close=self.close,
+            logged=logged is not None,
         )
         # While registering (see _register), deliveries wait here, so that the welcome and the
         # replay come first; _held_lock makes the switch to direct delivery atomic.
@@ -161,7 +167,9 @@ class Connection:
     # --- the reader thread --------------------------------------------------------------------
 
     def run(self) -> None:
-        log.info("%s connected", self.peer)
+        if self._logged is not None:
+            log.info("%s connected%s", self.peer,
+                     held_back(self._logged, "connections from this address"))
         self._writer.start()
         try:
             self._read_loop()
@@ -189,7 +197,8 @@ class Connection:
             # Checked before every read, not only once the socket is quiet: a client that keeps
             # sending would otherwise outlive the deadline.
             if self.session.member is None and time.monotonic() >= hello_deadline:
-                log.info("%s sent no hello in time", self.peer)
+                if self._logged is not None:
+                    log.info("%s sent no hello in time", self.peer)
                 timeout = self._config.hello_timeout
                 self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
                 return
@@ -355,7 +364,8 @@ class Connection:
             self._linger(deadline)
         with self._sock_lock:
             self._sock.close()
-        log.info("%s disconnected", self.peer)
+        if self._logged is not None:
+            log.info("%s disconnected", self.peer)
 
     def _join_writer(self, deadline: float) -> bool:
         """Wait for the writer to send everything; False if it had to be cut off."""

@@ -424,3 +424,22 @@ def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
         finally:
             for client, _ in opened:
                 client.close()
+
+
+def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="tcp_server")
+    with running_server(gateway_secret="right", rate_limit=0) as server:
+        for _ in range(200):
+            with RawClient(server.address, source="127.0.0.2") as client:
+                client.send(type="proxy", secret="guess", ip="10.0.0.1", port=1)
+                assert client.expect("error")["code"] == "forbidden"
+        with RawClient(server.address, source="127.0.0.3") as other:
+            other.hello("other")
+        wait_until(lambda: "127.0.0.3" in caplog.text and "registered as other" in caplog.text)
+    flood = [r.getMessage() for r in caplog.records if "127.0.0.2" in r.getMessage()]
+    guesses = [line for line in flood if "wrong secret" in line]
+    assert len(guesses) == 1  # one a minute per address
+    connected = [line for line in flood if re.search(r":\d+ connected", line)]
+    assert 30 <= len(connected) <= 35, len(connected)  # the burst, then about one a second
