@@ -170,7 +170,7 @@ class Commands:
             since = record.away_since if record.away_since is not None else now
             left_s = since + self._resume_grace - now
             info = UserInfo(record.name, record.ip, record.port, record.via)
-            away = Member(info, record.id, deliver=_nowhere).gone_away()
+            away = Member.away(info, record.id)
             if left_s <= 0:
                 self._store.end_session(record.id)
                 continue
@@ -429,7 +429,3 @@ class Commands:
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:
     return tuple(message.event() for message in messages)
-
-
-def _nowhere(envelope: Envelope) -> None:
-    """Delivery to a session restored without a connection."""

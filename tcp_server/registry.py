@@ -81,7 +81,12 @@ class Member:
     close: Callable[[str], None] = _no_connection
 
     def gone_away(self) -> Member:
-        return Member(replace(self.info, status=AWAY), self.session, _nowhere)
+        return Member.away(self.info, self.session)
+
+    @staticmethod
+    def away(info: UserInfo, session: SessionId) -> Member:
+        """The member of a session without a connection."""
+        return Member(replace(info, status=AWAY), session, _nowhere)
 
 
 class NameTakenError(Exception):
