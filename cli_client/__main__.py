@@ -5,9 +5,13 @@ messages appear above the prompt while the user types (patch_stdout). Otherwise 
 a test driving it) it reads the same answers line by line and prints plain, flushed lines; the
 end of input means Exit.
 
-Exit codes: 0 after a goodbye, 1 when the connection was lost, 2 when the server could not be
-reached (or the arguments are wrong), 3 when the server refused the --name given and stdin is not
-a terminal (at a terminal another name is asked for).
+A lost connection is taken back (cli_client/session.py): the client reconnects with a jittered
+backoff and resumes its session, and what was missed meanwhile appears, once and in order.
+
+Exit codes: 0 after a goodbye, 1 when the connection was lost and the session could not be
+taken back, 2 when the server could not be reached (or the arguments are wrong), 3 when the
+server refused the --name given and stdin is not a terminal (at a terminal another name is
+asked for).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from cli_client.connection import ServerConnection
 from cli_client.console import Console, PipeConsole, TerminalConsole
 from cli_client.menu import ExitCode, run
+from cli_client.session import RECONNECT_FOR_S, ReconnectPolicy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
@@ -37,6 +42,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of chat-client."""
     parser = argparse.ArgumentParser(
@@ -45,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="When stdin is not a terminal, the menu answers are read from it line by line "
         "and the end of input means Exit; a --name the server refuses then ends the client "
         "(exit code 3) instead of taking the next line for a name. "
-        "Exit codes: 0 after a goodbye, 1 connection lost, 2 server not reachable or bad "
-        "arguments, 3 name refused.",
+        "A lost connection is taken back: the client reconnects and resumes the session, "
+        "and the messages missed meanwhile appear. "
+        "Exit codes: 0 after a goodbye, 1 connection lost (the session could not be "
+        "resumed), 2 server not reachable or bad arguments, 3 name refused.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"the chat server's address (default {DEFAULT_HOST})")
@@ -54,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the chat server's port (default {DEFAULT_PORT})")
     parser.add_argument("--name", help="your username (asked for when not given or, at a "
                         "terminal, when refused)")
+    parser.add_argument("--reconnect-for", type=_seconds, default=RECONNECT_FOR_S,
+                        metavar="SECONDS",
+                        help="after losing the connection, how long to keep trying to "
+                        f"reconnect before giving up (default {RECONNECT_FOR_S:g})")
     return parser
 
 
@@ -86,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Configured here so that log lines, too, go through patch_stdout's stderr.
         logging.basicConfig(level=logging.WARNING, format="chat-client: %(message)s")
         try:
-            code = run(connection, connect, console, args.name)
+            code = run(connection, connect, console, args.name,
+                       ReconnectPolicy(reconnect_for_s=args.reconnect_for))
         except BrokenPipeError:
             # Whoever read our output has gone; there is nobody left to tell.
             code = ExitCode.CONNECTION_LOST

@@ -20,7 +20,6 @@ from cli_client.connection import (
     ServerConnection,
 )
 from cli_client.console import Console, Interrupted
-from cli_client.printer import EventPrinter
 from cli_client.render import (
     CHOICE_PROMPT,
     EDIT_HINT,
@@ -30,32 +29,56 @@ from cli_client.render import (
     TEXT_PROMPT,
     printable,
     render_bye,
+    render_earlier,
     render_error,
+    render_history,
     render_not_online,
     render_not_sent,
+    render_results,
     render_sent,
     render_users,
 )
+from cli_client.session import (
+    BYE_TIMEOUT_S,
+    NotConnected,
+    ReconnectPolicy,
+    Session,
+    SessionEnded,
+)
 from tcp_server.protocol import (
     EVERYONE,
+    MAX_HISTORY_LIMIT,
     Bye,
     Error,
     Event,
     Exit,
     Hello,
+    History,
+    HistoryPage,
     ListUsers,
     ProtocolError,
+    Results,
+    Search,
     Send,
     Sent,
     Users,
     Welcome,
     check_text,
+    is_valid_name,
     name_key,
 )
 
 log = logging.getLogger(__name__)
 
-BYE_TIMEOUT_S: Final = 5.0
+# Shown on joining: the last few messages to everyone (the plain-text dialect shows as many).
+RECENT_MESSAGES: Final = 10
+# `history` and `search` show as many as the plain-text dialect does.
+HISTORY_SHOWN: Final = 20
+# Typed at the menu's prompt; the numbered menu itself keeps the assignment's wording.
+MORE_COMMANDS: Final = ("You can also type: history (messages to everyone), history NAME "
+                        "(yours with NAME), search WORDS.")
+NOT_CONNECTED: Final = ("The connection to the server has not come back yet (still "
+                        "reconnecting); nothing was sent. Please try again in a moment.")
 
 CHOICES: Final = {"1": "list", "list": "list", "2": "send", "send": "send", "3": "exit",
                   "exit": "exit"}
@@ -80,11 +103,16 @@ class _NameRefused(Exception):
 
 
 def run(
-    connection: ServerConnection, connect: Connect, console: Console, name: str | None
+    connection: ServerConnection,
+    connect: Connect,
+    console: Console,
+    name: str | None,
+    policy: ReconnectPolicy | None = None,
 ) -> ExitCode:
-    """The whole session on `connection`, from hello to goodbye. Returns the exit code.
+    """The whole session, from hello to goodbye. Returns the exit code.
 
-    `connect` opens a new connection, should the server close this one during registration.
+    `connect` opens a new connection: should the server close this one during registration,
+    and to take the session back whenever the connection is lost later (see session.py).
     """
     client = _Registrar(connection, connect, console)
     try:
@@ -100,22 +128,43 @@ def run(
     connection = client.connection
     me = welcome.name
     console.show(f"Welcome, {printable(me)}! You are connected as {welcome.ip}:{welcome.port}.")
-    printer = EventPrinter(connection, console)
-    printer.start()
+    session = Session(connection, welcome, connect, console, policy)
     try:
-        menu_loop(connection, console, me)
+        # Before the events thread starts, so that the past comes before what arrives live.
+        show_recent(connection, console, welcome)
+        session.start()
+        menu_loop(session, console, me)
     except (EOFError, KeyboardInterrupt):
         pass  # Ctrl-D, Ctrl-C and the end of piped input all mean Exit
-    except (Interrupted, ConnectionClosed):
-        # The printer says that the connection is lost, once it has shown what came before.
-        connection.close()
-        printer.stop()
+    except (Interrupted, SessionEnded):
+        # The events thread has said why the session is over.
+        session.close()
         return ExitCode.CONNECTION_LOST
     except BaseException:
-        connection.close()
-        printer.stop()
+        session.close()
         raise
-    return goodbye(connection, console, printer)
+    return goodbye(session, console)
+
+
+def show_recent(connection: ServerConnection, console: Console, welcome: Welcome) -> None:
+    """The last few messages to everyone from before the welcome, marked as earlier ones.
+
+    Only those up to the welcome's seq: what came after arrives live. A core without history
+    (an error reply) or a lost connection shows nothing here; the events thread handles a loss.
+    """
+    if welcome.seq <= 0:
+        return
+    try:
+        reply = connection.request(
+            History(with_=EVERYONE, before=welcome.seq + 1, limit=RECENT_MESSAGES)
+        )
+    except (ConnectionClosed, ReplyTimeout) as error:
+        log.debug("no recent messages: %r", error)
+        return
+    # None of them is the user's, even under the same name: they came before the welcome.
+    if isinstance(reply, HistoryPage) and (text := render_earlier(
+            reply.messages, welcome.name, mine_after=welcome.seq)):
+        console.show(text)
 
 
 class _Registrar:
@@ -195,52 +244,89 @@ def _next_or_none(events: queue.Queue[Incoming | None]) -> Incoming | None:
         return None
 
 
-def menu_loop(connection: ServerConnection, console: Console, me: str) -> None:
-    """Show the menu and do what is chosen, until Exit (returns) or EOF/Ctrl-C (raises)."""
+def menu_loop(session: Session, console: Console, me: str) -> None:
+    """Show the menu and do what is chosen, until Exit (returns) or EOF/Ctrl-C (raises).
+
+    Besides 1, 2 and 3, `history`, `history NAME` and `search WORDS` are understood.
+    """
     while True:
         console.show("\n" + "\n".join(MENU))
-        answer = console.ask(CHOICE_PROMPT).strip().lower()
+        line = console.ask(CHOICE_PROMPT).strip()
+        answer = line.lower()
         choice = CHOICES.get(answer)
+        command, _, argument = line.partition(" ")
         try:
             if choice == "list":
-                list_users(connection, console, me)
+                list_users(session, console, me)
             elif choice == "send":
-                send_message(connection, console)
+                send_message(session, console)
             elif choice == "exit":
                 return
+            elif command.lower() == "history":
+                show_history(session, console, me, argument.strip() or EVERYONE)
+            elif command.lower() == "search" and argument.strip():
+                search_messages(session, console, me, argument.strip())
             elif answer:
-                console.show("Please enter 1, 2 or 3.")
+                console.show("Please enter 1, 2 or 3. " + MORE_COMMANDS)
         except ReplyTimeout:
             console.show("The server did not answer in time; please try again.")
+        except NotConnected:
+            console.show(NOT_CONNECTED)
 
 
-def list_users(connection: ServerConnection, console: Console, me: str) -> None:
-    """Menu 1: show everyone online as a table."""
-    reply = connection.request(ListUsers())
+def show_history(session: Session, console: Console, me: str, with_: str) -> None:
+    """`history` (messages to everyone) or `history NAME` (yours with NAME), oldest first."""
+    if with_ != EVERYONE and not is_valid_name(with_):
+        console.show(f"'{printable(with_)}' is not a username.")
+        return
+    reply = session.request(History(with_=with_, limit=HISTORY_SHOWN))
+    if isinstance(reply, HistoryPage):
+        console.show(render_history(reply, me, mine_after=session.started_seq))
+    elif isinstance(reply, Error):
+        console.show(render_error(reply))
+
+
+def search_messages(session: Session, console: Console, me: str, words: str) -> None:
+    """`search WORDS`: the newest messages (to everyone, or yours) holding every word."""
+    reply = session.request(Search(q=words, limit=HISTORY_SHOWN))
+    if isinstance(reply, Results):
+        console.show(render_results(reply, me, mine_after=session.started_seq))
+    elif isinstance(reply, Error):
+        console.show(render_error(reply))
+
+
+def list_users(session: Session, console: Console, me: str) -> None:
+    """Menu 1: show everyone connected (online or away) as a table."""
+    reply = session.request(ListUsers())
     if isinstance(reply, Users):
         console.show("\n".join(render_users(reply.users, me)))
     elif isinstance(reply, Error):
         console.show(render_error(reply))
 
 
-def send_message(connection: ServerConnection, console: Console) -> None:
+def send_message(session: Session, console: Console) -> None:
     """Menu 2: ask for a recipient and a text, send it, and say whether it went.
 
     A recipient who is not online is said before the text is asked for. The server checks
-    again when the text is sent (the recipient may have left meanwhile).
+    again when the text is sent (the recipient may have left meanwhile). While the client is
+    reconnecting, both wait for the connection to come back (a bounded time).
     """
     to = console.ask(RECIPIENT_PROMPT).strip()
     if not to:
         console.show("No recipient given; nothing was sent.")
         return
-    if not is_online(connection, to):
+    try:
+        online = is_online(session, to)
+    except NotConnected:
+        online = None
+    if not online:
+        refusal = NOT_CONNECTED if online is None else render_not_online(to)
         if console.interactive:
-            console.show(render_not_online(to))
+            console.show(refusal)
             return
         # The script's next line is the message it wrote for this recipient: read and drop
         # it, so that it is not taken for a menu answer.
-        console.show(render_not_online(to).removesuffix(".")
-                     + "; the message line that follows is skipped.")
+        console.show(refusal.removesuffix(".") + "; the message line that follows is skipped.")
         console.ask(TEXT_PROMPT)
         return
     text = console.ask(TEXT_PROMPT)
@@ -251,11 +337,50 @@ def send_message(connection: ServerConnection, console: Console) -> None:
         # Rather than make the user type it all again: the text, back in the prompt.
         console.show(EDIT_HINT)
         text = console.ask(TEXT_PROMPT, default=text)
-    reply = connection.request(Send(to=to, text=text))
+    floor = session.sent_floor()
+    try:
+        # Not sent again by itself: if the connection ended after the text went out, the
+        # server may have taken it, and sending it twice would show it twice.
+        reply = session.request(Send(to=to, text=text), resend=False)
+    except SessionEnded:
+        raise
+    except ConnectionClosed:
+        console.show("The connection was lost before the server confirmed the message; "
+                     "checking whether it arrived...")
+        console.show(check_lost_send(session, to, text, floor))
+        return
     if isinstance(reply, Sent):
         console.show(render_sent(reply.to))
     elif isinstance(reply, Error):
         console.show(render_not_sent(reply))
+
+
+def check_lost_send(session: Session, to: str, text: str, floor: int) -> str:
+    """Whether a message whose `sent` was cut off by a lost connection was taken: the answer
+    to show. Looks, once the session is back, for a message from this session to `to` with
+    this text and a seq above `floor` (session.sent_floor() from before sending) in the
+    conversation's history: the server stores a message before it answers `sent`.
+    """
+    try:
+        reply = session.request(History(with_=to, limit=MAX_HISTORY_LIMIT))
+    except SessionEnded:
+        raise
+    except (NotConnected, ConnectionClosed, ReplyTimeout):
+        reply = None
+    if not isinstance(reply, HistoryPage):
+        return ("Could not check with the server: the message may or may not have been "
+                "sent.")
+    me = name_key(session.name)
+    for message in reply.messages:
+        if (message.seq > floor and name_key(message.sender) == me
+                and name_key(message.to) == name_key(to) and message.text == text):
+            return render_sent(to).removesuffix(".") + " (confirmed after reconnecting)."
+    if reply.more and (not reply.messages or reply.messages[0].seq > floor):
+        # Too much happened since to see it all: no answer either way.
+        return ("Could not check with the server: the message may or may not have been "
+                "sent.")
+    return ("Message not sent: the connection was lost before the server took it. Please "
+            "send it again.")
 
 
 def text_problem(text: str) -> Error | None:
@@ -271,33 +396,25 @@ def text_problem(text: str) -> Error | None:
     return None
 
 
-def is_online(connection: ServerConnection, to: str) -> bool:
-    """Whether `to` is `*` or a user in a fresh list from the server.
+def is_online(session: Session, to: str) -> bool:
+    """Whether `to` is `*` or a user in a fresh list from the server (online or away: the
+    server keeps messages for a user who is away).
 
     True as well when the list cannot be had (an error reply): the server's own check when the
     text is sent decides then.
     """
     if to == EVERYONE:
         return True
-    reply = connection.request(ListUsers())
+    reply = session.request(ListUsers())
     if not isinstance(reply, Users):
         return True
     return name_key(to) in {name_key(user.name) for user in reply.users}
 
 
-def goodbye(
-    connection: ServerConnection, console: Console, printer: EventPrinter
-) -> ExitCode:
+def goodbye(session: Session, console: Console) -> ExitCode:
     """Menu 3 (and Ctrl-C, Ctrl-D, end of input): say exit, wait for bye, close."""
-    printer.expect_close()
-    code = ExitCode.OK
-    try:
-        connection.request(Exit(), timeout=BYE_TIMEOUT_S)
-    except (ConnectionClosed, ReplyTimeout, KeyboardInterrupt):
-        code = ExitCode.CONNECTION_LOST
-    connection.close()
-    printer.stop()
-    if printer.lost or code != ExitCode.OK:
+    said_bye = session.end()
+    if not said_bye or session.lost:
         console.show("The connection ended before the server said goodbye.")
         return ExitCode.CONNECTION_LOST
     console.show("Goodbye!")
@@ -314,5 +431,3 @@ def _leave_unregistered(connection: ServerConnection) -> None:
     with contextlib.suppress(ConnectionClosed, ReplyTimeout, KeyboardInterrupt):
         connection.request(Exit(), timeout=BYE_TIMEOUT_S)
     connection.close()
-
-

@@ -13,7 +13,21 @@ from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Final
 
-from tcp_server.protocol import EVERYONE, Bye, Error, Event, Joined, Left, Message, UserInfo
+from tcp_server.protocol import (
+    EVERYONE,
+    Away,
+    Back,
+    Bye,
+    Error,
+    Event,
+    HistoryPage,
+    Joined,
+    Left,
+    Message,
+    Results,
+    UserInfo,
+    name_key,
+)
 
 MENU: Final = (
     "1. List: View all connected users.",
@@ -84,6 +98,77 @@ def render_left(event: Left, now: float, tz: tzinfo | None = None) -> str:
     return f"[{format_time(now, tz)}] * {printable(event.name)} left the chat"
 
 
+def render_away(event: Away, now: float, tz: tzinfo | None = None) -> str:
+    """A user whose connection ended without an exit: the session waits for them a while."""
+    return f"[{format_time(now, tz)}] * {printable(event.name)} is away"
+
+
+def render_back(event: Back, now: float, tz: tzinfo | None = None) -> str:
+    return f"[{format_time(now, tz)}] * {printable(event.name)} is back"
+
+
+def render_stored(
+    message: Message, me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str:
+    """A message from the server's store (history, search): time, sender, recipient, text.
+
+    Unlike a live message it may be one the user sent, so both ends are named, "you" for the
+    user. Only messages after seq `mine_after` (where this session started) can be the user's:
+    one before it under the same name was an earlier holder's of that name.
+    """
+
+    def who(name: str) -> str:
+        if message.seq > mine_after and name_key(name) == name_key(me):
+            return "you"
+        return printable(name)
+
+    to = "everyone" if message.to == EVERYONE else who(message.to)
+    return _with_body(f"[{format_time(message.ts, tz)}] {who(message.sender)} -> {to}: ",
+                      message.text)
+
+
+def render_earlier(
+    messages: Sequence[Message], me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str | None:
+    """The recent messages to everyone shown on joining, oldest first; None when there are none."""
+    if not messages:
+        return None
+    heading = f"Earlier messages to everyone (the last {len(messages)}):"
+    return _stored_block(heading, messages, me, tz, mine_after)
+
+
+def _stored_block(heading: str, messages: Sequence[Message], me: str,
+                  tz: tzinfo | None, mine_after: int) -> str:
+    return "\n".join([heading, *("  " + render_stored(m, me, tz, mine_after)
+                                 .replace("\n", "\n  ") for m in messages)])
+
+
+def render_history(
+    page: HistoryPage, me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str:
+    """The answer to `history` / `history NAME`: a heading, then the messages oldest first."""
+    who = printable(page.with_)
+    about = "to everyone" if page.with_ == EVERYONE else f"between you and {who}"
+    if not page.messages:
+        return f"No messages {about} yet."
+    count = len(page.messages)
+    older = ", older ones not shown" if page.more else ""
+    heading = f"Messages {about} (the last {count}{older}):"
+    return _stored_block(heading, page.messages, me, tz, mine_after)
+
+
+def render_results(
+    results: Results, me: str, tz: tzinfo | None = None, mine_after: int = 0
+) -> str:
+    """The answer to `search WORDS`: a heading, then the matches newest first."""
+    query = printable(results.q)
+    if not results.messages:
+        return f"No messages match '{query}'."
+    count = len(results.messages)
+    heading = f"{count} message{'' if count == 1 else 's'} match '{query}' (newest first):"
+    return _stored_block(heading, results.messages, me, tz, mine_after)
+
+
 def render_bye(event: Bye) -> str:
     """A bye the server sent on its own: it is about to close the connection."""
     if event.reason:
@@ -108,6 +193,10 @@ def render_event(event: Event, now: float, tz: tzinfo | None = None) -> str | No
             return render_joined(event, now, tz)
         case Left():
             return render_left(event, now, tz)
+        case Away():
+            return render_away(event, now, tz)
+        case Back():
+            return render_back(event, now, tz)
         case Bye():
             return render_bye(event)
         case Error():
@@ -118,14 +207,16 @@ def render_event(event: Event, now: float, tz: tzinfo | None = None) -> str | No
 
 
 def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
-    """The List answer: an aligned table of name, IP, port and client, marking the caller."""
-    header = ("NAME", "IP", "PORT", "CLIENT")
+    """The List answer: an aligned table of name, IP, port, client and status (online or
+    away), marking the caller."""
+    header = ("NAME", "IP", "PORT", "CLIENT", "STATUS")
     rows = [
         (
             printable(user.name),
             printable(user.ip),
             str(user.port),
             VIA_LABELS.get(user.via, printable(user.via)),
+            printable(user.status),
         )
         for user in users
     ]
@@ -134,7 +225,7 @@ def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
     lines = [f"{count} user{'' if count == 1 else 's'} online:"]
     for index, row in enumerate([header, *rows]):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
-                 row[2].rjust(widths[2]), row[3].ljust(widths[3])]
+                 row[2].rjust(widths[2]), row[3].ljust(widths[3]), row[4].ljust(widths[4])]
         line = "  " + "  ".join(cells)
         if index > 0 and users[index - 1].name == me:
             line += "  (you)"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tcp_server.grace import Deadlines
+from tcp_server.lograte import LogRate, held_back
 from tcp_server.protocol import (
     EVERYONE,
     Bye,
@@ -47,7 +48,14 @@ from tcp_server.protocol import (
     Welcome,
     format_address,
 )
-from tcp_server.registry import Envelope, Member, NameTakenError, NotHeldError, Room
+from tcp_server.registry import (
+    AddressFullError,
+    Envelope,
+    Member,
+    NameTakenError,
+    NotHeldError,
+    Room,
+)
 from tcp_server.store import (
     MessageStore,
     NewMessage,
@@ -77,6 +85,7 @@ class Session:
     member: Member | None = None
     record: SessionRecord | None = None
     exited: bool = False
+    logged: bool = True  # False: its address floods us, so its comings and goings are not logged
 
     @property
     def name(self) -> str | None:
@@ -135,6 +144,7 @@ class Commands:
         resume_grace: float = 120.0,
         clock: Callable[[], float] = time.time,
         max_away: int = 1_000,
+        max_per_address: int = 0,
     ) -> None:
         self._room = room
         self._store = store
@@ -142,9 +152,11 @@ class Commands:
         self._resume_grace = resume_grace
         self._clock = clock
         self._graces: Deadlines[Member] = Deadlines(self._expire)
+        self._secret_failures = LogRate(every=60.0)  # a guesser gets a line a minute
         # Away sessions, oldest first, at most max_away: past it the oldest ends early, so
         # connecting and vanishing in a loop cannot hold names and memory without bound.
         self._max_away = max_away
+        self._max_per_address = max_per_address  # sessions registered from one address; 0: any
         self._away_lock = threading.Lock()
         self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
 
@@ -158,7 +170,7 @@ class Commands:
             since = record.away_since if record.away_since is not None else now
             left_s = since + self._resume_grace - now
             info = UserInfo(record.name, record.ip, record.port, record.via)
-            away = Member(info, record.id, deliver=_nowhere).gone_away()
+            away = Member.away(info, record.id)
             if left_s <= 0:
                 self._store.end_session(record.id)
                 continue
@@ -209,14 +221,16 @@ class Commands:
         if session.exited or self._resume_grace <= 0:
             if self._room.leave(member):
                 self._store.end_session(record.id)
-                log.info("%s left as %s", session.peer, member.info.name)
+                if session.logged:
+                    log.info("%s left as %s", session.peer, member.info.name)
             return
         away = self._room.away(member)
         if away is None:  # taken over by another connection, or the server is stopping
             return
         self._store.set_away(record.id, self._clock(), delivered_seq)
         self._graces.schedule(away, time.monotonic() + self._resume_grace)
-        log.info("%s disconnected; %s is away", session.peer, member.info.name)
+        if session.logged:
+            log.info("%s disconnected; %s is away", session.peer, member.info.name)
         self._note_away(away)
 
     def _note_away(self, away: Member) -> None:
@@ -287,7 +301,10 @@ class Commands:
         if not hmac.compare_digest(
             request.secret.encode("utf-8", "surrogatepass"), self._gateway_secret
         ):
-            log.warning("%s sent a proxy request with a wrong secret", session.peer)
+            held = self._secret_failures.allow(session.ip)
+            if held is not None:
+                log.warning("%s sent a proxy request with a wrong secret%s", session.peer,
+                            held_back(held, "from this address in the last minute"))
             raise ProtocolError(ErrorCode.FORBIDDEN, "wrong gateway secret", rid)
         log.info("%s is a gateway for browser %s:%d", session.peer, request.ip, request.port)
         session.ip, session.port, session.via, session.proxied = (
@@ -309,19 +326,33 @@ class Commands:
         )
         if self._room.is_taken(request.name):
             raise taken
+        address_full = ProtocolError(
+            ErrorCode.TOO_MANY_FROM_ADDRESS,
+            f"{self._max_per_address} users are already registered from your address "
+            f"{session.ip}; one of them must exit first",
+            request.id,
+        )
+        if self._max_per_address and (
+            self._room.sessions_from(session.ip) >= self._max_per_address
+        ):
+            raise address_full
         token = secrets.token_urlsafe(TOKEN_BYTES)
         record = self._store.open_session(
             request.name, token, session.ip, session.port, session.via
         )
         info = UserInfo(name=request.name, ip=session.ip, port=session.port, via=session.via)
         member = Member(info, record.id, deliver=session.deliver, close=session.close)
-        try:
-            self._room.join(member)
-        except NameTakenError:  # another connection took it since is_taken()
+        try:  # checked again, atomically: other connections may have registered since
+            self._room.join(member, self._max_per_address)
+        except NameTakenError:
             self._store.end_session(record.id)
             raise taken from None
+        except AddressFullError:
+            self._store.end_session(record.id)
+            raise address_full from None
         session.member, session.record = member, record
-        log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
+        if session.logged:
+            log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
         welcome = Welcome(
             name=info.name, ip=info.ip, port=info.port, id=request.id, session=token,
             seq=record.start_seq, resumed=False,
@@ -355,7 +386,8 @@ class Commands:
         self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
         after = request.after if request.after is not None else record.delivered_seq
-        log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)
+        if session.logged:
+            log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)
         welcome = Welcome(
             name=record.name, ip=session.ip, port=session.port, id=request.id, session=token,
             seq=self._store.last_seq(), resumed=True,
@@ -397,7 +429,3 @@ class Commands:
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:
     return tuple(message.event() for message in messages)
-
-
-def _nowhere(envelope: Envelope) -> None:
-    """Delivery to a session restored without a connection."""

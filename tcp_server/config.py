@@ -18,6 +18,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 9000
     max_clients: int = 1_000
+    max_clients_per_ip: int = 50
     hello_timeout: float = 10.0
     rate_limit: float = 20.0
     rate_burst: int = 60
@@ -39,6 +40,8 @@ _HELP: dict[str, str] = {
     "host": "address to listen on (use :: or 0.0.0.0 for every interface)",
     "port": "TCP port to listen on (0 picks a free one)",
     "max_clients": "connections allowed at once; more get error server_full",
+    "max_clients_per_ip": "users (online or away) registered from one address; a browser "
+    "counts by its own address, never the gateway's (0: no limit)",
     "hello_timeout": "seconds a new connection has to complete hello before it is closed",
     "rate_limit": "requests a second allowed per connection on average (0: no limit)",
     "rate_burst": "requests a connection may send at once before rate_limit applies",

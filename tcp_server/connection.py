@@ -24,6 +24,7 @@ from tcp_server.commands import Commands, Session
 from tcp_server.config import ServerConfig
 from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
 from tcp_server.flusher import Flusher
+from tcp_server.lograte import held_back
 from tcp_server.outbox import Outbox
 from tcp_server.protocol import (
     Bye,
@@ -63,7 +64,11 @@ class Connection:
         config: ServerConfig,
         commands: Commands,
         flusher: Flusher | None = None,
+        logged: int | None = 0,
     ) -> None:
+        """`logged`: None keeps this connection's coming and going out of the log (a flood
+        from its address); a count says how many were held back before it."""
+        self._logged = logged
         self._sock = sock
         self._sock_lock = threading.Lock()  # serializes shutdown() against close()
         self._config = config
@@ -79,7 +84,8 @@ class Connection:
         )
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(
-            ip=address[0], port=address[1], deliver=self.deliver, close=self.close
+            ip=address[0], port=address[1], deliver=self.deliver, close=self.close,
+            logged=logged is not None,
         )
         # While registering (see _register), deliveries wait here, so that the welcome and the
         # replay come first; _held_lock makes the switch to direct delivery atomic.
@@ -161,7 +167,9 @@ class Connection:
     # --- the reader thread --------------------------------------------------------------------
 
     def run(self) -> None:
-        log.info("%s connected", self.peer)
+        if self._logged is not None:
+            log.info("%s connected%s", self.peer,
+                     held_back(self._logged, "connections from this address"))
         self._writer.start()
         try:
             self._read_loop()
@@ -189,7 +197,8 @@ class Connection:
             # Checked before every read, not only once the socket is quiet: a client that keeps
             # sending would otherwise outlive the deadline.
             if self.session.member is None and time.monotonic() >= hello_deadline:
-                log.info("%s sent no hello in time", self.peer)
+                if self._logged is not None:
+                    log.info("%s sent no hello in time", self.peer)
                 timeout = self._config.hello_timeout
                 self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
                 return
@@ -282,13 +291,31 @@ class Connection:
     def _replay(self, pages: Iterable[list[StoredMessage]]) -> None:
         """Queue what the session missed, a page at a time, as fast as the client reads."""
         budget = self._config.max_outbox_bytes
+        chunk: list[bytes] = []
+        size = last_seq = 0
         for page in pages:
-            data = b"".join(self._encoder.encode(message.event()) for message in page)
-            if not self._outbox.wait_for_room(len(data), budget, self._config.hello_timeout):
-                self._drop(REPLIES_UNREAD)
-                return
-            self._put(data)
-            self._replayed_upto = self._delivered_seq = page[-1].seq
+            for message in page:
+                line = self._encoder.encode(message.event())
+                if chunk and size + len(line) > budget // 2:
+                    if not self._queue_replayed(chunk, size, last_seq):
+                        return
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+                last_seq = message.seq
+        if chunk:
+            self._queue_replayed(chunk, size, last_seq)
+
+    def _queue_replayed(self, chunk: list[bytes], size: int, last_seq: int) -> bool:
+        """Queue replayed lines once they fit the send queue; False if the client does not
+        read them in time (then it is dropped, and may resume again)."""
+        budget = self._config.max_outbox_bytes
+        if not self._outbox.wait_for_room(size, budget, self._config.hello_timeout):
+            self._drop(REPLIES_UNREAD)
+            return False
+        self._put(b"".join(chunk))
+        self._replayed_upto = self._delivered_seq = last_seq
+        return True
 
     def _release_held(self) -> None:
         with self._held_lock:
@@ -337,7 +364,8 @@ class Connection:
             self._linger(deadline)
         with self._sock_lock:
             self._sock.close()
-        log.info("%s disconnected", self.peer)
+        if self._logged is not None:
+            log.info("%s disconnected", self.peer)
 
     def _join_writer(self, deadline: float) -> bool:
         """Wait for the writer to send everything; False if it had to be cut off."""

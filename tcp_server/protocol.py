@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
     SESSION_EXPIRED = "session_expired"
+    TOO_MANY_FROM_ADDRESS = "too_many_from_address"
     UNAVAILABLE = "unavailable"
 
     @property

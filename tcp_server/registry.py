@@ -14,6 +14,7 @@ stall the room.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -80,11 +81,20 @@ class Member:
     close: Callable[[str], None] = _no_connection
 
     def gone_away(self) -> Member:
-        return Member(replace(self.info, status=AWAY), self.session, _nowhere)
+        return Member.away(self.info, self.session)
+
+    @staticmethod
+    def away(info: UserInfo, session: SessionId) -> Member:
+        """The member of a session without a connection."""
+        return Member(replace(info, status=AWAY), session, _nowhere)
 
 
 class NameTakenError(Exception):
     """The name is already in use (names collide case-insensitively)."""
+
+
+class AddressFullError(Exception):
+    """The member's address already has the most sessions allowed."""
 
 
 class NotHeldError(Exception):
@@ -98,8 +108,9 @@ class Room(Protocol):
     connection ended without exit, within the grace period).
     """
 
-    def join(self, member: Member) -> None:
-        """Register a new session and tell everyone else; raise NameTakenError on a clash."""
+    def join(self, member: Member, max_per_address: int = 0) -> None:
+        """Register a new session and tell everyone else; raise NameTakenError on a clash,
+        AddressFullError if its address has max_per_address sessions already (0: no limit)."""
 
     def resume(self, member: Member) -> Member | None:
         """Give an existing session its new connection; returns the member of the connection
@@ -122,6 +133,9 @@ class Room(Protocol):
 
     def is_taken(self, name: str) -> bool:
         """Whether a session (online or away) holds the name."""
+
+    def sessions_from(self, ip: str) -> int:
+        """How many sessions (online or away) were registered from this address."""
 
     def recipient(self, name: str) -> tuple[str, SessionId] | None:
         """The registered name and session of `name` (any case), online or away."""
@@ -146,16 +160,20 @@ class LocalRoom:
         # connection, by session. A member in _online is also _members' entry for its name.
         self._members: dict[str, Member] = {}
         self._online: dict[SessionId, Member] = {}
+        self._per_address: Counter[str] = Counter()  # sessions by info.ip, for the limit
         self._quiet = False
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member, max_per_address: int = 0) -> None:
         key = name_key(member.info.name)
         with self._lock:
             if key in self._members:
                 raise NameTakenError(member.info.name)
+            if max_per_address and self._per_address[member.info.ip] >= max_per_address:
+                raise AddressFullError(member.info.ip)
             others = self._audience(member.session)
             self._members[key] = member
             self._online[member.session] = member
+            self._per_address[member.info.ip] += 1
         _fan_out(others, Envelope(Joined(member.info.name)))
 
     def resume(self, member: Member) -> Member | None:
@@ -167,6 +185,8 @@ class LocalRoom:
             previous = self._online.get(member.session)
             self._members[key] = member
             self._online[member.session] = member
+            self._count_out(holder.info.ip)
+            self._per_address[member.info.ip] += 1
             others = [] if previous is not None else self._audience(member.session)
         _fan_out(others, Envelope(Back(member.info.name)))
         return previous
@@ -194,6 +214,7 @@ class LocalRoom:
                 return False
             del self._members[key]
             self._online.pop(member.session, None)
+            self._count_out(holder.info.ip)
             others = self._audience(member.session)
         _fan_out(others, Envelope(Left(member.info.name)))
         return True
@@ -204,6 +225,7 @@ class LocalRoom:
             if self._members.get(key) is not away:
                 return False
             del self._members[key]
+            self._count_out(away.info.ip)
             others = self._audience(away.session)
         _fan_out(others, Envelope(Left(away.info.name)))
         return True
@@ -214,10 +236,15 @@ class LocalRoom:
             if key in self._members:
                 raise NameTakenError(away.info.name)
             self._members[key] = away
+            self._per_address[away.info.ip] += 1
 
     def is_taken(self, name: str) -> bool:
         with self._lock:
             return name_key(name) in self._members
+
+    def sessions_from(self, ip: str) -> int:
+        with self._lock:
+            return self._per_address[ip]
 
     def recipient(self, name: str) -> tuple[str, SessionId] | None:
         with self._lock:
@@ -254,6 +281,12 @@ class LocalRoom:
     def __len__(self) -> int:
         with self._lock:
             return len(self._members)
+
+    def _count_out(self, ip: str) -> None:
+        """One session fewer from `ip` (under _lock); no zero entries are kept."""
+        self._per_address[ip] -= 1
+        if self._per_address[ip] <= 0:
+            del self._per_address[ip]
 
     def _audience(self, session: SessionId) -> list[Member]:
         """Everyone online but `session`, to be told of its arrival or departure (under _lock)."""

@@ -17,6 +17,7 @@ from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
 from tcp_server.connection import Connection, run_connection
 from tcp_server.flusher import Flusher
+from tcp_server.lograte import LogRate, held_back
 from tcp_server.memory_store import MemoryStore
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
 from tcp_server.registry import LocalRoom, Room
@@ -52,6 +53,7 @@ class ChatServer:
         self._commands = Commands(
             self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace,
             max_away=config.max_away or config.max_clients,
+            max_per_address=config.max_clients_per_ip,
         )
         try:
             self._commands.start()
@@ -65,6 +67,8 @@ class ChatServer:
         self._lock = threading.Lock()
         self._threads: dict[Connection, threading.Thread] = {}  # guarded by _lock
         self._flusher = Flusher()
+        # 30 connections from one address logged at once, then one a second: see lograte.py
+        self._connection_lines = LogRate(every=1.0, burst=30)
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
@@ -154,7 +158,8 @@ class ChatServer:
             full = len(self._threads) >= self._config.max_clients
             if not full:
                 connection = Connection(
-                    sock, address, self._config, self._commands, self._flusher
+                    sock, address, self._config, self._commands, self._flusher,
+                    logged=self._connection_lines.allow(address[0]),
                 )
                 thread = threading.Thread(
                     target=run_connection,
@@ -173,8 +178,10 @@ class ChatServer:
             self._refuse(sock, address)
 
     def _refuse(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        log.warning("%s:%d refused: %d clients already", address[0], address[1],
-                    self._config.max_clients)
+        held = self._connection_lines.allow(address[0])
+        if held is not None:
+            log.warning("%s:%d refused: %d clients already%s", address[0], address[1],
+                        self._config.max_clients, held_back(held, "from this address"))
         error = ProtocolError(
             ErrorCode.SERVER_FULL,
             f"the server is full ({self._config.max_clients} connections); try again later",

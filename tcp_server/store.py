@@ -175,7 +175,9 @@ CREATE INDEX IF NOT EXISTS messages_to_everyone ON messages (seq)
     WHERE recipient_session IS NULL;
 CREATE INDEX IF NOT EXISTS messages_sent ON messages (sender_session, recipient_key, seq)
     WHERE recipient_session IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_received ON messages (recipient_session, sender_key, seq);
+DROP INDEX IF EXISTS messages_received;
+CREATE INDEX IF NOT EXISTS messages_received_direct
+    ON messages (recipient_session, sender_key, seq) WHERE recipient_session IS NOT NULL;
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5 (
     text, content='messages', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
 );

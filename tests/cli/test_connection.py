@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import threading
@@ -249,3 +250,71 @@ def test_waiting_request_is_woken_when_the_server_hangs_up(
     assert len(outcome) == 1
     assert isinstance(outcome[0], ConnectionClosed)
     assert next_event(connection) is None
+    assert outcome[0].written  # the server may have acted on it
+
+
+def test_request_on_a_closed_connection_says_it_was_not_written(
+    fake: tuple[FakeServer, ServerConnection, socket.socket],
+) -> None:
+    _, connection, peer = fake
+    peer.close()
+    assert next_event(connection) is None
+    with pytest.raises(ConnectionClosed) as caught:
+        connection.request(ListUsers())
+    assert not caught.value.written
+
+
+def read_request(peer: socket.socket, buffer: bytearray) -> dict[str, object]:
+    """The next line the client wrote, as an object (peer has a timeout)."""
+    while b"\n" not in buffer:
+        chunk = peer.recv(1024)
+        assert chunk, "the client closed the connection"
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    obj: dict[str, object] = json.loads(line)
+    return obj
+
+
+def test_heartbeat_pings_a_silent_server_and_aborts_when_no_pong_comes(
+    fake: tuple[FakeServer, ServerConnection, socket.socket],
+) -> None:
+    _, connection, peer = fake
+    connection.start_heartbeat(interval_s=0.05, timeout_s=0.1)
+    assert read_request(peer, bytearray())["type"] == "ping"
+    # No pong: the connection is taken for lost and ends like any other.
+    assert next_event(connection) is None
+    assert connection.closed
+    connection.close()
+    assert not threads_named(f"heartbeat-{connection.peer}")
+
+
+def test_heartbeat_keeps_a_connection_whose_server_answers(
+    fake: tuple[FakeServer, ServerConnection, socket.socket],
+) -> None:
+    _, connection, peer = fake
+    connection.start_heartbeat(interval_s=0.05, timeout_s=1.0)
+    buffer = bytearray()
+    for _ in range(3):
+        ping = read_request(peer, buffer)
+        assert ping["type"] == "ping"
+        peer.sendall(json.dumps({"type": "pong", "id": ping["id"]}).encode() + b"\n")
+    assert not connection.closed
+    with pytest.raises(queue.Empty):
+        connection.events.get_nowait()  # pongs are replies, not events
+
+
+def test_heartbeat_does_not_ping_while_the_server_keeps_talking(
+    fake: tuple[FakeServer, ServerConnection, socket.socket],
+) -> None:
+    _, connection, peer = fake
+    connection.start_heartbeat(interval_s=0.3, timeout_s=1.0)
+    for _ in range(8):  # an event every 0.1 s for 0.8 s: never 0.3 s of silence
+        peer.sendall(b'{"type":"joined","name":"bob"}\n')
+        assert next_event(connection) == Joined(name="bob")
+        peer.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            peer.recv(1024)
+    peer.settimeout(WAIT_S)
+    # Once the server falls silent, the ping comes.
+    assert read_request(peer, bytearray())["type"] == "ping"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_everyone_messages_reach_every_other_client(room: Room) -> None:
     assert "alice (to everyone)" not in alice.text()
 
 
-def test_list_shows_every_client_with_address_and_kind_and_marks_the_caller(
+def test_list_shows_every_client_with_address_kind_and_status_and_marks_the_caller(
     room: Room,
 ) -> None:
     table = list_users(room.alice)
@@ -123,8 +124,9 @@ def test_list_shows_every_client_with_address_and_kind_and_marks_the_caller(
         assert row[1] == "127.0.0.1"
         assert row[2].isdigit()
         assert row[3] == "terminal"
-    assert rows["alice"][4:] == ["(you)"]
-    assert rows["bob"][4:] == []
+        assert row[4] == "online"
+    assert rows["alice"][5:] == ["(you)"]
+    assert rows["bob"][5:] == []
 
 
 def test_exit_removes_the_user_from_everyones_list(room: Room) -> None:
@@ -230,6 +232,8 @@ def test_recipient_leaving_while_the_message_is_typed_is_refused_in_the_servers_
         client.line("dave")
         client.wait_for(TEXT_PROMPT)
         since = client.mark()
+        # Leaving is saying exit: a connection that just ends leaves the user away.
+        assert dave.request("exit")["type"] == "bye"
     client.wait_for("* dave left the chat", since=since)
     client.line("still there?")
     assert "Message not sent: no user named 'dave' is online." in (
@@ -277,26 +281,32 @@ def test_server_not_running_is_one_line_and_exit_code_2() -> None:
     ]
 
 
-def test_server_killed_mid_session_is_said_at_once_and_exit_code_1() -> None:
-    with core_process() as server, running_client(
-        client_command(server.address[1], "--name", "alice")
+def test_server_killed_mid_session_is_said_at_once_and_exit_code_1_after_reconnect_for(
+    tmp_path: Path,
+) -> None:
+    with core_process("--data-dir", str(tmp_path)) as server, running_client(
+        client_command(server.address[1], "--name", "alice", "--reconnect-for", "1")
     ) as client:
         client.wait_for(CHOICE_PROMPT)
         server.proc.kill()
         # stdin stays open: nobody presses a key, the client notices by itself.
-        client.wait_for("Connection to the server lost.")
+        client.wait_for("Connection to the server lost; reconnecting...")
+        client.wait_for("Could not reconnect to the server within 1 s; giving up.")
         assert client.wait_exit() == 1
         assert "Traceback" not in client.stderr_text() + client.text()
 
 
-def test_server_shutdown_is_said_with_its_reason_and_exit_code_1() -> None:
-    with core_process() as server, running_client(
-        client_command(server.address[1], "--name", "alice")
+def test_server_shutdown_is_said_with_its_reason_and_exit_code_1_after_reconnect_for(
+    tmp_path: Path,
+) -> None:
+    with core_process("--data-dir", str(tmp_path)) as server, running_client(
+        client_command(server.address[1], "--name", "alice", "--reconnect-for", "1")
     ) as client:
         client.wait_for(CHOICE_PROMPT)
         server.proc.terminate()
         client.wait_for("The server is closing the connection: server shutting down")
-        client.wait_for("Connection to the server lost.")
+        client.wait_for("Connection to the server lost; reconnecting...")
+        client.wait_for("Could not reconnect to the server within 1 s; giving up.")
         assert client.wait_exit() == 1
 
 

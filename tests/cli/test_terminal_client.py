@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cli_client import render
 from tcp_server.server import ChatServer
 from tests.cli.conftest import StartClient
@@ -161,14 +163,18 @@ def test_ctrl_c_at_the_menu_prompt_exits_like_exit(
         dave.expect("left", name="alice")
 
 
-def test_server_killed_while_at_the_prompt_is_said_at_once_and_exit_code_1() -> None:
-    with core_process() as server, running_client(
-        client_command(server.address[1], "--name", "alice"), pty_mode=True
+def test_server_killed_while_at_the_prompt_is_said_at_once_and_exit_code_1_after_giving_up(
+    tmp_path: Path,
+) -> None:
+    with core_process("--data-dir", str(tmp_path)) as server, running_client(
+        client_command(server.address[1], "--name", "alice", "--reconnect-for", "1"),
+        pty_mode=True,
     ) as alice:
         alice.wait_for(CHOICE_PROMPT)
         alice.write("1")  # a half-typed answer; the prompt must still give way
         alice.wait_for("1")
         server.proc.kill()
-        alice.wait_for("Connection to the server lost.")
+        alice.wait_for("Connection to the server lost; reconnecting...")
+        alice.wait_for("Could not reconnect to the server within 1 s; giving up.")
         assert alice.wait_exit() == 1
         assert "Traceback" not in alice.text()

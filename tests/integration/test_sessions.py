@@ -363,3 +363,83 @@ def test_search_and_conversations_stay_bounded_for_a_busy_session(address: Addre
         assert [c["unread"] for c in listed] == [1, 1, 1, 1, 1, 0]
         found = alice.request("search", q="common", limit=3)["messages"]
         assert [m["from"] for m in found] == ["p4", "p3", "p2"]
+
+
+def test_a_replay_larger_than_the_send_queue_arrives_whole_while_the_client_reads() -> None:
+    with running_server(max_outbox_bytes=65_536, rate_limit=0) as server:
+        address = server.address
+        alice, _ = joined(address, "alice")
+        bob, welcome = joined(address, "bob")
+        with alice:
+            alice.expect("joined", name="bob")
+            drop(bob)
+            alice.expect("away", name="bob")
+            text = "x" * 1_000
+            seqs = [send(alice, "*" if n % 2 else "bob", f"{n} {text}") for n in range(600)]
+            # 600 KB missed: ten times the send queue. The replay waits for the client to read.
+            bob2, _ = resume(address, "bob", welcome["session"], after=0)
+            with bob2:
+                got = messages_until_silent(bob2, seconds=1.0)
+                assert [m["seq"] for m in got] == seqs
+                live = send(alice, "bob", "live after the replay")
+                assert bob2.expect("message")["seq"] == live
+
+
+def test_one_address_cannot_take_every_name_and_others_still_get_in() -> None:
+    with running_server(max_clients_per_ip=3, rate_limit=0) as server:
+        address = server.address
+        mine = [RawClient(address, source="127.0.0.2") for _ in range(4)]
+        try:
+            for number, client in enumerate(mine[:3]):
+                client.hello(f"hog{number}")
+            refused = mine[3].request("hello", name="hog3")
+            assert refused["code"] == "too_many_from_address"
+            assert "127.0.0.2" in refused["message"]
+            with RawClient(address, source="127.0.0.3") as other:
+                assert other.request("hello", name="neighbour")["type"] == "welcome"
+            drop(mine[0])  # away still counts: vanishing does not free a place...
+            assert mine[3].request("hello", name="hog3")["code"] == "too_many_from_address"
+            assert mine[1].request("exit")["type"] == "bye"  # ...exit does
+            assert mine[3].request("hello", name="hog3")["type"] == "welcome"
+        finally:
+            for client in mine:
+                client.close()
+
+
+def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
+    with running_server(max_clients_per_ip=2, gateway_secret="s3cret") as server:
+        address = server.address
+
+        def browser(ip: str, name: str) -> tuple[RawClient, dict[str, Any]]:
+            client = RawClient(address)  # every one from the gateway's address
+            client.send(type="proxy", secret="s3cret", ip=ip, port=40_000)
+            return client, client.request("hello", name=name)
+
+        opened = [browser("198.51.100.1", "b1"), browser("198.51.100.2", "b2"),
+                  browser("198.51.100.3", "b3"), browser("198.51.100.1", "b4"),
+                  browser("198.51.100.1", "b5")]
+        try:
+            assert [reply["type"] for _, reply in opened] == ["welcome"] * 4 + ["error"]
+            assert opened[4][1]["code"] == "too_many_from_address"
+        finally:
+            for client, _ in opened:
+                client.close()
+
+
+def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="tcp_server")
+    with running_server(gateway_secret="right", rate_limit=0) as server:
+        for _ in range(200):
+            with RawClient(server.address, source="127.0.0.2") as client:
+                client.send(type="proxy", secret="guess", ip="10.0.0.1", port=1)
+                assert client.expect("error")["code"] == "forbidden"
+        with RawClient(server.address, source="127.0.0.3") as other:
+            other.hello("other")
+        wait_until(lambda: "127.0.0.3" in caplog.text and "registered as other" in caplog.text)
+    flood = [r.getMessage() for r in caplog.records if "127.0.0.2" in r.getMessage()]
+    guesses = [line for line in flood if "wrong secret" in line]
+    assert len(guesses) == 1  # one a minute per address
+    connected = [line for line in flood if re.search(r":\d+ connected", line)]
+    assert 30 <= len(connected) <= 35, len(connected)  # the burst, then about one a second

@@ -51,7 +51,8 @@ def registered_clients(server: ChatServer, count: int) -> Iterator[list[Collecti
     opened: list[CollectingClient] = []
     try:
         for i in range(count):
-            client = CollectingClient(server.address, name(i))
+            # 40 users per address: under the default limit of 50 per address
+            client = CollectingClient(server.address, name(i), source=f"127.0.0.{2 + i // 40}")
             opened.append(client)
             client.hello(name(i))
         yield opened

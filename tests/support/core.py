@@ -47,8 +47,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, what: str
 class RawClient:
     """A protocol-v1 client over a plain socket; every read has a timeout."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = WAIT_S) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = WAIT_S, source: str | None = None
+    ) -> None:
+        """`source`: the local address to connect from (127.0.0.2, 127.0.0.3, ...: distinct
+        client addresses on loopback)."""
+        self.sock = socket.create_connection(
+            address, timeout=timeout, source_address=(source, 0) if source else None
+        )
         self._buffer = b""
         self._skipped: collections.deque[dict[str, Any]] = collections.deque()
         self.name: str | None = None

@@ -55,11 +55,16 @@ class CollectingClient:
     ends the connection. Waits take a deadline. close() ends the socket and joins the reader.
     """
 
-    def __init__(self, address: tuple[str, int], label: str, rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], label: str, rcvbuf: int | None = None,
+        source: str | None = None,
+    ) -> None:
         self.label = label
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the TCP window is negotiated small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:  # a distinct client address on loopback (127.0.0.2, ...)
+            self.sock.bind((source, 0))
         self.sock.settimeout(WAIT_S)
         self.sock.connect(address)
         self.sock.settimeout(None)  # the reader blocks in recv(); close() wakes it
