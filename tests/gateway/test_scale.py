@@ -9,10 +9,17 @@ from contextlib import ExitStack
 import pytest
 
 from tcp_server.server import ChatServer
-from tests.support.core import WAIT_S, RawClient
-from tests.support.gateway import GatewayProcess, WsClient, gateway_process
+from tests.support.core import WAIT_S, RawClient, running_server
+from tests.support.gateway import SECRET, GatewayProcess, WsClient, gateway_process
 
 BROWSERS = 200
+
+
+@pytest.fixture
+def core() -> Iterator[ChatServer]:
+    # Every test browser comes from 127.0.0.1: the core's per-address limit must allow them.
+    with running_server(gateway_secret=SECRET, max_clients_per_ip=BROWSERS + 1) as server:
+        yield server
 
 
 @pytest.fixture
