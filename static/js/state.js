@@ -294,11 +294,15 @@ const HANDLERS = {
   "local/search-clear": (state) => ({ ...state, search: idleSearch() }),
 
   // --- the server ---
-  welcome: (state, { name, ip, port }) => ({
+  welcome: (state, { name, ip, port, truncated }) => ({
     ...state,
     me: { name, ip, port },
     joinError: "",
     resuming: false,
+    // Retention deleted some of what the session missed before it came back.
+    notice: truncated === true
+      ? "Some messages sent while you were away are no longer kept and cannot be shown."
+      : state.notice,
   }),
 
   users: (state, { users }) => {

@@ -762,3 +762,9 @@ def test_an_expired_session_starts_again_without_the_old_conversations(
     assert state["resuming"] is True  # the room stays while the new session joins
     assert sorted(state["conversations"]) == ["*"]
     assert "no such session" in state["notice"]
+
+
+def test_a_truncated_resume_says_that_some_missed_messages_are_gone(module_page: Page) -> None:
+    resumed = {**WELCOME_S, "resumed": True, "truncated": True}
+    assert "no longer kept" in run_state(module_page, [resumed])["notice"]
+    assert run_state(module_page, [{**WELCOME_S, "resumed": True}])["notice"] == ""
