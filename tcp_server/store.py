@@ -725,5 +725,6 @@ def _stored(seq: int, m: NewMessage) -> StoredMessage:
 
 
 def _row(m: StoredMessage) -> tuple[Any, ...]:
-    return (m.seq, m.ts, m.sender, name_key(m.sender), m.sender_session, m.to, name_key(m.to),
-            m.recipient_session, m.text)
+    # str.casefold() is name_key(), called directly: this runs for every message
+    return (m.seq, m.ts, m.sender, m.sender.casefold(), m.sender_session, m.to,
+            m.to.casefold(), m.recipient_session, m.text)
