@@ -2,9 +2,17 @@
 
 The reader turns bytes into requests through the connection's codec and hands them to the
 commands; replies and deliveries are encoded and queued in the outbox, which only the writer
-drains into the socket. Every wait has a wake-up path: the hello deadline bounds the reader's
-first wait, shutting down the socket's read side wakes a blocked recv(), and closing the outbox
-wakes the writer.
+(or the shared flusher, see outbox.py) drains into the socket. Every wait has a wake-up path:
+the hello deadline bounds the reader's first wait, shutting down the socket's read side wakes a
+blocked recv(), and closing the outbox wakes the writer.
+
+Three orderings are kept here:
+- A send is answered by the store's thread once its message is committed and delivered; the
+  reader goes on with the next request meanwhile, and any other reply waits for the sends
+  before it, so replies come in the order of the requests.
+- While a hello registers (and, for a resume, replays what the session missed), deliveries
+  from others are held, then released after the welcome and the replay.
+- A message already sent by the replay is never delivered again (`_replayed_upto`).
 """
 
 from __future__ import annotations

@@ -261,22 +261,27 @@ class LocalRoom:
             self._quiet = True
 
     def publish(self, messages: list[StoredMessage]) -> None:
-        everyone: list[Member] | None = None
-        for message in messages:
-            envelope = Envelope(message.event())
-            if message.recipient_session is None:
-                if everyone is None:
-                    with self._lock:
-                        everyone = list(self._online.values())
-                sender = message.sender_session
-                for member in everyone:
-                    if member.session != sender:
-                        member.deliver(envelope)
+        # One look at the tables for the whole batch (the store commits many at once), then
+        # every delivery outside the lock.
+        with self._lock:
+            online = self._online
+            everyone = list(online.values())
+            routes = [
+                (message, everyone if message.recipient_session is None
+                 else online.get(message.recipient_session))
+                for message in messages
+            ]
+        for message, recipients in routes:
+            if recipients is None:  # the recipient is away: the store keeps it for a resume
                 continue
-            with self._lock:
-                recipient = self._online.get(message.recipient_session)
-            if recipient is not None:
-                recipient.deliver(envelope)
+            envelope = Envelope(message.event())
+            if isinstance(recipients, Member):
+                recipients.deliver(envelope)
+                continue
+            sender = message.sender_session
+            for member in recipients:
+                if member.session != sender:
+                    member.deliver(envelope)
 
     def __len__(self) -> int:
         with self._lock:

@@ -37,6 +37,7 @@ REPLAY_PAGE: Final = 500
 PRUNE_EVERY_S: Final = 60.0
 PRUNE_CHUNK: Final = 10_000
 MAX_JOBS_PER_COMMIT: Final = 1_000
+CHECKPOINT_EVERY_S: Final = 1.0
 SEARCH_SCAN: Final = 10_000  # matches looked through per search, newest first
 MAX_CONVERSATIONS: Final = 200  # listed by conversations()
 SECONDS_PER_DAY: Final = 86_400
@@ -308,6 +309,15 @@ class SqliteStore:
         self._next_prune = 0.0
         self._writer = threading.Thread(target=self._write_loop, name="store-writer")
         self._writer.start()
+        # Checkpoints (copying the WAL into the database, with an fsync) would stall the
+        # writer, and every sender waiting on it, for milliseconds: a thread of their own
+        # does them, beside the writer (WAL allows it), once a second.
+        self._writer_db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_db = self._connect()
+        self._stopping = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="store-checkpoint")
+        self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -565,8 +575,19 @@ class SqliteStore:
             self._closed = True
             self._jobs.put(None)
         self._writer.join()
-        for db in [*self._all_readers, self._writer_db]:
+        self._stopping.set()
+        self._checkpointer.join()
+        with contextlib.suppress(sqlite3.Error):  # a clean file for backups and the next start
+            self._checkpoint_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for db in [*self._all_readers, self._writer_db, self._checkpoint_db]:
             db.close()
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stopping.wait(CHECKPOINT_EVERY_S):
+            try:
+                self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as error:  # busy or failing: the WAL waits for the next one
+                log.warning("store: checkpoint failed: %s", error)
 
     # --- the writer thread --------------------------------------------------------------------
 
@@ -704,5 +725,6 @@ def _stored(seq: int, m: NewMessage) -> StoredMessage:
 
 
 def _row(m: StoredMessage) -> tuple[Any, ...]:
-    return (m.seq, m.ts, m.sender, name_key(m.sender), m.sender_session, m.to, name_key(m.to),
-            m.recipient_session, m.text)
+    # str.casefold() is name_key(), called directly: this runs for every message
+    return (m.seq, m.ts, m.sender, m.sender.casefold(), m.sender_session, m.to,
+            m.to.casefold(), m.recipient_session, m.text)

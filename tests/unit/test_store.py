@@ -748,13 +748,16 @@ def test_a_write_failing_with_an_unexpected_error_fails_alone(store: SqliteStore
     assert message.seq == 1
 
 
-def test_close_ends_the_writer_thread(tmp_path: Path) -> None:
+def test_close_ends_the_writer_and_checkpoint_threads(tmp_path: Path) -> None:
     before = set(threading.enumerate())
     opened = SqliteStore(tmp_path)
-    (writer,) = (t for t in threading.enumerate() if t not in before)
-    assert writer.name == "store-writer"
+    started = [t for t in threading.enumerate() if t not in before]
+    assert sorted(t.name for t in started) == ["store-checkpoint", "store-writer"]
     opened.close()
-    assert not writer.is_alive()
+    assert not any(t.is_alive() for t in started)
+    assert not (tmp_path / "chat.sqlite3-wal").exists() or (
+        (tmp_path / "chat.sqlite3-wal").stat().st_size == 0
+    )
 
 
 def test_appends_racing_close_are_committed_or_refused_never_lost(tmp_path: Path) -> None:
