@@ -244,7 +244,7 @@ class _Job:
 
     def __init__(
         self,
-        action: Callable[[sqlite3.Connection], Any] | NewMessage,
+        action: Callable[[sqlite3.Cursor], Any] | NewMessage,
         committed: threading.Condition,
         then: SendDone | None = None,
     ) -> None:
@@ -299,15 +299,22 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._last_seq = self._meta("last_seq")
         self._pruned_upto = self._meta("pruned_upto")
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        # Each connection is used through one cursor of its own, for good: sqlite3 (3.11) keeps
+        # a weak reference to every cursor a connection makes, piling up with one per query.
+        self._readers: queue.SimpleQueue[sqlite3.Cursor] = queue.SimpleQueue()
         self._all_readers = [self._connect() for _ in range(READ_CONNECTIONS)]
         for reader in self._all_readers:
-            self._readers.put(reader)
+            self._readers.put(reader.cursor())
+        self._writer_cursor = self._writer_db.cursor()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._committed = threading.Condition(threading.Lock())  # see _Job
         self._closed = False
         self._next_prune = 0.0
-        self._writer = threading.Thread(target=self._write_loop, name="store-writer")
+        # Daemon threads, unlike the rest of the core's: a store someone forgot to close must
+        # not keep a process from exiting, and a kill at any point is safe (a transaction
+        # commits whole or not at all, and nothing uncommitted was acknowledged).
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer",
+                                        daemon=True)
         self._writer.start()
         # Checkpoints (copying the WAL into the database, with an fsync) would stall the
         # writer, and every sender waiting on it, for milliseconds: a thread of their own
@@ -316,7 +323,7 @@ class SqliteStore:
         self._checkpoint_db = self._connect()
         self._stopping = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                              name="store-checkpoint")
+                                              name="store-checkpoint", daemon=True)
         self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
@@ -343,7 +350,7 @@ class SqliteStore:
             return self._pruned_upto
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[sqlite3.Cursor]:
         db = self._readers.get()
         try:
             yield db
@@ -470,7 +477,7 @@ class SqliteStore:
 
     def _queue(
         self,
-        action: Callable[[sqlite3.Connection], Any] | NewMessage,
+        action: Callable[[sqlite3.Cursor], Any] | NewMessage,
         then: SendDone | None = None,
     ) -> _Job:
         job = _Job(action, self._committed, then)
@@ -480,7 +487,7 @@ class SqliteStore:
             self._jobs.put(job)
         return job
 
-    def _submit(self, action: Callable[[sqlite3.Connection], Any] | NewMessage) -> Any:
+    def _submit(self, action: Callable[[sqlite3.Cursor], Any] | NewMessage) -> Any:
         return self._queue(action).wait()
 
     def append(self, message: NewMessage) -> StoredMessage:
@@ -493,7 +500,7 @@ class SqliteStore:
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
     ) -> SessionRecord:
-        def action(db: sqlite3.Connection) -> SessionRecord:
+        def action(db: sqlite3.Cursor) -> SessionRecord:
             start = self._last_seq
             cursor = db.execute(
                 """INSERT INTO sessions (token_hash, name, ip, port, via, created, start_seq,
@@ -520,7 +527,7 @@ class SqliteStore:
         ))
 
     def end_session(self, session: SessionId) -> None:
-        def action(db: sqlite3.Connection) -> None:
+        def action(db: sqlite3.Cursor) -> None:
             db.execute("UPDATE sessions SET ended = 1 WHERE id = ?", (session,))
             db.execute("DELETE FROM read_markers WHERE session_id = ?", (session,))
 
@@ -529,7 +536,7 @@ class SqliteStore:
     def mark_read(self, session: SessionId, with_: str, seq: int) -> int:
         key = name_key(with_)
 
-        def action(db: sqlite3.Connection) -> int:
+        def action(db: sqlite3.Cursor) -> int:
             if with_ == EVERYONE:
                 row = db.execute(
                     "SELECT max(seq) FROM messages WHERE recipient_session IS NULL AND seq <= ?",
@@ -617,7 +624,7 @@ class SqliteStore:
             self._maybe_prune()
 
     def _commit(self, batch: list[_Job]) -> None:
-        db = self._writer_db
+        db = self._writer_cursor
         stored: list[StoredMessage] = []
         rows: list[tuple[Any, ...]] = []  # messages not yet inserted
         first_seq = seq = self._last_seq
@@ -688,7 +695,7 @@ class SqliteStore:
 
     def prune(self) -> int:
         """Apply retention (writer thread, or a test with the writer idle); rows deleted."""
-        db = self._writer_db
+        db = self._writer_cursor
         upto = self._pruned_upto
         if self._retention.max_messages:
             upto = max(upto, self._last_seq - self._retention.max_messages)
@@ -702,11 +709,10 @@ class SqliteStore:
         while self._pruned_upto < upto:
             chunk_end = min(upto, self._pruned_upto + PRUNE_CHUNK)
             db.execute("BEGIN IMMEDIATE")
-            cursor = db.execute("DELETE FROM messages WHERE seq <= ?", (chunk_end,))
+            deleted += db.execute("DELETE FROM messages WHERE seq <= ?", (chunk_end,)).rowcount
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_upto', ?)",
                        (chunk_end,))
             db.execute("COMMIT")
-            deleted += cursor.rowcount
             with self._lock:
                 self._pruned_upto = chunk_end
         if deleted:

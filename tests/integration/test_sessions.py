@@ -343,10 +343,12 @@ def test_registering_and_vanishing_in_a_loop_holds_at_most_max_away_sessions() -
             for number in range(10):
                 ghost, _ = joined(server.address, f"ghost{number}")
                 drop(ghost)
-            wait_until(lambda: sum(1 for u in watcher.request("list")["users"]
-                                   if u["status"] == "away") == 3, what="3 away")
-            names = watcher.users()
-            assert names == ["ghost7", "ghost8", "ghost9", "watcher"]
+            def listed() -> list[tuple[str, str]]:
+                return [(u["name"], u["status"]) for u in watcher.request("list")["users"]]
+
+            expected = [("ghost7", "away"), ("ghost8", "away"), ("ghost9", "away"),
+                        ("watcher", "online")]
+            wait_until(lambda: listed() == expected, what="the newest 3 ghosts away")
             with RawClient(server.address) as newcomer:
                 assert newcomer.request("hello", name="ghost0")["type"] == "welcome"
 

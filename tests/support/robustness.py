@@ -133,6 +133,12 @@ class CollectingClient:
             if not self._changed.wait_for(lambda: self.closed, timeout):
                 raise AssertionError(f"{self.label}: still connected after {timeout} s")
 
+    def forget(self) -> list[dict[str, Any]]:
+        """Drop (and return) what was received so far: a long test frees the memory."""
+        with self._changed:
+            received, self.received = self.received, []
+        return received
+
     def snapshot(self) -> list[dict[str, Any]]:
         with self._changed:
             return list(self.received)
