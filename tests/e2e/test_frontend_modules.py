@@ -1,6 +1,6 @@
 """The frontend's pure modules in the real browser, without any server.
 
-state.js (the pure apply) and connection.js (backoff, re-join, leave) are loaded from static/
+state.js (the pure apply) and connection.js (backoff, resume, leave) are loaded from static/
 through a routed fake origin; connection.js gets a scripted fake WebSocket and Playwright's fake
 clock, so the backoff delays are checked exactly and nothing waits for real time.
 """
@@ -56,6 +56,8 @@ def module_page(page: Page) -> Page:
     page.route(f"{ORIGIN}/**", serve)
     page.clock.install()
     page.goto(f"{ORIGIN}/")
+    # From here on time moves only when a test says so (run_for): delays are exact.
+    page.clock.pause_at(page.evaluate("() => Date.now()") + 1_000)
     page.evaluate(FAKE_SOCKET)
     return page
 
@@ -430,15 +432,14 @@ def test_silent_connection_is_dropped_10_s_after_an_unanswered_ping(module_page:
     # pong came within 10 s.
     js(module_page, START_CONNECTION)
     last_socket_welcomes(module_page)
-    # (The fake clock also moves with real time, a few ms per call: hence the 500 ms margins.)
-    module_page.clock.run_for(9_500)
+    module_page.clock.run_for(9_999)
     assert js(module_page, "() => sockets[0].sent.at(-1).type") == "hello"
-    module_page.clock.run_for(500)
+    module_page.clock.run_for(1)
     ping = js(module_page, "() => sockets[0].sent.at(-1)")
     assert ping["type"] == "ping"
-    module_page.clock.run_for(9_000)
+    module_page.clock.run_for(9_999)
     assert js(module_page, "() => conn.status") == "online"
-    module_page.clock.run_for(1_000)
+    module_page.clock.run_for(1)
     last = js(module_page, "() => statuses.at(-1)")
     assert (last["status"], last["reason"]) == ("reconnecting", "no answer from the server")
 
