@@ -125,14 +125,6 @@ export class ChatConnection extends EventTarget {
     }
   }
 
-  /** After a retry was scheduled: try now (e.g. the browser says the network is back). */
-  reconnectNow() {
-    if (this.name !== null && this._retryTimer !== null) {
-      this._clearTimer("_retryTimer");
-      this._open();
-    }
-  }
-
   /**
    * What the browser says about the network (navigator.onLine and its events). Offline: the
    * socket is given up at once (the session waits on the server, which shows us away) and no
