@@ -769,3 +769,26 @@ def test_a_truncated_resume_says_that_some_missed_messages_are_gone(module_page:
     resumed = {**WELCOME_S, "resumed": True, "truncated": True}
     assert "no longer kept" in run_state(module_page, [resumed])["notice"]
     assert run_state(module_page, [{**WELCOME_S, "resumed": True}])["notice"] == ""
+
+
+def test_leave_while_disconnected_ends_the_session_on_a_socket_of_its_own(
+    module_page: Page,
+) -> None:
+    js(module_page, START_CONNECTION)
+    welcome_with_session(module_page, 7)
+    js(module_page, "() => sockets[0].serverCloses()")
+    assert js(module_page, "() => conn.status") == "reconnecting"
+    js(module_page, "() => conn.leave()")
+    assert js(module_page, "() => conn.status") == "offline"
+    js(module_page, "() => sockets[1].serverOpen()")
+    hello = js(module_page, "() => sockets[1].sent[0]")
+    assert (hello["type"], hello["resume"], hello["after"]) == ("hello", "tok", 7)
+    js(module_page, """() => sockets[1].serverSends({
+        type: "welcome", name: "alice", ip: "127.0.0.1", port: 5000, session: "tok", seq: 9,
+        resumed: true, id: sockets[1].sent[0].id })""")
+    assert js(module_page, "() => sockets[1].sent[1].type") == "exit"
+    js(module_page, "() => sockets[1].serverSends({ type: 'bye', id: sockets[1].sent[1].id })")
+    assert js(module_page, "() => sockets[1].readyState") == 3  # closed by the page
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 2  # and nothing more
+    assert js(module_page, "() => conn.status") == "offline"
