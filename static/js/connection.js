@@ -34,6 +34,7 @@ export const DEFAULTS = Object.freeze({
   pingIntervalMs: 10000,
   pongTimeoutMs: 10000,
   exitTimeoutMs: 3000, // how long Leave waits for the server's bye before closing anyway
+  farewellTimeoutMs: 10000, // how long Leave while disconnected tries to end the session
   // After a reconnect, name_taken this many times in a row (about a minute and a half with the
   // delays above) means someone else has the name now, not our own old session.
   maxNameRetries: 8,
@@ -112,6 +113,7 @@ export class ChatConnection extends EventTarget {
   /** Send exit, wait (briefly) for the server's bye and go offline; no more reconnects. */
   leave() {
     const ws = this._ws;
+    const { name, session, lastSeq } = this;
     this.name = null;
     this._forgetSession();
     this._clearTimer("_retryTimer");
@@ -121,16 +123,47 @@ export class ChatConnection extends EventTarget {
       ws.send(encode(exitRequest(this._exitId)));
       this._exitTimer = setTimeout(() => this._finishLeave(), this.options.exitTimeoutMs);
     } else {
+      if (name !== null && session !== null) this._farewell(name, session, lastSeq);
       this._finishLeave();
     }
   }
 
-  /** After a retry was scheduled: try now (e.g. the browser says the network is back). */
-  reconnectNow() {
-    if (this.name !== null && this._retryTimer !== null) {
-      this._clearTimer("_retryTimer");
-      this._open();
+  /**
+   * Leave while disconnected: take the session back on a socket of its own only to end it,
+   * so that the name is free at once rather than after the server's grace. Best effort: if
+   * the server cannot be reached, the grace ends the session.
+   */
+  _farewell(name, session, lastSeq) {
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch {
+      return;
     }
+    const helloId = this._takeId();
+    let timer = null;
+    const done = () => {
+      clearTimeout(timer);
+      this._closeQuietly(ws);
+    };
+    timer = setTimeout(done, this.options.farewellTimeoutMs);
+    ws.onopen = () => ws.send(encode(helloRequest(name, helloId, session, lastSeq)));
+    ws.onmessage = (message) => {
+      let obj;
+      try {
+        obj = parseEvent(message.data);
+      } catch (error) {
+        if (!(error instanceof ProtocolViolation)) throw error;
+        return;
+      }
+      if (obj.type === "welcome" && obj.id === helloId) {
+        ws.send(encode(exitRequest(this._takeId())));
+      } else if (obj.type === "bye" || (obj.type === "error" && obj.id === helloId)) {
+        done(); // ended, or nothing left to end (session_expired)
+      }
+    };
+    ws.onclose = done;
+    ws.onerror = () => {};
   }
 
   /**

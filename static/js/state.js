@@ -474,11 +474,6 @@ export function peerStatus(state, key) {
   return user ? user.status ?? "online" : "offline";
 }
 
-/** Whether the peer of a conversation can be written to (listed; always true for Everyone). */
-export function isPeerOnline(state, key) {
-  return peerStatus(state, key) !== "offline";
-}
-
 /** The read request the shown conversation needs, {key, with, seq}, or null. */
 export function readNeeded(state) {
   if (state.me === null) return null;

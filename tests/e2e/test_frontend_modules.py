@@ -1,6 +1,6 @@
 """The frontend's pure modules in the real browser, without any server.
 
-state.js (the pure apply) and connection.js (backoff, re-join, leave) are loaded from static/
+state.js (the pure apply) and connection.js (backoff, resume, leave) are loaded from static/
 through a routed fake origin; connection.js gets a scripted fake WebSocket and Playwright's fake
 clock, so the backoff delays are checked exactly and nothing waits for real time.
 """
@@ -56,6 +56,8 @@ def module_page(page: Page) -> Page:
     page.route(f"{ORIGIN}/**", serve)
     page.clock.install()
     page.goto(f"{ORIGIN}/")
+    # From here on time moves only when a test says so (run_for): delays are exact.
+    page.clock.pause_at(page.evaluate("() => Date.now()") + 1_000)
     page.evaluate(FAKE_SOCKET)
     return page
 
@@ -430,15 +432,14 @@ def test_silent_connection_is_dropped_10_s_after_an_unanswered_ping(module_page:
     # pong came within 10 s.
     js(module_page, START_CONNECTION)
     last_socket_welcomes(module_page)
-    # (The fake clock also moves with real time, a few ms per call: hence the 500 ms margins.)
-    module_page.clock.run_for(9_500)
+    module_page.clock.run_for(9_999)
     assert js(module_page, "() => sockets[0].sent.at(-1).type") == "hello"
-    module_page.clock.run_for(500)
+    module_page.clock.run_for(1)
     ping = js(module_page, "() => sockets[0].sent.at(-1)")
     assert ping["type"] == "ping"
-    module_page.clock.run_for(9_000)
+    module_page.clock.run_for(9_999)
     assert js(module_page, "() => conn.status") == "online"
-    module_page.clock.run_for(1_000)
+    module_page.clock.run_for(1)
     last = js(module_page, "() => statuses.at(-1)")
     assert (last["status"], last["reason"]) == ("reconnecting", "no answer from the server")
 
@@ -768,3 +769,26 @@ def test_a_truncated_resume_says_that_some_missed_messages_are_gone(module_page:
     resumed = {**WELCOME_S, "resumed": True, "truncated": True}
     assert "no longer kept" in run_state(module_page, [resumed])["notice"]
     assert run_state(module_page, [{**WELCOME_S, "resumed": True}])["notice"] == ""
+
+
+def test_leave_while_disconnected_ends_the_session_on_a_socket_of_its_own(
+    module_page: Page,
+) -> None:
+    js(module_page, START_CONNECTION)
+    welcome_with_session(module_page, 7)
+    js(module_page, "() => sockets[0].serverCloses()")
+    assert js(module_page, "() => conn.status") == "reconnecting"
+    js(module_page, "() => conn.leave()")
+    assert js(module_page, "() => conn.status") == "offline"
+    js(module_page, "() => sockets[1].serverOpen()")
+    hello = js(module_page, "() => sockets[1].sent[0]")
+    assert (hello["type"], hello["resume"], hello["after"]) == ("hello", "tok", 7)
+    js(module_page, """() => sockets[1].serverSends({
+        type: "welcome", name: "alice", ip: "127.0.0.1", port: 5000, session: "tok", seq: 9,
+        resumed: true, id: sockets[1].sent[0].id })""")
+    assert js(module_page, "() => sockets[1].sent[1].type") == "exit"
+    js(module_page, "() => sockets[1].serverSends({ type: 'bye', id: sockets[1].sent[1].id })")
+    assert js(module_page, "() => sockets[1].readyState") == 3  # closed by the page
+    module_page.clock.run_for(60_000)
+    assert js(module_page, "() => sockets.length") == 2  # and nothing more
+    assert js(module_page, "() => conn.status") == "offline"

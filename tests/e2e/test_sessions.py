@@ -279,3 +279,20 @@ def test_a_silently_dead_connection_is_replaced_and_misses_nothing(
     expect_online(alice, "alice", RECONNECT_S)
     expect_in_browser(alice, "dave", "dave", "while the line was dead")
     assert len(lines) == 2
+
+
+def test_leave_while_disconnected_frees_the_name_at_once(
+    users: BrowserUsers, raw_user: RawUser
+) -> None:
+    alice = users.join("alice")
+    raw_user.wait_event("joined", "alice")
+    # The browser says the network is gone (only the event: the network itself still works,
+    # as when it comes back a moment later): the page gives its socket up and waits.
+    alice.evaluate("() => window.dispatchEvent(new Event('offline'))")
+    raw_user.wait_event("away", "alice")
+    expect(alice.get_by_role("status")).to_contain_text("the network is offline")
+    # Leave now: the page ends the session on a socket of its own.
+    alice.get_by_role("button", name="Leave").click()
+    expect(alice.get_by_label("Username")).to_be_visible()
+    raw_user.wait_event("left", "alice")
+    users.join("alice")  # the name is free again, not reserved for the grace
