@@ -47,6 +47,7 @@ from tcp_server.protocol import (
     Users,
     Welcome,
     format_address,
+    name_key,
 )
 from tcp_server.registry import (
     AddressFullError,
@@ -326,16 +327,10 @@ class Commands:
         )
         if self._room.is_taken(request.name):
             raise taken
-        address_full = ProtocolError(
-            ErrorCode.TOO_MANY_FROM_ADDRESS,
-            f"{self._max_per_address} users are already registered from your address "
-            f"{session.ip}; one of them must exit first",
-            request.id,
-        )
         if self._max_per_address and (
             self._room.sessions_from(session.ip) >= self._max_per_address
         ):
-            raise address_full
+            raise self._address_full(session, request)
         token = secrets.token_urlsafe(TOKEN_BYTES)
         record = self._store.open_session(
             request.name, token, session.ip, session.port, session.via
@@ -349,7 +344,7 @@ class Commands:
             raise taken from None
         except AddressFullError:
             self._store.end_session(record.id)
-            raise address_full from None
+            raise self._address_full(session, request) from None
         session.member, session.record = member, record
         if session.logged:
             log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
@@ -364,6 +359,14 @@ class Commands:
             after_replay=self._recent(record, request.recent),
         )
 
+    def _address_full(self, session: Session, request: Hello) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.TOO_MANY_FROM_ADDRESS,
+            f"{self._max_per_address} users are already registered from your address "
+            f"{session.ip}; one of them must exit first",
+            request.id,
+        )
+
     def _resume(self, session: Session, request: Hello, token: str) -> Outcome:
         expired = ProtocolError(
             ErrorCode.SESSION_EXPIRED,
@@ -371,7 +374,7 @@ class Commands:
             request.id,
         )
         record = self._store.find_session(token)
-        if record is None or record.name.casefold() != request.name.casefold():
+        if record is None or name_key(record.name) != name_key(request.name):
             raise expired
         info = UserInfo(name=record.name, ip=session.ip, port=session.port, via=session.via)
         member = Member(info, record.id, deliver=session.deliver, close=session.close)

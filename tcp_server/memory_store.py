@@ -24,6 +24,7 @@ from tcp_server.store import (
     StoreClosed,
     StoredMessage,
     StoreError,
+    search_words,
     token_hash,
 )
 
@@ -237,6 +238,4 @@ class MemoryStore:
 
 
 def _words(text: str) -> set[str]:
-    from tcp_server.store import search_words
-
     return {word.casefold() for word in search_words(text)}
