@@ -74,6 +74,8 @@ class Herd:
         self.selector = selectors.DefaultSelector()
         self.acked_to: dict[int, int] = {}  # seq -> recipient index, from `sent`
         self.on_welcome: Callable[[Peer], None] = lambda peer: None
+        # Peers connecting whose hello is not answered yet (welcomed or closed settles one).
+        self.unsettled: set[Peer] = set()
 
     # --- sockets ----------------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class Herd:
             peer.sock.close()
             peer.sock = None
         peer.closed = True
+        self.unsettled.discard(peer)
 
     def send(self, peer: Peer, request: dict[str, Any]) -> None:
         assert peer.sock is not None
@@ -110,8 +113,14 @@ class Herd:
              hello: Callable[[Peer], dict[str, Any]]) -> bool:
         """Serve every socket until `until()` or the timeout; True if `until()` held."""
         deadline = time.monotonic() + timeout_s
-        while not until():
-            remaining = deadline - time.monotonic()
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_check:
+                if until():
+                    return True
+                next_check = now + 0.02
+            remaining = deadline - now
             if remaining <= 0:
                 return False
             for key, events in self.selector.select(min(remaining, 0.2)):
@@ -120,7 +129,6 @@ class Herd:
                     self._connected(peer, hello)
                 if events & selectors.EVENT_READ and peer.sock is not None:
                     self._read(peer)
-        return True
 
     def _connected(self, peer: Peer, hello: Callable[[Peer], dict[str, Any]]) -> None:
         assert peer.sock is not None
@@ -168,6 +176,7 @@ class Herd:
             peer.welcomed = True
             peer.resumed = bool(event.get("resumed"))
             peer.token = event.get("session", peer.token)
+            self.unsettled.discard(peer)
             self.on_welcome(peer)
         elif kind == "sent":
             recipient = peer.acked.pop(event["id"], None)
@@ -188,15 +197,9 @@ class Herd:
         once); returns the seconds until every peer was welcomed or failed."""
         started = time.monotonic()
         waiting = list(reversed(peers))
-        pending: list[Peer] = []
-
-        def settled(peer: Peer) -> bool:
-            return peer.welcomed or peer.closed
 
         def refill() -> bool:
-            nonlocal pending
-            pending = [peer for peer in pending if not settled(peer)]
-            while waiting and (in_flight == 0 or len(pending) < in_flight):
+            while waiting and (in_flight == 0 or len(self.unsettled) < in_flight):
                 peer = waiting.pop()
                 try:
                     self._open(peer)
@@ -204,8 +207,8 @@ class Herd:
                     peer.errors.append(f"connect: {error}")
                     peer.closed = True
                     continue
-                pending.append(peer)
-            return not waiting and not pending
+                self.unsettled.add(peer)
+            return not waiting and not self.unsettled
 
         self.pump(refill, timeout_s, hello)
         return time.monotonic() - started
