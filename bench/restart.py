@@ -252,9 +252,10 @@ def rss_kib(pid: int) -> int:
 
 
 def start_core(port: int, data_dir: Path, clients: int, log: Path,
-               pin: list[str]) -> subprocess.Popen[bytes]:
+               pin: list[str], wrap: list[str] | None = None) -> subprocess.Popen[bytes]:
     command = [
-        *pin, sys.executable, "-m", "tcp_server", "--port", str(port), "--rate-limit", "0",
+        *pin, *(wrap or []), sys.executable, "-m", "tcp_server", "--port", str(port),
+        "--rate-limit", "0",
         "--max-clients", str(clients + 64), "--max-clients-per-ip", "0",
         "--log-level", "WARNING", "--data-dir", str(data_dir),
     ]
@@ -303,7 +304,8 @@ def plan(count: int, senders: int, per_sender: int) -> list[tuple[int, int]]:
 
 def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
                 in_flight_s: float = 0.0, timeout_s: float = 300.0,
-                pin: list[str] | None = None, workdir: Path | None = None) -> dict[str, Any]:
+                pin: list[str] | None = None, workdir: Path | None = None,
+                profile: Path | None = None) -> dict[str, Any]:
     """The whole scenario against one core; returns the figures."""
     raise_open_files_limit()
     pin = pin or []
@@ -366,7 +368,11 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
         result["delivered_before_stop"] = sum(seq in seqs for seq, seqs in live.items())
 
         started = time.monotonic()
-        core = stack.enter_context(stopping(start_core(port, data_dir, clients, log, pin)))
+        # The restarted core, under py-spy if asked (--profile): the storm is what to profile.
+        wrap = None if profile is None else [
+            str(Path(sys.executable).parent / "py-spy"), "record", "-f", "raw", "-r", "200",
+            "-o", str(profile), "--"]
+        core = stack.enter_context(stopping(start_core(port, data_dir, clients, log, pin, wrap)))
         result["startup_s"] = time.monotonic() - started
         result["rss_fresh_kib"] = rss_kib(core.pid)
         seen_before = {peer.index: set(peer.seqs) for peer in herd.peers}
@@ -399,7 +405,8 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
         for kind in ("back", "left", "joined", "away"):
             result[f"{kind}_events"] = sum(peer.counts.get(kind, 0) for peer in herd.peers)
         result["rss_after_storm_kib"] = rss_kib(core.pid)
-        core.send_signal(signal.SIGTERM)
+        # py-spy writes its samples on SIGINT, and the core stops on it as on SIGTERM.
+        core.send_signal(signal.SIGTERM if profile is None else signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             core.wait(30)
         return result
@@ -469,11 +476,14 @@ def main() -> int:
     parser.add_argument("--per-sender", type=int, default=20)
     parser.add_argument("--no-ngircd", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--profile", type=Path,
+                        help="run the restarted core under py-spy, raw samples to this file")
     args = parser.parse_args()
     server_pin = [] if args.no_pin else ["taskset", "-c", "0"]
     if server_pin:
         os.sched_setaffinity(0, {1})  # the herd on the other CPU, as bench/run.py's loadgen
-    ours = run_restart(args.clients, args.senders, args.per_sender, pin=server_pin)
+    ours = run_restart(args.clients, args.senders, args.per_sender, pin=server_pin,
+                       profile=args.profile)
     ngircd = None if args.no_ngircd else ngircd_registration(args.clients, bool(server_pin))
     print(json.dumps({"core": ours, "ngircd": ngircd}))
     print(table(ours, ngircd), file=sys.stderr)
