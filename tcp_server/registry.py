@@ -114,7 +114,8 @@ class Room(Protocol):
 
     def resume(self, member: Member) -> Member | None:
         """Give an existing session its new connection; returns the member of the connection
-        that held it until now, if any (to be closed). Others see back if it was away.
+        that held it until now, if any (to be closed). Others see back with the new entry
+        (whether it was away or held by another connection: its address changed).
         Raises NotHeldError when the room no longer holds the session."""
 
     def away(self, member: Member) -> Member | None:
@@ -174,7 +175,7 @@ class LocalRoom:
             self._members[key] = member
             self._online[member.session] = member
             self._per_address[member.info.ip] += 1
-        _fan_out(others, Envelope(Joined(member.info.name)))
+        _fan_out(others, Envelope(Joined(member.info.name, member.info)))
 
     def resume(self, member: Member) -> Member | None:
         key = name_key(member.info.name)
@@ -187,8 +188,9 @@ class LocalRoom:
             self._online[member.session] = member
             self._count_out(holder.info.ip)
             self._per_address[member.info.ip] += 1
-            others = [] if previous is not None else self._audience(member.session)
-        _fan_out(others, Envelope(Back(member.info.name)))
+            # Also when another connection held it: the entry's address has changed.
+            others = self._audience(member.session)
+        _fan_out(others, Envelope(Back(member.info.name, member.info)))
         return previous
 
     def away(self, member: Member) -> Member | None:

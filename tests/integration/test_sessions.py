@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Iterator
@@ -445,3 +446,48 @@ def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(
     assert len(guesses) == 1  # one a minute per address
     connected = [line for line in flood if re.search(r":\d+ connected", line)]
     assert 30 <= len(connected) <= 35, len(connected)  # the burst, then about one a second
+
+
+def _entries(client: RawClient) -> list[dict[str, Any]]:
+    reply = client.request("list")
+    assert reply["type"] == "users", reply
+    return list(reply["users"])
+
+
+def test_a_list_kept_from_events_equals_the_servers_list_through_joins_away_back_and_leaves(
+    address: Address,
+) -> None:
+    """One list, then joined/left/away/back applied in order, as docs/protocol.md says."""
+    with contextlib.ExitStack() as clients:
+        watcher = clients.enter_context(RawClient(address))
+        watcher.hello("watcher")
+        kept = {entry["name"]: entry for entry in _entries(watcher)}
+
+        def apply(obj: dict[str, Any]) -> None:
+            if obj["type"] in ("joined", "back"):
+                assert obj["user"]["name"] == obj["name"]
+                kept[obj["name"]] = obj["user"]
+            elif obj["type"] == "left":
+                del kept[obj["name"]]
+            elif obj["type"] == "away":
+                kept[obj["name"]] = {**kept[obj["name"]], "status": "away"}
+
+        bob = clients.enter_context(RawClient(address))
+        welcome = bob.hello("Bob")
+        carol = clients.enter_context(RawClient(address))
+        carol.hello("carol")
+        drop(bob)
+        again = clients.enter_context(resume(address, "Bob", welcome["session"], 0)[0])
+        # Taken over by another connection while online: back again, with the new address.
+        moved = clients.enter_context(resume(address, "Bob", welcome["session"], 0)[0])
+        again.expect("bye", reason="resumed elsewhere")
+        assert carol.request("exit")["type"] == "bye"
+        events = []
+        while len(events) < 6:
+            obj = watcher.recv()
+            apply(obj)
+            events.append(obj["type"])
+        assert events == ["joined", "joined", "away", "back", "back", "left"]
+        assert sorted(kept.values(), key=lambda e: e["name"].casefold()) == _entries(watcher)
+        assert kept["Bob"]["port"] == moved.sock.getsockname()[1]
+        assert kept["Bob"]["status"] == "online"
