@@ -157,6 +157,65 @@ def test_joined_lists_the_user_until_the_users_reply_fills_in_the_address(
     assert state["users"] == users
 
 
+def entry(name: str, port: int, ip: str = "10.0.0.2", via: str = "tcp",
+          status: str = "online") -> dict[str, Any]:
+    return {"name": name, "ip": ip, "port": port, "via": via, "status": status}
+
+
+def test_joined_with_the_users_entry_lists_them_with_their_address_at_once(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000)]},
+        {"type": "joined", "name": "carol", "user": entry("carol", 7000, via="web")},
+        {"type": "joined", "name": "Bob", "user": entry("Bob", 6000)},
+    ])
+    assert state["users"] == [entry("alice", 5000), entry("Bob", 6000),
+                              entry("carol", 7000, via="web")]
+
+
+def test_back_replaces_the_users_address_and_status_with_its_entry(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000), entry("bob", 6000)]},
+        {"type": "away", "name": "BOB"},
+        {"type": "back", "name": "bob", "user": entry("bob", 6001, ip="10.0.0.9", via="web")},
+    ])
+    assert state["users"] == [entry("alice", 5000), entry("bob", 6001, ip="10.0.0.9", via="web")]
+
+
+def test_a_list_kept_from_events_matches_the_servers_after_joins_away_back_and_leaves(
+    module_page: Page,
+) -> None:
+    """What the core would answer to list after the same events (docs/protocol.md)."""
+    joins = [{"type": "joined", "name": f"u{n:02}", "user": entry(f"u{n:02}", 7000 + n)}
+             for n in range(30)]
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000)]}, *joins,
+        {"type": "away", "name": "u03"}, {"type": "left", "name": "U04"},
+        {"type": "away", "name": "u05"},
+        {"type": "back", "name": "u05", "user": entry("u05", 9005)},
+        {"type": "joined", "name": "u04", "user": entry("u04", 9004, via="web")},
+    ])
+    expected = [entry("alice", 5000)] + [entry(f"u{n:02}", 7000 + n) for n in range(30)]
+    expected[4] = entry("u03", 7003, status="away")
+    expected[5] = entry("u04", 9004, via="web")
+    expected[6] = entry("u05", 9005)
+    assert state["users"] == expected
+
+
+def test_back_of_someone_not_listed_and_an_entry_about_another_name_change_nothing_wrong(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000)]},
+        {"type": "back", "name": "ghost", "user": entry("ghost", 1)},
+        {"type": "joined", "name": "bob", "user": entry("mallory", 6666)},
+    ])
+    assert state["users"] == [entry("alice", 5000),
+                              {"name": "bob", "ip": None, "port": None, "via": None,
+                               "status": "online"}]
+
+
 def test_left_removes_the_user_and_says_so(module_page: Page) -> None:
     users = [{"name": "alice", "ip": "127.0.0.1", "port": 5000, "via": "web"},
              {"name": "Bob", "ip": "10.0.0.2", "port": 6000, "via": "tcp"}]
