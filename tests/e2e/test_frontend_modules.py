@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route
 
+from tcp_server.display import AWAY_MARK, VIA_LABELS, YOU_MARK
+
 pytestmark = pytest.mark.e2e
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -851,3 +853,39 @@ def test_leave_while_disconnected_ends_the_session_on_a_socket_of_its_own(
     module_page.clock.run_for(60_000)
     assert js(module_page, "() => sockets.length") == 2  # and nothing more
     assert js(module_page, "() => conn.status") == "offline"
+
+
+# --- labels and the protocol's presence events ---------------------------------------------------
+
+
+def test_the_browsers_labels_are_the_ones_of_the_terminal_and_plain_text_clients(
+    module_page: Page,
+) -> None:
+    labels = module_page.evaluate("""async () => {
+        const m = await import('/js/labels.js');
+        return { via: { ...m.VIA_LABELS }, away: m.AWAY_MARK, you: m.YOU_MARK,
+                 shown: ["tcp", "web", "carrier-pigeon", "constructor", "__proto__", null]
+                   .map(m.viaLabel) };
+    }""")
+    assert labels["via"] == VIA_LABELS
+    assert (labels["away"], labels["you"]) == (AWAY_MARK, YOU_MARK)
+    assert labels["shown"] == ["terminal", "browser", "carrier-pigeon", "constructor",
+                               "__proto__", ""]
+
+
+def parsed(page: Page, obj: dict[str, Any]) -> Any:
+    return page.evaluate("""async (frame) => {
+        const { parseEvent } = await import('/js/protocol.js');
+        try { return parseEvent(frame); } catch (error) { return `refused: ${error.message}`; }
+    }""", json.dumps(obj))
+
+
+def test_joined_and_back_entries_are_checked_like_users_entries(module_page: Page) -> None:
+    good = {"name": "Bob", "ip": "::1", "port": 1, "via": "web", "status": "away"}
+    assert parsed(module_page, {"type": "joined", "name": "bob", "user": good})["user"] == {
+        **good, "status": "away"}
+    assert parsed(module_page, {"type": "back", "name": "bob"}) == {"type": "back", "name": "bob"}
+    for bad in ({**good, "port": "1"}, {**good, "name": "mallory"}, "bob", [good]):
+        for kind in ("joined", "back"):
+            assert str(parsed(module_page, {"type": kind, "name": "bob", "user": bad})
+                       ).startswith("refused: ")

@@ -243,3 +243,16 @@ def test_a_mixed_case_text_user_does_not_receive_her_own_message_to_everyone(
             assert (obj["from"], obj["text"]) == ("Alice", "hello all")
         finally:
             text.close()
+
+
+def test_bidi_overrides_from_v1_users_are_shown_escaped_to_nc_users(address: Address) -> None:
+    """Otherwise "\u202e" would make the rest of the line read backwards in the terminal."""
+    with RawClient(address, source="127.0.0.2") as v1:
+        v1.hello("json_user")
+        text = joined(address, "text_user", scaffold=False)
+        try:
+            v1.send(type="send", to="text_user", text="pay \u202eRSU 0001\u202c \u2066x\u2069")
+            assert text.line_with("json_user ->").endswith(
+                "you: pay \\u202eRSU 0001\\u202c \\u2066x\\u2069")
+        finally:
+            text.close()
