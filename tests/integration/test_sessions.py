@@ -132,7 +132,7 @@ def test_resume_with_a_stale_after_replays_everything_missed_in_order(address: A
             assert [m["seq"] for m in messages_until_silent(bob3)] == later
 
 
-def test_a_second_resume_takes_the_session_over_and_nobody_sees_left_or_joined(
+def test_a_second_resume_takes_the_session_over_and_others_see_only_its_new_address(
     address: Address,
 ) -> None:
     alice, _ = joined(address, "alice")
@@ -144,9 +144,14 @@ def test_a_second_resume_takes_the_session_over_and_nobody_sees_left_or_joined(
             bye = bob.expect("bye")
             assert bye["reason"] == "resumed elsewhere"
             bob.expect_closed()
+            # No left, joined or away: one back with the entry of the new connection.
+            ip, port = bob2.sock.getsockname()[:2]
+            back = alice.expect("back", name="bob")
+            assert back["user"] == {"name": "bob", "ip": ip, "port": port, "via": "tcp",
+                                    "status": "online"}
             seq = send(alice, "bob", "which bob?")
             assert bob2.expect("message")["seq"] == seq
-            alice.assert_silent(0.3)  # no left, joined, away or back
+            alice.assert_silent(0.3)
             assert alice.users() == ["alice", "bob"]
 
 
