@@ -171,7 +171,9 @@ class LocalRoom:
                 raise NameTakenError(member.info.name)
             if max_per_address and self._per_address[member.info.ip] >= max_per_address:
                 raise AddressFullError(member.info.ip)
-            others = self._audience(member.session)
+            # Everyone online, taken before the newcomer is added: a plain copy, no per-member
+            # test (a room of N users arriving makes N of these lists).
+            others = [] if self._quiet else list(self._online.values())
             self._members[key] = member
             self._online[member.session] = member
             self._per_address[member.info.ip] += 1
