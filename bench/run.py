@@ -158,6 +158,18 @@ def _family(pid: int) -> list[int]:
     return family
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far, all its threads (/proc/PID/stat).
+    Unlike wall time, it does not depend on how many other processes want the CPU: on a busy
+    shared machine a single-threaded server waits for its turn far longer than one with a
+    thread per client, whose threads each get a turn."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Sampler:
     """Samples VmRSS and Threads of a process every SAMPLE_S seconds; keeps the peaks."""
 
@@ -346,6 +358,7 @@ def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
         started = time.monotonic()
         parallel = load.parallel or PARALLEL[system]
         result = run_load(load, dialect, port, samplers, parallel)
+        result["server_cpu_seconds"] = sum(cpu_seconds(pid) for pid in pids)
         result["parallel_registrations"] = parallel
         result["wall_seconds"] = time.monotonic() - started
     result["server_peak_rss_kib"] = sum(s.peak_rss_kib for s in samplers)
@@ -452,20 +465,23 @@ def room_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["", f"Load 7, N users register into one room ({ROOM_PARALLEL} registrations in "
              "flight for both; ngIRCd's clients JOIN one channel), seconds from the first "
              "connection until the last user is registered / until every arrival has been "
-             "announced to everyone; ratio > 1: ours slower:", "",
-             "| N | core registered | core s | core settled s | ngIRCd registered | "
-             "ngIRCd s | ngIRCd settled s | ratio (registered) | ratio (settled) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "announced to everyone, and the CPU time the server used meanwhile (on a busy "
+             "machine the fairer figure); ratio > 1: ours slower:", "",
+             "| N | core registered | core s | core settled s | core CPU s | "
+             "ngIRCd registered | ngIRCd s | ngIRCd settled s | ngIRCd CPU s | "
+             "ratio (registered) | ratio (settled) | ratio (CPU) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key in keys:
         core, irc = results.get(f"core/{key}", {}), results.get(f"ngircd/{key}", {})
         lines.append("| " + " | ".join([
             _fmt(int(key.split("-")[1])),
             _fmt(core.get("registered")), _fmt(core.get("register_seconds"), 2),
-            _fmt(core.get("settled_seconds"), 2),
+            _fmt(core.get("settled_seconds"), 2), _fmt(core.get("server_cpu_seconds"), 1),
             _fmt(irc.get("registered")), _fmt(irc.get("register_seconds"), 2),
-            _fmt(irc.get("settled_seconds"), 2),
+            _fmt(irc.get("settled_seconds"), 2), _fmt(irc.get("server_cpu_seconds"), 1),
             _ratio(core.get("register_seconds"), irc.get("register_seconds")),
             _ratio(core.get("settled_seconds"), irc.get("settled_seconds")),
+            _ratio(core.get("server_cpu_seconds"), irc.get("server_cpu_seconds")),
         ]) + " |")
     return lines
 
