@@ -278,6 +278,7 @@ class SetupResult:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    started: float = 0.0  # time.monotonic() when the first connection was made
 
 
 def _send_small(sock: socket.socket, data: bytes) -> None:
@@ -303,7 +304,7 @@ def connect_all(
     at once would measure retransmissions); drain what arrives."""
     result = SetupResult(clients=[])
     selector = selectors.DefaultSelector()
-    started = time.monotonic()
+    started = result.started = time.monotonic()
     deadline = started + timeout_s
     next_index = in_flight = handshakes = 0
     while result.registered + result.failed < count:
@@ -397,12 +398,14 @@ def _advance(client: Client, selector: selectors.BaseSelector, dialect: Dialect)
 
 def drain_until_quiet(
     clients: Sequence[Client], dialect: Dialect, quiet_s: float, max_s: float
-) -> int:
-    """Read and discard until nothing arrived for quiet_s (joined events of a big setup)."""
+) -> tuple[int, float]:
+    """Read and discard until nothing arrived for quiet_s (joined events of a big setup).
+    Returns the bytes read and when (time.monotonic()) the last of them arrived."""
     selector = selectors.DefaultSelector()
     for client in clients:
         selector.register(client.sock, selectors.EVENT_READ, client)
     drained = 0
+    last_arrival = time.monotonic()
     deadline = time.monotonic() + max_s
     while time.monotonic() < deadline:
         ready = selector.select(quiet_s)
@@ -413,6 +416,7 @@ def drain_until_quiet(
             with contextlib.suppress(BlockingIOError):
                 data = client.sock.recv(RECV_BYTES)
                 drained += len(data)
+                last_arrival = time.monotonic()
                 units = client.decoder.feed(data)
                 answer = dialect.answer(client.decoder, units)
                 if answer:
@@ -420,7 +424,7 @@ def drain_until_quiet(
                 if not data:
                     selector.unregister(client.sock)
     selector.close()
-    return drained
+    return drained, last_arrival
 
 
 # --- the two processes of a message load ------------------------------------------------------
@@ -779,7 +783,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "registered_per_s": setup.registered / setup.seconds if setup.seconds else None,
         "open_files_limit": open_files,
     }
-    result["drained_bytes"] = drain_until_quiet(setup.clients, dialect, 0.3, 120.0)
+    drained, last_arrival = drain_until_quiet(
+        setup.clients, dialect, 0.3, max(120.0, args.setup_timeout)
+    )
+    result["drained_bytes"] = drained
+    # With --fanout and no messages (everyone in one room): until the last announcement of an
+    # arrival reached everyone, counted from the first connection.
+    result["settled_seconds"] = last_arrival - setup.started
     if args.messages == 0:
         print(json.dumps({"holding": setup.registered}), flush=True)
         result.update(hold_idle(setup.clients, dialect))

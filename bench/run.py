@@ -5,7 +5,7 @@ bench/loadgen.py pinned to the other, samples the server's RSS and thread count 
 /proc/PID/status, and stops the server. Results go to bench/results/latest.json and
 bench/results/latest.md; --update-readme also puts the table into bench/README.md.
 
-Usage: bash bench/run.sh [--loads 1,2,3,4,5,6] [--update-readme]
+Usage: bash bench/run.sh [--loads 1,2,3,4,5,6,7] [--room-users 1000,10000] [--update-readme]
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ class Load:
     messages: int = 0
     rate: float = 0.0
     fanout: bool = False
+    parallel: int | None = None  # registrations in flight for every system; None: PARALLEL's
+    setup_timeout: float = IDLE_SETUP_S
 
 
 LOADS = [
@@ -93,6 +95,26 @@ LOADS = [
     Load("5", f"idle clients, as many as possible up to {IDLE_CLIENTS:,}", IDLE_CLIENTS),
 ]
 GATEWAY_LOADS = ["1", "2"]  # load 6: these through the web gateway
+
+# Load 7, like for like: N users register into one room. ngIRCd's clients JOIN one channel,
+# so both servers announce every arrival to everyone there (the core's joined carries the
+# user's entry); both get the same registrations in flight: 8, as ngIRCd gets in load 5. More
+# would overflow ngIRCd's listen backlog of 10 whenever it is slow to accept (a connection
+# waiting for its welcome may still be in that queue) and measure SYN retransmissions (1 s, 3 s,
+# ...): at 32 in flight, 2,000 users took ngIRCd 171 s. Reported: the time until the last
+# client is registered, and until the last announcement has reached everyone ("settled").
+ROOM_USERS = (1_000, 2_000, 5_000, 10_000)
+ROOM_PARALLEL = 8
+ROOM_SETUP_S = 600.0
+
+
+def room_loads(sizes: tuple[int, ...]) -> list[Load]:
+    return [
+        Load(f"7-{n}", f"{n:,} users register into one room (ngIRCd: all JOIN one channel), "
+             f"{ROOM_PARALLEL} registrations in flight for both", n, fanout=True,
+             parallel=ROOM_PARALLEL, setup_timeout=ROOM_SETUP_S)
+        for n in sizes
+    ]
 # Short loads are run this many times, the systems taking turns, and the median run (by
 # delivered/s) is reported: one run of a second is at the mercy of a shared machine.
 REPEATS = {"1": 5, "3": 5}
@@ -134,6 +156,18 @@ def _family(pid: int) -> list[int]:
                 with contextlib.suppress(OSError):
                     todo += [int(child) for child in (task / "children").read_text().split()]
     return family
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far, all its threads (/proc/PID/stat).
+    Unlike wall time, it does not depend on how many other processes want the CPU: on a busy
+    shared machine a single-threaded server waits for its turn far longer than one with a
+    thread per client, whose threads each get a turn."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler:
@@ -263,7 +297,7 @@ def loadgen_command(
     if load.fanout:
         command.append("--fanout")
     if not load.messages:
-        command += ["--setup-timeout", str(IDLE_SETUP_S)]
+        command += ["--setup-timeout", str(load.setup_timeout)]
     return pinned(LOADGEN_CPU, command)
 
 
@@ -322,8 +356,10 @@ def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
             pids, dialect = [core_pid, gateway_pid], "ws"
         samplers = [stack.enter_context(Sampler(pid, system == "gateway")) for pid in pids]
         started = time.monotonic()
-        result = run_load(load, dialect, port, samplers, PARALLEL[system])
-        result["parallel_registrations"] = PARALLEL[system]
+        parallel = load.parallel or PARALLEL[system]
+        result = run_load(load, dialect, port, samplers, parallel)
+        result["server_cpu_seconds"] = sum(cpu_seconds(pid) for pid in pids)
+        result["parallel_registrations"] = parallel
         result["wall_seconds"] = time.monotonic() - started
     result["server_peak_rss_kib"] = sum(s.peak_rss_kib for s in samplers)
     result["server_peak_threads"] = sum(s.peak_threads for s in samplers)
@@ -400,6 +436,14 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
         out.append(("5", f"{IDLE_CLIENTS:,} clients held ({core.get('registered', 0):,}; "
                     f"{_fmt(core.get('kib_per_client'), 1)} KiB each)",
                     core.get("registered") == IDLE_CLIENTS and not core.get("closed_by_server")))
+    room = f"7-{max(ROOM_USERS)}"
+    core, irc = results.get(f"core/{room}"), results.get(f"ngircd/{room}")
+    if core and irc and core.get("register_seconds") and irc.get("register_seconds"):
+        ok = (core.get("registered") == irc.get("registered") == max(ROOM_USERS)
+              and core["register_seconds"] <= irc["register_seconds"])
+        out.append((room, f"{max(ROOM_USERS):,} users in one room registered no slower than "
+                    f"ngIRCd ({core['register_seconds']:.1f} vs {irc['register_seconds']:.1f} s)",
+                    ok))
     for key in GATEWAY_LOADS:
         web, direct = results.get(f"gateway/{key}"), results.get(f"core/{key}")
         if not web or not direct or "delivered_per_s" not in web:
@@ -410,6 +454,36 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
         added = web["latency_ms"]["p50"] - direct["latency_ms"]["p50"]
         out.append((f"6 ({key})", f"gateway adds < 1 ms p50 ({added:+.2f} ms)", added < 1.0))
     return out
+
+
+def room_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Load 7: registering N users into one room, ours beside ngIRCd's from the same run."""
+    keys = sorted({key.split("/", 1)[1] for key in results if key.split("/", 1)[1]
+                   .startswith("7-")}, key=lambda k: int(k.split("-")[1]))
+    if not keys:
+        return []
+    lines = ["", f"Load 7, N users register into one room ({ROOM_PARALLEL} registrations in "
+             "flight for both; ngIRCd's clients JOIN one channel), seconds from the first "
+             "connection until the last user is registered / until every arrival has been "
+             "announced to everyone, and the CPU time the server used meanwhile (on a busy "
+             "machine the fairer figure); ratio > 1: ours slower:", "",
+             "| N | core registered | core s | core settled s | core CPU s | "
+             "ngIRCd registered | ngIRCd s | ngIRCd settled s | ngIRCd CPU s | "
+             "ratio (registered) | ratio (settled) | ratio (CPU) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in keys:
+        core, irc = results.get(f"core/{key}", {}), results.get(f"ngircd/{key}", {})
+        lines.append("| " + " | ".join([
+            _fmt(int(key.split("-")[1])),
+            _fmt(core.get("registered")), _fmt(core.get("register_seconds"), 2),
+            _fmt(core.get("settled_seconds"), 2), _fmt(core.get("server_cpu_seconds"), 1),
+            _fmt(irc.get("registered")), _fmt(irc.get("register_seconds"), 2),
+            _fmt(irc.get("settled_seconds"), 2), _fmt(irc.get("server_cpu_seconds"), 1),
+            _ratio(core.get("register_seconds"), irc.get("register_seconds")),
+            _ratio(core.get("settled_seconds"), irc.get("settled_seconds")),
+            _ratio(core.get("server_cpu_seconds"), irc.get("server_cpu_seconds")),
+        ]) + " |")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -483,6 +557,7 @@ def markdown(report: dict[str, Any]) -> str:
                 + (f"; failures: {'; '.join(r['register_failures'])}"
                    if r.get("register_failures") else "")
             )
+    lines += room_lines(results)
     lines += ["", "Targets:", ""]
     for key, text, ok in targets(results):
         lines.append(f"- load {key}: {text}: {_verdict(ok)}")
@@ -490,6 +565,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"{load.key}. {load.title}" for load in LOADS]
     lines.append("6. loads 1 and 2 through the web gateway (websocket clients), "
                  "compared with the core's direct path")
+    lines.append(f"7. N users ({', '.join(f'{n:,}' for n in ROOM_USERS)} by default) register "
+                 "into one room, like for like with ngIRCd (see above)")
     return "\n".join(lines) + "\n"
 
 
@@ -509,9 +586,11 @@ def raise_open_files_limit() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--loads", default="1,2,3,4,5,6", help="comma-separated load numbers")
+    parser.add_argument("--loads", default="1,2,3,4,5,6,7", help="comma-separated load numbers")
     parser.add_argument("--systems", default="core,ngircd",
                         help="core, core-memory (the core with --store memory), ngircd")
+    parser.add_argument("--room-users", default=",".join(map(str, ROOM_USERS)),
+                        help="load 7: the room sizes, comma-separated")
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     chosen = set(args.loads.split(","))
@@ -527,6 +606,9 @@ def main() -> int:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)  # ngIRCd reads its configuration after dropping to nobody
         plan = [(system, load) for load in LOADS if load.key in chosen for system in systems]
+        if "7" in chosen:
+            sizes = tuple(int(n) for n in args.room_users.split(","))
+            plan += [(system, load) for load in room_loads(sizes) for system in systems]
         if "6" in chosen:
             if (ROOT / "web_gateway" / "__main__.py").exists():
                 plan += [("gateway", load) for load in LOADS if load.key in GATEWAY_LOADS]
@@ -549,7 +631,7 @@ def main() -> int:
                 summary = {k: result.get(k) for k in (
                     "registered", "register_seconds", "delivered_per_s", "lost", "latency_ms",
                     "server_peak_rss_kib", "server_peak_threads", "kib_per_client",
-                    "wall_seconds",
+                    "wall_seconds", "settled_seconds",
                 ) if k in result}
                 print(f"  {json.dumps(summary)}", flush=True)
         for key, results in runs.items():

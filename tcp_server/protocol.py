@@ -245,7 +245,11 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Joined:
+    """Another user registered. `user` is their entry as `users` lists it (None only from a
+    core older than the entry), so that a client keeps its list from events alone."""
+
     name: str
+    user: UserInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +264,11 @@ class Away:
 
 @dataclass(frozen=True, slots=True)
 class Back:
+    """An away user's session was taken back, or moved to another connection: `user` is the
+    entry with its new address (None only from a core older than the entry)."""
+
     name: str
+    user: UserInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,18 +671,30 @@ def message_to_wire(message: Message) -> dict[str, Any]:
     }
 
 
+def user_to_wire(user: UserInfo) -> dict[str, Any]:
+    """A user's entry, the same object in `users` and in `joined` and `back`."""
+    return {"name": user.name, "ip": user.ip, "port": user.port, "via": user.via,
+            "status": user.status}
+
+
+def _with_user(obj: dict[str, Any], user: UserInfo | None) -> dict[str, Any]:
+    if user is not None:
+        obj["user"] = user_to_wire(user)
+    return obj
+
+
 def event_to_wire(event: Event) -> dict[str, Any]:
     match event:
         case Message():
             return message_to_wire(event)
-        case Joined(name=name):
-            return {"type": "joined", "name": name}
+        case Joined(name=name, user=user):
+            return _with_user({"type": "joined", "name": name}, user)
         case Left(name=name):
             return {"type": "left", "name": name}
         case Away(name=name):
             return {"type": "away", "name": name}
-        case Back(name=name):
-            return {"type": "back", "name": name}
+        case Back(name=name, user=user):
+            return _with_user({"type": "back", "name": name}, user)
         case Welcome(name=name, ip=ip, port=port, id=rid):
             obj: dict[str, Any] = {
                 "type": "welcome", "name": name, "ip": ip, "port": port,
@@ -684,11 +704,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
                 obj["truncated"] = True
             return _with_id(obj, rid)
         case Users(users=users, id=rid):
-            listed = [
-                {"name": u.name, "ip": u.ip, "port": u.port, "via": u.via, "status": u.status}
-                for u in users
-            ]
-            return _with_id({"type": "users", "users": listed}, rid)
+            return _with_id({"type": "users", "users": [user_to_wire(u) for u in users]}, rid)
         case Sent(to=to, ts=ts, id=rid, seq=seq):
             return _with_id({"type": "sent", "to": to, "ts": ts, "seq": seq}, rid)
         case HistoryPage(with_=with_, messages=messages, more=more, id=rid):
@@ -773,6 +789,17 @@ def _user_info(obj: Any) -> UserInfo:
     )
 
 
+def _optional_user(obj: dict[str, Any]) -> UserInfo | None:
+    """The "user" entry of a joined or back event; a core older than the entry sends none.
+    The entry must be about the event's own name."""
+    if obj.get("user") is None:
+        return None
+    user = _user_info(obj["user"])
+    if name_key(user.name) != name_key(_str_field(obj, "name", None)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'the "user" entry is about another name')
+    return user
+
+
 def _event_seq(obj: dict[str, Any]) -> int:
     return 0 if obj.get("seq") is None else _int_field(obj, "seq", None)
 
@@ -853,10 +880,10 @@ def _parse_bye(obj: dict[str, Any]) -> Bye:
 
 _EVENT_PARSERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
     "message": _parse_message,
-    "joined": lambda o: Joined(name=_str_field(o, "name", None)),
+    "joined": lambda o: Joined(name=_str_field(o, "name", None), user=_optional_user(o)),
     "left": lambda o: Left(name=_str_field(o, "name", None)),
     "away": lambda o: Away(name=_str_field(o, "name", None)),
-    "back": lambda o: Back(name=_str_field(o, "name", None)),
+    "back": lambda o: Back(name=_str_field(o, "name", None), user=_optional_user(o)),
     "welcome": _parse_welcome,
     "users": _parse_users,
     "sent": lambda o: Sent(to=_str_field(o, "to", None), ts=_number_field(o, "ts"),

@@ -142,7 +142,8 @@ class Room(Protocol):
 
     def resume(self, member: Member) -> Member | None:
         """Give an existing session its new connection; returns the member of the connection
-        that held it until now, if any (to be closed). Others see back if it was away.
+        that held it until now, if any (to be closed). Others see back with the new entry
+        (whether it was away or held by another connection: its address changed).
         Raises NotHeldError when the room no longer holds the session."""
 
     def away(self, member: Member) -> Member | None:
@@ -211,7 +212,7 @@ class LocalRoom:
             self._members[key] = member
             self._online[member.session] = member
             self._per_address[member.info.ip] += 1
-            stamp = self._stamp_change(Joined(member.info.name), online=member.session)
+            stamp = self._stamp_change(Joined(member.info.name, member.info), online=member.session)
         self._announce(stamp)
 
     def resume(self, member: Member) -> Member | None:
@@ -225,9 +226,8 @@ class LocalRoom:
             self._online[member.session] = member
             self._count_out(holder.info.ip)
             self._per_address[member.info.ip] += 1
-            # Taken over from another connection: it never went away, nobody is told.
-            stamp = 0 if previous is not None else self._stamp_change(
-                Back(member.info.name), online=member.session)
+            # Also when another connection held it: the entry's address has changed.
+            stamp = self._stamp_change(Back(member.info.name, member.info), online=member.session)
         self._announce(stamp)
         return previous
 

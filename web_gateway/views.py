@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
 from flask_sock import Sock
 
+from tcp_server.display import for_log
 from web_gateway.config import normalize_origin
 from web_gateway.registry import Gateway, Refused, gateway_of
 from web_gateway.relay import (
@@ -85,8 +86,8 @@ def _check_websocket_handshake() -> Response | None:
     config = _gateway().config
     origin = request.headers.get("Origin")
     if not _origin_allowed(origin, config.allow_origins):
-        log.warning("websocket from %s refused: origin %r is not allowed",
-                    request.remote_addr, origin)
+        log.warning("websocket from %s refused: origin %s is not allowed",
+                    request.remote_addr, for_log(origin))
         return Response(
             "websocket refused: this page's origin may not use this chat gateway\n",
             status=403,
@@ -131,7 +132,7 @@ def browser_address(environ: Mapping[str, Any], *, trust_forwarded: bool) -> tup
     try:
         ip = str(ipaddress.ip_address(ip))
     except ValueError:
-        raise ValueError(f"the browser's address {ip[:60]!r} is not an IP address") from None
+        raise ValueError(f"the browser's address {for_log(ip, 60)} is not an IP address") from None
     if not 0 <= port <= 65_535:
         port = 0
     return ip, port

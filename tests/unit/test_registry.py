@@ -80,7 +80,7 @@ def test_join_tells_the_others_but_not_the_newcomer() -> None:
     room, alice, bob = LocalRoom(), Inbox("alice"), Inbox("bob")
     room.join(alice.member)
     room.join(bob.member)
-    assert alice.events == [Joined("bob")]
+    assert alice.events == [Joined("bob", UserInfo("bob", "127.0.0.1", 1000, "tcp", ONLINE))]
     assert bob.events == []
 
 
@@ -132,6 +132,7 @@ def test_away_of_a_member_that_no_longer_holds_its_session_does_nothing() -> Non
     alice, bob = joined(room, "alice", "bob")
     new_bob = bob.reconnect()
     room.resume(new_bob.member)
+    alice.clear()
     assert room.away(bob.member) is None
     assert alice.events == []
     assert [u.status for u in room.users()] == [ONLINE, ONLINE]
@@ -143,17 +144,19 @@ def test_resume_of_an_away_session_tells_the_others_back_and_returns_none() -> N
     room.away(bob.member)
     new_bob = bob.reconnect(port=2000)
     assert room.resume(new_bob.member) is None
-    assert alice.events == [Away("bob"), Back("bob")]
+    assert alice.events == [Away("bob"), Back("bob", UserInfo("bob", "127.0.0.1", 2000, "tcp"))]
     assert new_bob.events == []
     assert room.users()[1] == UserInfo("bob", "127.0.0.1", 2000, "tcp", ONLINE)
 
 
-def test_resume_of_an_online_session_returns_the_previous_member_and_tells_nobody() -> None:
+def test_resume_of_an_online_session_returns_the_previous_member_and_tells_its_new_entry(
+) -> None:
     room = LocalRoom()
     alice, bob = joined(room, "alice", "bob")
-    new_bob = bob.reconnect()
+    new_bob = bob.reconnect(port=3000)
     assert room.resume(new_bob.member) is bob.member
-    assert alice.events == []
+    # No left or joined: the same session, on another connection, with another address.
+    assert alice.events == [Back("bob", UserInfo("bob", "127.0.0.1", 3000, "tcp"))]
     assert new_bob.events == []
     assert len(room) == 2
 
@@ -194,7 +197,7 @@ def test_expire_after_resume_does_nothing() -> None:
     assert away is not None
     room.resume(bob.reconnect().member)
     assert not room.expire(away)
-    assert alice.events == [Away("bob"), Back("bob")]
+    assert alice.events == [Away("bob"), Back("bob", UserInfo("bob", "127.0.0.1", 2000, "tcp"))]
     assert room.is_taken("bob")
 
 
@@ -209,7 +212,7 @@ def test_expire_of_an_earlier_grace_does_not_end_a_later_away() -> None:
     assert second is not None
     assert not room.expire(first)
     assert room.is_taken("bob")
-    assert alice.events == [Away("bob"), Back("bob"), Away("bob")]
+    assert alice.events == [Away("bob"), Back("bob", again.member.info), Away("bob")]
     assert room.expire(second)
     assert alice.events[-1] == Left("bob")
 
@@ -223,8 +226,9 @@ def test_restore_holds_the_session_as_away_without_telling_anyone() -> None:
     assert room.users()[1].status == AWAY
     with pytest.raises(NameTakenError):
         room.restore(Inbox("BOB").member.gone_away())
-    assert room.resume(bob.reconnect().member) is None
-    assert alice.events == [Back("bob")]
+    back = bob.reconnect()
+    assert room.resume(back.member) is None
+    assert alice.events == [Back("bob", back.member.info)]
 
 
 # --- leave -----------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def test_leave_tells_the_others_once_and_frees_the_name() -> None:
     room.join(bob.member)
     assert room.leave(bob.member)
     assert not room.leave(bob.member)
-    assert alice.events == [Joined("bob"), Left("bob")]
+    assert alice.events == [Joined("bob", bob.member.info), Left("bob")]
     room.join(Inbox("BOB").member)
     assert len(room) == 2
 
@@ -255,6 +259,7 @@ def test_leave_of_a_connection_replaced_by_resume_does_not_end_the_session() -> 
     room = LocalRoom()
     alice, bob = joined(room, "alice", "bob")
     room.resume(bob.reconnect().member)
+    alice.clear()
     assert not room.leave(bob.member)
     assert alice.events == []
     assert room.is_taken("bob")
@@ -312,6 +317,7 @@ def test_publish_skips_the_senders_session_on_its_new_connection_too() -> None:
     alice, bob = joined(room, "alice", "bob")
     new_alice = alice.reconnect()
     room.resume(new_alice.member)
+    bob.clear()
     room.publish([stored(1, alice, None)])
     assert new_alice.events == alice.events == []
     assert len(bob.events) == 1
@@ -404,6 +410,12 @@ def test_envelope_batch_joins_the_parts_encodings_in_order() -> None:
     assert Envelope.batch(parts[:1]) is parts[0]
 
 
+def told(inbox: Inbox) -> list[str]:
+    """What an inbox was told of, as "type name" strings."""
+    return [f"{type(event).__name__.lower()} {getattr(event, 'name', '')}"
+            for event in inbox.events]
+
+
 class BlockingInbox(Inbox):
     """An inbox whose next delivery after arm() waits until released: announcements made
     meanwhile queue up behind the thread that is delivering."""
@@ -451,14 +463,14 @@ def test_announcements_made_during_a_delivery_go_out_together_each_to_whom_it_co
     for thread in [first, *threads]:
         thread.join(WAIT_S)
 
-    names = [inbox.member.info.name for inbox in newcomers]
-    assert slow.events == [Joined("early"), Joined("watcher"), *map(Joined, names)]
+    joins = [f"joined {inbox.member.info.name}" for inbox in newcomers]
+    assert told(slow) == ["joined early", "joined watcher", *joins]
     assert slow.deliveries == 2  # one for the first join, one for the four queued behind it
     # Each is told only what happened after it came online, never its own arrival.
-    assert early.events == [Joined("watcher"), *map(Joined, names)]
-    assert watcher.events == [*map(Joined, names)]
-    assert newcomers[0].events == [Joined(names[1]), Joined(names[2])]
-    assert newcomers[2].events == []
+    assert told(early) == ["joined watcher", *joins]
+    assert told(watcher) == joins
+    assert told(newcomers[0]) == joins[1:]
+    assert told(newcomers[2]) == []
 
 
 def test_a_member_that_went_away_before_the_batch_is_not_delivered_to() -> None:
@@ -482,5 +494,5 @@ def test_a_member_that_went_away_before_the_batch_is_not_delivered_to() -> None:
     slow.release.set()
     for thread in (first, late, going):
         thread.join(WAIT_S)
-    assert goer.events == [Joined("a")]  # from the first delivery, before it went away
-    assert slow.events == [Joined("a"), Joined("b"), Away("goer")]
+    assert told(goer) == ["joined a"]  # from the first delivery, before it went away
+    assert told(slow) == ["joined a", "joined b", "away goer"]
