@@ -199,7 +199,7 @@ def test_a_node_restarted_with_its_id_cleans_up_its_stale_members(redis_url: str
 
 
 def test_redis_restarted_under_load_keeps_every_acknowledged_message() -> None:
-    with redis_server(durable=True) as server, nodes(server.url, 2) as cores:
+    with redis_server(durable=True) as server, nodes(server.url, 2, "--rate-limit", "0") as cores:
         sender = RawClient(cores[0].address, timeout=15)
         sender.hello("sender")
         reader = RawClient(cores[1].address, timeout=15)
