@@ -113,6 +113,13 @@ def test_lists_agree_on_every_node(redis_url: str) -> None:
         b.close()
 
 
+def _race(client: RawClient, name: str, start: threading.Barrier,
+          replies: list[dict[str, Any]]) -> None:
+    start.wait(5)
+    client.send(type="hello", name=name)
+    replies.append(client.recv())
+
+
 def test_a_name_raced_on_two_nodes_is_given_once(redis_url: str) -> None:
     with nodes(redis_url, 2) as cores:
         for round_ in range(15):
@@ -121,12 +128,8 @@ def test_a_name_raced_on_two_nodes_is_given_once(redis_url: str) -> None:
             replies: list[dict[str, Any]] = []
             start = threading.Barrier(2)
 
-            def race(client: RawClient) -> None:
-                start.wait(5)
-                client.send(type="hello", name=name)
-                replies.append(client.recv())
-
-            threads = [threading.Thread(target=race, args=(c,)) for c in pair]
+            threads = [threading.Thread(target=_race, args=(c, name, start, replies))
+                       for c in pair]
             for t in threads:
                 t.start()
             for t in threads:
