@@ -350,7 +350,8 @@ class RedisRoom:
                     if event is not None:
                         self._on_event(event["data"])
             except redis.RedisError as error:
-                log.warning("redis: subscription lost (%s); subscribing again", error)
+                if not self._stopping.is_set():
+                    log.warning("redis: subscription lost (%s); subscribing again", error)
             except Exception:  # a bad event must not end delivery for the whole node
                 log.exception("redis: delivering an event failed")
             finally:
