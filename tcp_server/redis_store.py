@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import redis
 
+from tcp_server import store as store_module
 from tcp_server.protocol import EVERYONE, Conversation, name_key
 from tcp_server.redis_keys import (
     MARK_READ,
@@ -49,7 +50,6 @@ from tcp_server.redis_keys import (
 from tcp_server.store import (
     MAX_CONVERSATIONS,
     PRUNE_EVERY_S,
-    REPLAY_PAGE,
     SECONDS_PER_DAY,
     NewMessage,
     Retention,
@@ -273,24 +273,29 @@ class RedisStore:
     def missed(self, session: SessionRecord, after: int) -> Iterator[list[StoredMessage]]:
         everyone_after = max(after, session.start_seq)
         k = self._keys
+        page_size = store_module.REPLAY_PAGE  # read at each call (tests make it small)
+        unbounded = 2**63
         while True:
             with unavailable_on_failure("reading missed messages"):
                 floor = int(self._redis.get(k.pruned) or 0)
-                everyone = self._range(k.everyone, max(everyone_after, floor), REPLAY_PAGE)
-                direct = self._range(k.inbox(session.id), max(after, floor), REPLAY_PAGE)
+                everyone = self._range(k.everyone, max(everyone_after, floor), page_size)
+                direct = self._range(k.inbox(session.id), max(after, floor), page_size)
             # Each source is complete up to its last seq when it returned a full page.
             bound = min(
-                everyone[-1].seq if len(everyone) == REPLAY_PAGE else 2**63,
-                direct[-1].seq if len(direct) == REPLAY_PAGE else 2**63,
+                everyone[-1].seq if len(everyone) == page_size else unbounded,
+                direct[-1].seq if len(direct) == page_size else unbounded,
             )
             page = sorted(
                 [m for m in everyone if m.sender_session != session.id and m.seq <= bound]
                 + [m for m in direct if m.seq <= bound],
                 key=lambda m: m.seq,
             )
+            if len(page) > page_size:
+                page = page[:page_size]
+                bound = page[-1].seq
             if page:
                 yield page
-            if bound == 2**63:
+            if bound == unbounded:
                 return
             after = everyone_after = bound
 
