@@ -43,12 +43,13 @@ def messages(client: RawClient, count: int, timeout: float = 20.0) -> list[dict[
 
 
 def drain(client: RawClient, quiet: float = 0.1) -> list[dict[str, Any]]:
-    """Everything that arrives until the connection stays quiet for `quiet` seconds."""
+    """Everything that arrives until the connection stays quiet for `quiet` seconds (or is
+    closed)."""
     found = []
     while True:
         try:
             found.append(client.recv(quiet))
-        except TimeoutError:
+        except (TimeoutError, ConnectionError):
             return found
 
 
@@ -246,3 +247,72 @@ def test_redis_restarted_under_load_keeps_every_acknowledged_message() -> None:
         assert sender.request("list")["type"] == "users"
         sender.close()
         reader.close()
+
+
+def test_a_resume_on_another_node_closes_the_old_connection(redis_url: str) -> None:
+    with nodes(redis_url, 2) as (a, b):
+        old = RawClient(a.address)
+        welcome = old.hello("alice")
+        bob = RawClient(b.address)
+        bob.hello("bob")
+        new = RawClient(b.address)
+        new.send(type="hello", name="alice", resume=welcome["session"], after=welcome["seq"])
+        new.expect("welcome", name="alice", resumed=True)
+        bye = next(m for m in drain(old, 1.0) if m["type"] == "bye")
+        assert bye["reason"] == "resumed elsewhere"
+        old.expect_closed()
+        seq = bob.request("send", to="alice", text="to the new one")["seq"]
+        assert [m["seq"] for m in messages(new, 1)] == [seq]
+        names = {u["name"]: u for u in bob.request("list")["users"]}
+        assert names["alice"]["status"] == "online"
+        assert names["alice"]["port"] == new.sock.getsockname()[1]
+        for client in (old, new, bob):
+            client.close()
+
+
+def test_a_node_stopped_cleanly_hands_its_users_to_the_others_at_once(redis_url: str) -> None:
+    with nodes(redis_url, 2, "--node-timeout", "30", "--resume-grace", "2") as (a, b):
+        alice = RawClient(a.address)
+        alice.hello("alice")
+        bob = RawClient(b.address)
+        bob.hello("bob")
+        a.proc.terminate()  # SIGTERM: a bye to alice, and away for the others
+        until(bob, "away", "alice")
+        # long before the 30 s node timeout, node b runs alice's grace
+        until(bob, "left", "alice", timeout=15)
+        assert a.proc.wait(10) == 0
+        alice.close()
+        bob.close()
+
+
+def test_redis_down_refuses_with_unavailable_and_keeps_connections() -> None:
+    with redis_server() as server, nodes(server.url, 2) as (a, b):
+        alice = RawClient(a.address)
+        alice.hello("alice")
+        bob = RawClient(b.address)
+        bob.hello("bob")
+        # The replay that follows a welcome is read from Redis: a ping's pong comes after it.
+        # (A Redis failure in the middle of a replay closes the connection: the client then
+        # resumes.)
+        for client in (alice, bob):
+            assert client.request("ping")["type"] == "pong"
+        server.kill()
+        reply = alice.request("list")
+        assert (reply["type"], reply["code"]) == ("error", "unavailable")
+        newcomer = RawClient(b.address)
+        newcomer.send(type="hello", name="carol")
+        assert newcomer.expect("error")["code"] == "unavailable"
+        assert alice.request("ping")["type"] == "pong"  # still connected
+        server.start()  # a fresh, empty Redis (no persistence in this test)
+        # That Redis lost the room: the nodes notice and close their connections, whose
+        # sessions are gone (their clients then join again).
+        for client in (alice, bob):
+            bye = next(m for m in drain(client, 8.0) if m["type"] == "bye")
+            assert "resume" in bye["reason"]
+            client.expect_closed()
+        again = RawClient(a.address)
+        again.hello("alice")
+        assert again.users() == ["alice"]
+        again.close()
+        for client in (alice, bob, newcomer):
+            client.close()
