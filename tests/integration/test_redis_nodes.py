@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -315,4 +316,27 @@ def test_redis_down_refuses_with_unavailable_and_keeps_connections() -> None:
         assert again.users() == ["alice"]
         again.close()
         for client in (alice, bob, newcomer):
+            client.close()
+
+
+def test_a_node_taken_for_dead_closes_its_connections_when_it_wakes(redis_url: str) -> None:
+    with nodes(redis_url, 2, "--node-timeout", "2", "--resume-grace", "30") as (a, b):
+        alice = RawClient(a.address)
+        welcome = alice.hello("alice")
+        bob = RawClient(b.address)
+        bob.hello("bob")
+        a.proc.send_signal(signal.SIGSTOP)  # alive, but its heartbeat stops
+        try:
+            until(bob, "away", "alice", timeout=10)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # Node a learns at its next beat that its users were handed over: it closes their
+        # connections (they would otherwise be online here and away everywhere else).
+        bye = next(m for m in drain(alice, 5.0) if m["type"] == "bye")
+        assert "resume" in bye["reason"]
+        again = RawClient(a.address)
+        again.send(type="hello", name="alice", resume=welcome["session"], after=welcome["seq"])
+        again.expect("welcome", name="alice", resumed=True)
+        until(bob, "back", "alice")
+        for client in (alice, bob, again):
             client.close()
