@@ -8,15 +8,17 @@ from the prefix). Keys, with the default prefix `chat:`:
     chat:all                  every stored message, ZSET score=seq member=message JSON
     chat:everyone             the messages to "*", same form
     chat:in:{S}               direct messages to session S
-    chat:dm:{S}:{peer}        session S's direct messages with `peer` (a name_key), both ways
+    chat:dmin:{S}:{peer}      direct messages session S received from `peer` (a name_key)
+    chat:dmout:{S}:{peer}     direct messages session S sent to `peer`
+    chat:mine:{S}             ZSET of the seqs of S's messages to everyone (unread counts)
     chat:peers:{S}            ZSET member=peer name_key score=last seq: S's conversations
     chat:read:{S}             HASH conversation -> read marker
     chat:sid                  the last session id (INCR)
     chat:session:{S}          HASH: name, ip, port, via, start_seq, delivered_seq, away_since,
                               token_key (the key below: the token's hash, never the token)
     chat:token:{sha256 hex}   -> S, while the session is open
-    chat:sent:{id}            -> seq of a send (1 hour): a send retried after a lost answer
-                              is stored once
+    chat:sent:{id}            -> seq of a send (60 s): a send retried after a lost answer is
+                              stored once
     chat:pruned               every message up to this seq was deleted by retention
     chat:users                HASH name_key -> member JSON (name, ip, port, via, status,
                               session, conn, node, since)
@@ -43,7 +45,7 @@ from tcp_server.store import NewMessage, StoredMessage, StoreError
 PREFIX: Final = "chat:"
 SOCKET_TIMEOUT_S: Final = 5.0
 CONNECT_TIMEOUT_S: Final = 2.0
-SENT_ID_TTL_S: Final = 3_600
+SENT_ID_TTL_S: Final = 60  # far beyond the writer's 5 s of retries
 
 
 class RedisUnavailable(StoreError):
@@ -100,8 +102,14 @@ class Keys:
     def inbox(self, session: int) -> str:
         return f"{self.prefix}in:{session}"
 
-    def dm(self, session: int, peer_key: str) -> str:
-        return f"{self.prefix}dm:{session}:{peer_key}"
+    def dm_in(self, session: int, peer_key: str) -> str:
+        return f"{self.prefix}dmin:{session}:{peer_key}"
+
+    def dm_out(self, session: int, peer_key: str) -> str:
+        return f"{self.prefix}dmout:{session}:{peer_key}"
+
+    def mine(self, session: int) -> str:
+        return f"{self.prefix}mine:{session}"
 
     def peers(self, session: int) -> str:
         return f"{self.prefix}peers:{session}"
@@ -138,24 +146,27 @@ def encode_record(record: dict[str, Any]) -> str:
 
 # --- Lua scripts (Redis runs each atomically, one at a time) ---------------------------------
 
-# KEYS: seq, all, everyone-or-inbox, sent-id [, dm(S,R), dm(R,S), peers(S), peers(R)]
+# KEYS: seq, all, sent-id, then for "*": everyone, mine(S); for a direct message: in(R),
+# dmout(S, R), dmin(R, S), peers(S), peers(R)
 # ARGV: body (message JSON from its second element), channel, sent-id ttl [, rkey, skey]
 # INCR + store + PUBLISH in one script: publications leave Redis in seq order, so every
 # subscriber receives messages in seq order. A send id seen before answers its first seq.
 SEND: Final = """
-local old = redis.call('GET', KEYS[4])
+local old = redis.call('GET', KEYS[3])
 if old then return tonumber(old) end
 local seq = redis.call('INCR', KEYS[1])
 local msg = '[' .. seq .. ',' .. ARGV[1]
 redis.call('ZADD', KEYS[2], seq, msg)
-redis.call('ZADD', KEYS[3], seq, msg)
-if #KEYS > 4 then
+redis.call('ZADD', KEYS[4], seq, msg)
+if #KEYS == 5 then
+  redis.call('ZADD', KEYS[5], seq, seq)
+else
   redis.call('ZADD', KEYS[5], seq, msg)
   redis.call('ZADD', KEYS[6], seq, msg)
   redis.call('ZADD', KEYS[7], seq, ARGV[4])
   redis.call('ZADD', KEYS[8], seq, ARGV[5])
 end
-redis.call('SET', KEYS[4], seq, 'EX', ARGV[3])
+redis.call('SET', KEYS[3], seq, 'EX', ARGV[3])
 redis.call('PUBLISH', ARGV[2], 'm' .. msg)
 return seq
 """
@@ -180,13 +191,17 @@ redis.call('HSET', KEYS[1], 'away_since', ARGV[1], 'delivered_seq', d)
 return 1
 """
 
-# KEYS: read markers, conversation's messages.  ARGV: conversation, seq, floor
+# KEYS: read markers, then the conversation's message sets (one for "*", two for a peer).
+# ARGV: conversation, seq, floor
 # The marker moves to the conversation's newest message up to seq (never below `floor`, the
 # session's start for "*"), and never back.
 MARK_READ: Final = """
-local found = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
 local upto = 0
-if #found > 0 then upto = tonumber(found[2]) end
+for i = 2, #KEYS do
+  local found = redis.call('ZREVRANGEBYSCORE', KEYS[i], ARGV[2], '-inf', 'WITHSCORES',
+                           'LIMIT', 0, 1)
+  if #found > 0 and tonumber(found[2]) > upto then upto = tonumber(found[2]) end
+end
 if tonumber(ARGV[3]) > upto then upto = tonumber(ARGV[3]) end
 local now = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if upto > now then

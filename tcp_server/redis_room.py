@@ -187,7 +187,14 @@ class RedisRoom:
     def _new_conn(self) -> str:
         return self._conn_prefix + str(next(self._conns))
 
+    def _check_subscribed(self) -> None:
+        """Members are taken only once this node receives the room's events: a message
+        published before the first subscription would reach no one here."""
+        if not self._subscribed.is_set():
+            raise RedisUnavailable("redis: this node is not receiving the room's events yet")
+
     def join(self, member: Member, max_per_address: int = 0) -> None:
+        self._check_subscribed()
         info, k, conn = member.info, self._keys, self._new_conn()
         with unavailable_on_failure("registering a name"):
             result = self._join(keys=[k.users, k.addrs], args=[
@@ -203,6 +210,7 @@ class RedisRoom:
             self._online[member.session] = (member, conn)
 
     def resume(self, member: Member) -> Member | None:
+        self._check_subscribed()
         info, k, conn = member.info, self._keys, self._new_conn()
         with unavailable_on_failure("resuming a session"):
             replaced = self._resume(keys=[k.users, k.addrs], args=[
@@ -363,7 +371,8 @@ class RedisRoom:
             delay = min(delay * 2, MAX_BACKOFF_S)
 
     def _catch_up(self) -> None:
-        """Just subscribed: deliver what was stored after the last seq delivered."""
+        """Just subscribed: deliver what was stored after the last seq delivered. (The first
+        time, nobody is here yet: joins wait for the subscription, see _check_subscribed.)"""
         current = int(self._sub_redis.get(self._keys.seq) or 0)
         if self._delivered < 0:
             self._delivered = current

@@ -9,7 +9,7 @@ accepted the write (how durable that is depends on Redis's persistence settings)
 NOT done here (no `on_commit`): every node, the sender's included, delivers what it receives
 on the events channel (tcp_server/redis_room.py), so each connection sees one order, seq order.
 
-A send carries an id of this node; the script remembers the seq of each id for an hour. When
+A send carries an id of this node; the script remembers the seq of each id for a minute. When
 a pipeline fails (Redis restarting), the writer tries the same sends again for a few seconds:
 one that had been stored answers its first seq instead of being stored twice.
 
@@ -191,11 +191,11 @@ class RedisStore:
             m = send.message
             args: list[Any] = [message_body(m), k.events, SENT_ID_TTL_S]
             if m.recipient_session is None:
-                keys = [k.seq, k.all, k.everyone, k.sent(send.id)]
+                keys = [k.seq, k.all, k.sent(send.id), k.everyone, k.mine(m.sender_session)]
             else:
                 skey, rkey = name_key(m.sender), name_key(m.to)
-                keys = [k.seq, k.all, k.inbox(m.recipient_session), k.sent(send.id),
-                        k.dm(m.sender_session, rkey), k.dm(m.recipient_session, skey),
+                keys = [k.seq, k.all, k.sent(send.id), k.inbox(m.recipient_session),
+                        k.dm_out(m.sender_session, rkey), k.dm_in(m.recipient_session, skey),
                         k.peers(m.sender_session), k.peers(m.recipient_session)]
                 args += [rkey, skey]
             self._send_script(keys=keys, args=args, client=pipe)
@@ -254,7 +254,8 @@ class RedisStore:
             peers = self._redis.zrange(k.peers(session), 0, -1)
             token_key = self._redis.hget(k.session(session), "token_key")
             doomed = [k.session(session), k.inbox(session), k.peers(session), k.read(session),
-                      *(k.dm(session, peer) for peer in peers)]
+                      k.mine(session), *(k.dm_in(session, peer) for peer in peers),
+                      *(k.dm_out(session, peer) for peer in peers)]
             if token_key:
                 doomed.append(token_key)
             self._redis.delete(*doomed)
@@ -303,23 +304,37 @@ class RedisStore:
         self, session: SessionId, with_: str, before: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
         k = self._keys
-        key = k.everyone if with_ == EVERYONE else k.dm(session, name_key(with_))
+        if with_ == EVERYONE:
+            sets = [k.everyone]
+        else:
+            peer = name_key(with_)
+            sets = [k.dm_in(session, peer), k.dm_out(session, peer)]
         top = f"({before}" if before is not None else "+inf"
         with unavailable_on_failure("reading history"):
             floor = int(self._redis.get(k.pruned) or 0)
-            raw = self._redis.zrevrangebyscore(key, top, f"({floor}", start=0, num=limit + 1)
-        found = [decode_message(m) for m in raw]
+            raw = [m for key in sets
+                   for m in self._redis.zrevrangebyscore(key, top, f"({floor}", start=0,
+                                                         num=limit + 1)]
+        # Each set gave its newest limit + 1: the newest limit + 1 of both are among them.
+        found = sorted(map(decode_message, raw), key=lambda m: -m.seq)[:limit + 1]
         return list(reversed(found[:limit])), len(found) > limit
 
     def search(self, session: SessionId, words: Sequence[str], limit: int) -> list[StoredMessage]:
         wanted = {word.casefold() for word in words}
         if not wanted:
             return []
+        # A cheap look at the stored JSON first: an ASCII word that is not in it is not in the
+        # text. (JSON escapes other characters, so those words are checked after decoding.)
+        plain = [word for word in wanted if word.isascii()]
         found: list[StoredMessage] = []
         for start in range(0, REDIS_SEARCH_SCAN, SCAN_PAGE):
             with unavailable_on_failure("searching"):
                 raw = self._redis.zrevrange(self._keys.all, start, start + SCAN_PAGE - 1)
-            for m in map(decode_message, raw):
+            for entry in raw:
+                folded = entry.casefold()
+                if not all(word in folded for word in plain):
+                    continue
+                m = decode_message(entry)
                 if (m.recipient_session is None or session in (m.sender_session,
                                                                m.recipient_session)) \
                         and wanted <= {w.casefold() for w in search_words(m.text)}:
@@ -338,35 +353,40 @@ class RedisStore:
             floor = 0
             if with_ == EVERYONE:
                 floor = int(self._redis.hget(k.session(session), "start_seq") or 0)
-            key = k.everyone if with_ == EVERYONE else k.dm(session, conversation)
-            return int(self._mark_script(keys=[k.read(session), key],
+            sets = [k.everyone] if with_ == EVERYONE else [
+                k.dm_in(session, conversation), k.dm_out(session, conversation)]
+            return int(self._mark_script(keys=[k.read(session), *sets],
                                          args=[conversation, seq, floor]))
 
     def conversations(self, session: SessionRecord) -> list[Conversation]:
-        k = self._keys
+        """Counts with ZCOUNT (never reading the messages): unread messages to everyone are
+        those after the marker less this session's own (`mine`), unread direct messages those
+        received from the peer after its marker."""
+        k, me = self._keys, session.id
         with unavailable_on_failure("listing conversations"):
-            markers = {c: int(s) for c, s in self._redis.hgetall(k.read(session.id)).items()}
+            markers = {c: int(s) for c, s in self._redis.hgetall(k.read(me)).items()}
             newest = self._redis.zrevrange(k.everyone, 0, 0, withscores=True)
             everyone_last = int(newest[0][1]) if newest else 0
             everyone_read = markers.get(EVERYONE, session.start_seq)
-            unread_raw = self._redis.zrangebyscore(k.everyone, f"({everyone_read}", "+inf")
-            everyone_unread = sum(1 for m in map(decode_message, unread_raw)
-                                  if m.sender_session != session.id)
+            after = f"({everyone_read}"
+            everyone_unread = int(self._redis.zcount(k.everyone, after, "+inf")) - int(
+                self._redis.zcount(k.mine(me), after, "+inf"))
             found = [Conversation(EVERYONE, everyone_last, min(everyone_read, everyone_last)
                                   if everyone_last else everyone_read, everyone_unread)]
-            peers = self._redis.zrevrange(k.peers(session.id), 0, MAX_CONVERSATIONS - 2,
+            peers = self._redis.zrevrange(k.peers(me), 0, MAX_CONVERSATIONS - 2,
                                           withscores=True)
+            own_key = name_key(session.name)
             for peer_key, last in peers:
                 read = markers.get(peer_key, 0)
-                raw = self._redis.zrangebyscore(k.dm(session.id, peer_key), f"({read}", "+inf")
-                messages = [decode_message(m) for m in raw]
-                newest_dm = self._redis.zrevrange(k.dm(session.id, peer_key), 0, 0)
-                if not newest_dm:
-                    continue
-                last_m = decode_message(newest_dm[0])
-                peer = last_m.to if last_m.sender_session == session.id else last_m.sender
-                unread = sum(1 for m in messages if m.recipient_session == session.id
-                             and m.sender_session != session.id)
+                unread = 0 if peer_key == own_key else int(
+                    self._redis.zcount(k.dm_in(me, peer_key), f"({read}", "+inf"))
+                latest = [decode_message(m) for key in (k.dm_in(me, peer_key),
+                                                        k.dm_out(me, peer_key))
+                          for m in self._redis.zrevrange(key, 0, 0)]
+                if not latest:
+                    continue  # deleted by retention
+                last_m = max(latest, key=lambda m: m.seq)
+                peer = last_m.to if last_m.sender_session == me else last_m.sender
                 found.append(Conversation(peer, int(last), read, unread))
         return sorted(found, key=lambda c: -c.last)
 
