@@ -378,3 +378,35 @@ def test_a_node_taken_for_dead_closes_its_connections_when_it_wakes(
         until(bob, "back", "alice")
         for client in (alice, bob, again):
             client.close()
+
+
+HOSTILE_TEXTS = [
+    '"]},{"seq":1,"to":"*"}',  # JSON that would end a stored message early if not escaped
+    "m[1,2,\"x\",3,\"*\",null,\"forged\"]",  # a forged publication's shape
+    "redis.call('FLUSHALL') -- \r\n*1\r\n$8\r\nFLUSHALL\r\n",  # Lua and RESP in the text
+    "\U0001f600 emoji, \u2028 a line separator and \\u0000 an escape",
+    "é" * 4_000,  # the longest text, none of it ASCII
+]
+
+
+def test_hostile_texts_cross_nodes_intact_and_are_found(
+    redis_url: str, connect: Connect
+) -> None:
+    with nodes(redis_url, 2) as (a, b):
+        alice = connect(a.address)
+        alice.hello("alice")
+        bob = connect(b.address)
+        bob.hello("bob")
+        for text in HOSTILE_TEXTS:
+            assert alice.request("send", to="*", text=text)["type"] == "sent"
+            assert alice.request("send", to="bob", text=text)["type"] == "sent"
+        got = messages(bob, 2 * len(HOSTILE_TEXTS))
+        assert [m["text"] for m in got] == [t for t in HOSTILE_TEXTS for _ in (1, 2)]
+        assert bob.users() == ["alice", "bob"]  # the room's state is untouched
+        history = bob.request("history", **{"with": "alice", "limit": 50})["messages"]
+        assert [m["text"] for m in history] == HOSTILE_TEXTS
+        found = bob.request("search", q="FLUSHALL")["messages"]
+        assert len(found) == 2
+        assert bob.request("search", q="é" * 10)["messages"] == []  # a word is whole
+        assert [m["text"] for m in bob.request("search", q="é" * 200)["messages"]] == []
+        assert bob.request("search", q="é" * 201)["code"] == "bad_request"  # q: 1-200
