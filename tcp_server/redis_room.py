@@ -145,8 +145,8 @@ class RedisRoom:
         try:
             self._sweep(also=self._node)
         except redis.RedisError as error:
-            log.error("redis: cannot reach %s yet (%s); trying again in the background",
-                      self._redis, error)
+            log.error("redis: cannot reach Redis yet (%s); trying again in the background",
+                      error)
             self._lost = True
         self._subscriber.start()
         self._heart.start()
@@ -507,10 +507,14 @@ class RedisRoom:
                 self._event("away", r["name"], session),
             ]):
                 self._adopt(away)
-        for session, (member, conn) in local.items():
-            r = by_session.get(session)
-            if r is None or r["conn"] != conn or r["status"] != ONLINE:
-                member.close(INTERRUPTED)
+        stale = [member for session, (member, conn) in local.items()
+                 if (r := by_session.get(session)) is None or r["conn"] != conn
+                 or r["status"] != ONLINE]
+        if stale:
+            log.warning("redis: closing %d connections whose sessions changed while this node "
+                        "was cut off (their clients resume)", len(stale))
+        for member in stale:
+            member.close(INTERRUPTED)
 
 
 def _presence_event(kind: type[Joined | Left | Away | Back], name: str) -> Event:
