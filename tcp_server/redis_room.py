@@ -201,7 +201,9 @@ class RedisRoom:
                 name_key(info.name), encode_record(self._record(info, member.session, conn,
                                                                 ONLINE)),
                 info.ip, max_per_address, k.events,
-                self._event("joined", info.name, member.session)])
+                # The newcomer's details ride along, for events that show them.
+                self._event("joined", info.name, member.session, ip=info.ip, port=info.port,
+                            via=info.via)])
         if result == "taken":
             raise NameTakenError(info.name)
         if result == "full":

@@ -410,3 +410,20 @@ def test_hostile_texts_cross_nodes_intact_and_are_found(
         assert bob.request("search", q="é" * 10)["messages"] == []  # a word is whole
         assert [m["text"] for m in bob.request("search", q="é" * 200)["messages"]] == []
         assert bob.request("search", q="é" * 201)["code"] == "bad_request"  # q: 1-200
+
+
+def test_the_per_address_limit_holds_across_nodes(redis_url: str, connect: Connect) -> None:
+    # (a flag given again wins: nodes() switches the limit off by default)
+    with nodes(redis_url, 2, "--max-clients-per-ip", "2") as (a, b):
+        first = connect(a.address, source="127.0.0.5")
+        first.hello("one")
+        second = connect(b.address, source="127.0.0.5")
+        second.hello("two")
+        third = connect(a.address, source="127.0.0.5")
+        third.send(type="hello", name="three")
+        assert third.expect("error")["code"] == "too_many_from_address"
+        other = connect(b.address, source="127.0.0.6")
+        other.hello("elsewhere")  # another address is not counted
+        assert second.request("exit")["type"] == "bye"  # a place is freed on the other node
+        wait_until(lambda: "two" not in other.users())
+        third.hello("three")
