@@ -95,7 +95,7 @@ class RedisStore:
         self._clock = clock
         self._redis = connect(url)
         self._keys = keys or Keys(db=database(self._redis))
-        self._send_script = self._redis.register_script(SEND)
+        self._send_sha: str | None = None  # SEND's digest once loaded (see _run_sends)
         self._open_script = self._redis.register_script(OPEN_SESSION)
         self._away_script = self._redis.register_script(SET_AWAY)
         self._mark_script = self._redis.register_script(MARK_READ)
@@ -185,8 +185,12 @@ class RedisStore:
                                         m.recipient_session, m.text))
 
     def _run_sends(self, batch: list[_Send]) -> list[int]:
+        """One pipeline of EVALSHA SEND, one round trip. (redis-py's Script objects would ask
+        SCRIPT EXISTS before every pipeline: a second round trip.) When Redis lost its script
+        cache (a restart), the script is loaded and the whole batch runs again: the send ids
+        make that safe."""
         k = self._keys
-        pipe = self._redis.pipeline(transaction=False)
+        commands = []
         for send in batch:
             m = send.message
             args: list[Any] = [message_body(m), k.events, SENT_ID_TTL_S]
@@ -198,8 +202,23 @@ class RedisStore:
                         k.dm_out(m.sender_session, rkey), k.dm_in(m.recipient_session, skey),
                         k.peers(m.sender_session), k.peers(m.recipient_session)]
                 args += [rkey, skey]
-            self._send_script(keys=keys, args=args, client=pipe)
-        return [int(seq) for seq in pipe.execute()]
+            commands.append((len(keys), *keys, *args))
+        for attempt in (1, 2):
+            if self._send_sha is None:
+                self._send_sha = str(self._redis.script_load(SEND))
+            pipe = self._redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command("EVALSHA", self._send_sha, *command)
+            results = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
+                                    for r in results):
+                self._send_sha = None
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            break
+        return [int(seq) for seq in results]
 
     # --- sessions ---------------------------------------------------------------------------
 

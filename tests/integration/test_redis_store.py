@@ -155,3 +155,17 @@ def test_redis_down_refuses_with_store_errors_and_never_hangs() -> None:
             assert say(store, alice).seq == 1
         finally:
             store.close()
+
+
+def test_sends_go_on_after_redis_forgot_its_scripts(redis_url: str) -> None:
+    store = RedisStore(redis_url, "a")
+    try:
+        alice, _ = session(store, "alice")
+        assert say(store, alice).seq == 1
+        client = redis_py.Redis.from_url(redis_url)
+        client.script_flush()  # what a Redis restart does to the script cache
+        client.close()
+        assert [say(store, alice).seq for _ in range(3)] == [2, 3, 4]
+        assert store.last_seq() == 4
+    finally:
+        store.close()
