@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
@@ -21,10 +22,11 @@ from tcp_server.flusher import Flusher
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.memory_store import MemoryStore
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
-from tcp_server.redis_room import RedisRoom
-from tcp_server.redis_store import RedisStore
 from tcp_server.registry import LocalRoom, Room
 from tcp_server.store import DB_FILE, MessageStore, Retention, SqliteStore
+
+if TYPE_CHECKING:  # imported when used: a core without --redis never loads redis-py
+    from tcp_server.redis_room import RedisRoom
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class ChatServer:
         self._listener = _listen(config.host, config.port)
         self._redis_room: RedisRoom | None = None
         if config.redis is not None and room is None:  # several nodes: docs/operations.md
+            from tcp_server.redis_room import RedisRoom
+
             room = self._redis_room = RedisRoom(
                 config.redis, self.node_id, config.node_timeout, config.resume_grace)
         self.room: Room = room if room is not None else LocalRoom()
@@ -91,6 +95,8 @@ class ChatServer:
     def _open_store(self, config: ServerConfig) -> MessageStore:
         retention = Retention(config.history_max_messages, config.history_max_days)
         if config.redis is not None:
+            from tcp_server.redis_store import RedisStore
+
             # Never the URL itself: it may hold a password.
             log.info("node %s: room in redis at %s", self.node_id,
                      urllib.parse.urlsplit(config.redis).hostname or config.redis[:8])
