@@ -11,7 +11,9 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
@@ -22,6 +24,9 @@ from tcp_server.memory_store import MemoryStore
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
 from tcp_server.registry import LocalRoom, Room
 from tcp_server.store import DB_FILE, MessageStore, Retention, SqliteStore
+
+if TYPE_CHECKING:  # imported when used: a core without --redis never loads redis-py
+    from tcp_server.redis_room import RedisRoom
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +47,19 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig, room: Room | None = None) -> None:
         self._config = config
-        self.room: Room = room if room is not None else LocalRoom()
         self._listener = _listen(config.host, config.port)
+        self._redis_room: RedisRoom | None = None
+        if config.redis is not None and room is None:  # several nodes: docs/operations.md
+            from tcp_server.redis_room import RedisRoom
+
+            room = self._redis_room = RedisRoom(
+                config.redis, self.node_id, config.node_timeout, config.resume_grace)
+        self.room: Room = room if room is not None else LocalRoom()
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         try:
             self.store = self._open_store(config)
+            if self._redis_room is not None:
+                self._redis_room.start(self.store.end_session)
         except BaseException:
             self._listener.close()
             raise
@@ -60,6 +73,8 @@ class ChatServer:
         except BaseException:
             self._commands.stop()
             self.store.close()
+            if self._redis_room is not None:
+                self._redis_room.close()
             self._listener.close()
             raise
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -72,8 +87,20 @@ class ChatServer:
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
+    @property
+    def node_id(self) -> str:
+        """This node's name in Redis: --node-id, else the hostname and the port."""
+        return self._config.node_id or f"{socket.gethostname()}:{self.address[1]}"
+
     def _open_store(self, config: ServerConfig) -> MessageStore:
         retention = Retention(config.history_max_messages, config.history_max_days)
+        if config.redis is not None:
+            from tcp_server.redis_store import RedisStore
+
+            # Never the URL itself: it may hold a password.
+            log.info("node %s: room in redis at %s", self.node_id,
+                     urllib.parse.urlsplit(config.redis).hostname or config.redis[:8])
+            return RedisStore(config.redis, self.node_id, retention=retention)
         if config.store == "memory":
             return MemoryStore(on_commit=self.room.publish, retention=retention)
         if not config.data_dir:  # tests, embedding: a private store that goes with the server
@@ -114,6 +141,8 @@ class ChatServer:
                 self._close_all(self._stop_reason)
                 self._commands.stop()
                 self.store.close()
+                if self._redis_room is not None:
+                    self._redis_room.close()
                 if self._scratch is not None:
                     self._scratch.cleanup()
                 self._flusher.stop(self._config.close_timeout)
