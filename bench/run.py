@@ -480,8 +480,10 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
     room = f"7-{max(ROOM_USERS)}"
     core, irc = results.get(f"core/{room}"), results.get(f"ngircd/{room}")
     if core and irc and core.get("register_seconds") and irc.get("register_seconds"):
-        ok = (core.get("registered") == irc.get("registered") == max(ROOM_USERS)
-              and core["register_seconds"] <= irc["register_seconds"])
+        # ngIRCd not registering everyone within ROOM_SETUP_S counts as slower.
+        ok = core.get("registered") == max(ROOM_USERS) and (
+            irc.get("registered", 0) < max(ROOM_USERS)
+            or core["register_seconds"] <= irc["register_seconds"])
         out.append((room, f"{max(ROOM_USERS):,} users in one room registered no slower than "
                     f"ngIRCd ({core['register_seconds']:.1f} vs {irc['register_seconds']:.1f} s)",
                     ok))
