@@ -68,11 +68,40 @@ class Lifecycle(enum.IntEnum):
     CLOSED = 4
 
 
+class ShutdownGate:
+    """A server shutdown's meeting point: each stopping reader arrives once it has finished
+    the request in hand and waits there; the server opens the gate once all have arrived (or
+    its deadline passed). Only then do sessions go away: every message a sender was told
+    "sent" reached its recipients live, none of them left the room before it was published.
+    One for all connections."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on arrive() and open()
+        self._arrived = 0
+        self._open = False
+
+    def arrive(self, timeout: float) -> None:
+        with self._changed:
+            self._arrived += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._open, timeout)
+
+    def wait_all(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._arrived >= count, timeout)
+
+    def open(self) -> None:
+        with self._changed:
+            self._open = True
+            self._changed.notify_all()
+
+
 class Connection:
     __slots__ = (
         "__weakref__", "_bucket", "_codec", "_commands", "_config", "_delivered_seq",
-        "_flusher", "_held", "_held_bytes", "_lock", "_logged", "_outbox", "_replayed_upto",
-        "_sends_in_flight", "_sends_waiter", "_sock", "_state", "session",
+        "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox",
+        "_replayed_upto", "_sends_in_flight", "_sends_waiter", "_sock", "_state", "session",
     )
 
     def __init__(
@@ -82,11 +111,14 @@ class Connection:
         config: ServerConfig,
         commands: Commands,
         flusher: Flusher,
+        gate: ShutdownGate,
         logged: int | None = 0,
     ) -> None:
         """`logged`: None keeps this connection's coming and going out of the log (a flood
-        from its address); a count says how many were held back before it."""
+        from its address); a count says how many were held back before it. `gate`: where
+        the reader waits at a server shutdown (see ShutdownGate)."""
         self._logged = logged
+        self._gate = gate
         self._sock = sock
         self._config = config
         self._commands = commands
@@ -377,6 +409,8 @@ class Connection:
         """The reader's last act: end the session, hand the socket to the flusher."""
         if self._sends_in_flight:  # the bye and the close come after their answers
             self._wait_for_sends()
+        if self._state is Lifecycle.STOPPING:
+            self._gate.arrive(self._config.shutdown_timeout)
         self._commands.disconnect(self.session, self._delivered_seq)
         if self._state is not Lifecycle.STOPPING:  # stopping: the server sends the bye
             self._outbox.close(deadline=time.monotonic() + self._config.close_timeout)

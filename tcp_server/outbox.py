@@ -95,8 +95,9 @@ def unacknowledged_bytes(sock: Sock) -> int:
 
 class Outbox:
     __slots__ = (
-        "__weakref__", "_chunks", "_closed", "_deadline", "_flusher", "_lagging", "_lock", "_max_bytes",
-        "_on_overflow", "_partial", "_queued_bytes", "_released", "_sock", "_state", "_waiter",
+        "__weakref__", "_chunks", "_closed", "_deadline", "_flusher", "_lagging", "_lock",
+        "_max_bytes", "_on_overflow", "_partial", "_queued_bytes", "_released", "_sock",
+        "_state", "_waiter",
     )
 
     def __init__(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
-from tcp_server.connection import Connection, run_connection
+from tcp_server.connection import Connection, ShutdownGate, run_connection
 from tcp_server.flusher import Flusher
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.memory_store import MemoryStore
@@ -75,6 +75,7 @@ class ChatServer:
         self._all_gone = threading.Condition(self._lock)
         self._threads: dict[Connection, threading.Thread] = {}
         self._flusher = Flusher()
+        self._gate = ShutdownGate()
         # 30 connections from one address logged at once, then one a second: see lograte.py
         self._connection_lines = LogRate(every=1.0, burst=30)
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
@@ -165,7 +166,7 @@ class ChatServer:
             full = len(self._threads) >= self._config.max_clients
             if not full:
                 connection = Connection(
-                    sock, address, self._config, self._commands, self._flusher,
+                    sock, address, self._config, self._commands, self._flusher, self._gate,
                     logged=self._connection_lines.allow(address[0]),
                 )
                 thread = threading.Thread(
@@ -221,10 +222,11 @@ class ChatServer:
     def _close_all(self, reason: str) -> None:
         """Stop every connection with a bye, within shutdown_timeout for all of them.
 
-        First every reader finishes the request in hand and ends (its session goes away,
-        resumable, unannounced: the room is quiet), so that each message already acknowledged
-        with "sent" is in its recipients' outboxes; only then are the byes queued, and the
-        flusher writes them all with one deadline. No thread is joined one by one.
+        First every reader finishes the request in hand and waits at the gate, so that each
+        message already acknowledged with "sent" is in its recipients' outboxes; then the
+        readers end their sessions (away, resumable, unannounced: the room is quiet) and their
+        threads; then the byes are queued, and the flusher writes them all with one deadline.
+        No thread is joined one by one.
         """
         with self._lock:
             connections = list(self._threads)
@@ -234,8 +236,12 @@ class ChatServer:
         self.room.shutdown()
         for connection in connections:
             connection.stop_reading()
-        if not self._wait_all_gone(started + self._config.shutdown_timeout / 3):
-            log.warning("%d readers still busy; closing them", self.connection_count())
+        if not self._gate.wait_all(len(connections), self._config.shutdown_timeout / 3):
+            log.warning("readers still busy after %.2f s; closing them",
+                        self._config.shutdown_timeout / 3)
+        self._gate.open()
+        # The readers now end their sessions (away, resumable) in parallel, then their threads.
+        self._wait_all_gone(started + self._config.shutdown_timeout / 2)
         for connection in connections:
             connection.close(reason, flush_deadline=deadline)
         # Readers still busy (a replay, a store that is slow) see the close and end.

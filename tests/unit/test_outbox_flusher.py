@@ -136,7 +136,7 @@ def test_over_budget_on_a_writable_socket_is_accepted_and_reported_as_lag() -> N
 
 
 def test_over_budget_on_a_socket_that_stopped_taking_data_is_refused() -> None:
-    outbox, sock, flusher = manual(room=0, max_bytes=10)
+    outbox, _, flusher = manual(room=0, max_bytes=10)
     assert outbox.put(b"x" * 8)
     assert outbox.flush() is Flushed.BLOCKED
     assert not outbox.put(b"y" * 8)
@@ -310,7 +310,8 @@ def test_flusher_keeps_no_reference_to_an_outbox_it_has_flushed(flusher: Flusher
         outbox.put(b"last words")
         gone = weakref.ref(outbox)
         assert read_all(theirs, 10) == b"last words"
-        wait_until(lambda: outbox.state is Writing.IDLE, what="the flush to end")
+        wait_until(lambda: gone().state is Writing.IDLE,  # type: ignore[union-attr]
+                   what="the flush to end")
         del outbox
         for _ in range(100):  # the flusher's loop may hold its last list for a moment
             gc.collect()
