@@ -76,25 +76,29 @@ class ShutdownGate:
     One for all connections."""
 
     def __init__(self) -> None:
+        # _lock guards _arrived and _expected; _all_arrived (its condition) is notified once,
+        # when the last expected reader arrives: only the server waits on it. The readers
+        # wait on _opened, set once: no reader is woken by another's arrival.
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # notified on arrive() and open()
+        self._all_arrived = threading.Condition(self._lock)
         self._arrived = 0
-        self._open = False
+        self._expected: int | None = None
+        self._opened = threading.Event()
 
     def arrive(self, timeout: float) -> None:
-        with self._changed:
+        with self._lock:
             self._arrived += 1
-            self._changed.notify_all()
-            self._changed.wait_for(lambda: self._open, timeout)
+            if self._expected is not None and self._arrived >= self._expected:
+                self._all_arrived.notify()
+        self._opened.wait(timeout)
 
     def wait_all(self, count: int, timeout: float) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: self._arrived >= count, timeout)
+        with self._lock:
+            self._expected = count
+            return self._all_arrived.wait_for(lambda: self._arrived >= count, timeout)
 
     def open(self) -> None:
-        with self._changed:
-            self._open = True
-            self._changed.notify_all()
+        self._opened.set()
 
 
 class Connection:
