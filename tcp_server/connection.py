@@ -27,6 +27,7 @@ Three orderings are kept here:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import select
@@ -84,6 +85,32 @@ class ShutdownGate:
         self._arrived = 0
         self._expected: int | None = None
         self._opened = threading.Event()
+        # Every reader's poll() also waits on the first socket of _wake: one byte written to
+        # the second wakes them all (never read: it stays readable, and they are all
+        # stopping). Made by the first reader that waits (under _lock).
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+
+    def fileno(self) -> int:
+        """What every reader's poll() waits on, beside its socket."""
+        with self._lock:
+            if self._wake is None:
+                self._wake = socket.socketpair()
+            return self._wake[0].fileno()
+
+    def wake_readers(self) -> None:
+        """Wake every reader waiting for its client (each has been told to stop)."""
+        with self._lock:
+            wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):  # closed: the server is gone, nobody waits
+                wake[1].send(b"\0")
+
+    def close(self) -> None:
+        with self._lock:
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake[0].close()
+            wake[1].close()
 
     def arrive(self, timeout: float) -> None:
         with self._lock:
@@ -104,7 +131,7 @@ class ShutdownGate:
 class Connection:
     __slots__ = (
         "__weakref__", "_bucket", "_codec", "_commands", "_config", "_delivered_seq",
-        "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox",
+        "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox", "_poller",
         "_replayed_upto", "_sends_in_flight", "_sends_waiter", "_sock", "_state", "session",
     )
 
@@ -123,6 +150,7 @@ class Connection:
         the reader waits at a server shutdown (see ShutdownGate)."""
         self._logged = logged
         self._gate = gate
+        self._poller: select.poll | None = None  # the reader's wait: its socket and the gate
         self._sock = sock
         self._config = config
         self._commands = commands
@@ -196,9 +224,11 @@ class Connection:
 
     def stop_reading(self) -> None:
         """Server shutdown: handle no further request; the reader finishes the one in hand
-        and ends, leaving the bye to the server's close(). Idempotent."""
-        if self._advance(Lifecycle.STOPPING):
-            self._outbox.shutdown_read()  # wakes a reader blocked in recv() or poll()
+        and ends, leaving the bye to the server's close(). Idempotent. No system call: the
+        server then wakes every waiting reader at once (ShutdownGate.wake_readers); one
+        shutdown() per socket would wake them one by one, each taking the GIL from the loop
+        that wakes the next (10,000 clients: minutes)."""
+        self._advance(Lifecycle.STOPPING)
 
     def close(self, reason: str, flush_deadline: float | None = None) -> None:
         """End the connection after what is queued, with a bye. Idempotent.
@@ -237,7 +267,6 @@ class Connection:
         return self._state <= Lifecycle.REGISTERED
 
     def _read_loop(self) -> None:
-        poller: select.poll | None = None  # only while a deadline bounds the wait
         hello_deadline = time.monotonic() + self._config.hello_timeout
         flusher = self._flusher
         while self._reading:
@@ -249,18 +278,13 @@ class Connection:
                 timeout = self._config.hello_timeout
                 self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
                 return
-            wait_s = self._wait_limit(hello_deadline)
-            if wait_s is not None:
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(self._sock, select.POLLIN)
-                if not poller.poll(max(0.0, wait_s) * 1000):
-                    if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
-                        return
-                    continue
-            else:
-                poller = None
-            data = self._receive()
+            data = self._receive(self._wait_limit(hello_deadline))
+            if data is None:  # a deadline passed, or the server woke every reader to stop
+                if not self._reading:
+                    return
+                if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
+                    return
+                continue
             if not data:
                 return
             # Backpressure: while the flusher is behind, a sender's next requests wait (and
@@ -275,21 +299,30 @@ class Connection:
             if not self._handle_frames(self._codec, self._codec.feed(data)):
                 return
 
-    def _receive(self) -> bytes:
-        """What the client sent (b"" at its end), without a 64 KiB buffer held while idle.
+    def _receive(self, timeout_s: float | None) -> bytes | None:
+        """What the client sent (b"" at its end); None if the wait ended without data: the
+        timeout passed, or the server's shutdown woke every reader at once (ShutdownGate).
 
-        recv(n) allocates its n-byte result before it blocks: 10,000 idle readers blocked in
-        recv(65536) would hold 640 MB between them. So: take what is there without waiting;
-        if nothing is, block on a 1-byte peek, then take what arrived.
+        Data already there is taken at once (one syscall, the case under load). Otherwise the
+        reader waits in poll(), not in recv(65536), which allocates its 64 KiB result before it
+        blocks: 10,000 idle readers would hold 640 MB between them.
         """
         sock = self._sock
         try:
             return sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
-        if not sock.recv(1, socket.MSG_PEEK):
-            return b""
-        return sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+            self._poller.register(self._gate.fileno(), select.POLLIN)
+        ready = self._poller.poll(None if timeout_s is None else max(0.0, timeout_s) * 1000)
+        if not self._reading or not any(fd == sock.fileno() for fd, _ in ready):
+            return None
+        try:
+            return sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:  # woken, but the data went (cannot happen: only we read)
+            return None
 
     def _wait_limit(self, hello_deadline: float) -> float | None:
         limits = [self._codec.flush_timeout() if self._codec else None]

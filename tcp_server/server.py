@@ -127,6 +127,7 @@ class ChatServer:
                     self._scratch.cleanup()
                 self._wake_reader.close()
                 self._wake_writer.close()
+                self._gate.close()
                 os.close(self._spare_fd)
         log.info("stopped")
 
@@ -236,6 +237,7 @@ class ChatServer:
         self.room.shutdown()
         for connection in connections:
             connection.stop_reading()
+        self._gate.wake_readers()
         if not self._gate.wait_all(len(connections), self._config.shutdown_timeout / 3):
             log.warning("readers still busy after %.2f s; closing them",
                         self._config.shutdown_timeout / 3)
