@@ -70,25 +70,53 @@ class Lifecycle(enum.IntEnum):
 
 
 class ShutdownGate:
-    """A server shutdown's meeting point: each stopping reader arrives once it has finished
-    the request in hand and waits there; the server opens the gate once all have arrived (or
-    its deadline passed). Only then do sessions go away: every message a sender was told
-    "sent" reached its recipients live, none of them left the room before it was published.
-    One for all connections."""
+    """A server shutdown's meeting point, one for all connections.
+
+    The server marks every connection stopping and wakes all readers at once (wake_readers:
+    one byte on a socket that every reader's poll() also waits on). Each reader finishes the
+    request in hand, arrives here and ends its thread at once: it does not wait, so 10,000
+    readers never queue up for one lock or one condition. Once all have arrived (or the
+    deadline passed), the server open()s the gate and ends the sessions of those that arrived,
+    with a few threads of its own: every message a sender was told "sent" reached its
+    recipients live before any of them went away. A reader arriving after open() ends its
+    session itself.
+    """
 
     def __init__(self) -> None:
-        # _lock guards _arrived and _expected; _all_arrived (its condition) is notified once,
-        # when the last expected reader arrives: only the server waits on it. The readers
-        # wait on _opened, set once: no reader is woken by another's arrival.
+        # _lock guards _arrived, _expected, _open and _wake; _all_arrived (its condition) is
+        # notified once, when the last expected reader arrives: only the server waits on it.
         self._lock = threading.Lock()
         self._all_arrived = threading.Condition(self._lock)
-        self._arrived = 0
+        self._arrived: list[Connection] = []
         self._expected: int | None = None
-        self._opened = threading.Event()
+        self._open = False
         # Every reader's poll() also waits on the first socket of _wake: one byte written to
         # the second wakes them all (never read: it stays readable, and they are all
-        # stopping). Made by the first reader that waits (under _lock).
+        # stopping). Made by the first reader that waits.
         self._wake: tuple[socket.socket, socket.socket] | None = None
+
+    def arrive(self, connection: Connection) -> bool:
+        """A stopping reader is done; True if the server ends its session, False if the
+        gate is open already (the reader ends it itself)."""
+        with self._lock:
+            if self._open:
+                return False
+            self._arrived.append(connection)
+            if self._expected is not None and len(self._arrived) >= self._expected:
+                self._all_arrived.notify()
+            return True
+
+    def wait_all(self, count: int, timeout: float) -> bool:
+        with self._lock:
+            self._expected = count
+            return self._all_arrived.wait_for(lambda: len(self._arrived) >= count, timeout)
+
+    def open(self) -> list[Connection]:
+        """Let later readers end their own sessions; returns those that arrived before."""
+        with self._lock:
+            self._open = True
+            arrived, self._arrived = self._arrived, []
+            return arrived
 
     def fileno(self) -> int:
         """What every reader's poll() waits on, beside its socket."""
@@ -111,21 +139,6 @@ class ShutdownGate:
         if wake is not None:
             wake[0].close()
             wake[1].close()
-
-    def arrive(self, timeout: float) -> None:
-        with self._lock:
-            self._arrived += 1
-            if self._expected is not None and self._arrived >= self._expected:
-                self._all_arrived.notify()
-        self._opened.wait(timeout)
-
-    def wait_all(self, count: int, timeout: float) -> bool:
-        with self._lock:
-            self._expected = count
-            return self._all_arrived.wait_for(lambda: self._arrived >= count, timeout)
-
-    def open(self) -> None:
-        self._opened.set()
 
 
 class Connection:
@@ -239,8 +252,7 @@ class Connection:
         if flush_deadline is None:
             flush_deadline = time.monotonic() + self._config.close_timeout
         bye = self._encoder.encode(Bye(reason=reason))
-        if self._outbox.close(bye, deadline=flush_deadline):
-            self._advance(Lifecycle.CLOSING)
+        if self._outbox.close(bye, deadline=flush_deadline) and self._advance(Lifecycle.CLOSING):
             self._outbox.shutdown_read()  # wakes the reader, which finishes the connection
 
     # --- the reader thread --------------------------------------------------------------------
@@ -462,15 +474,19 @@ class Connection:
         """The reader's last act: end the session, hand the socket to the flusher."""
         if self._sends_in_flight:  # the bye and the close come after their answers
             self._wait_for_sends()
-        if self._state is Lifecycle.STOPPING:
-            self._gate.arrive(self._config.shutdown_timeout)
-        self._commands.disconnect(self.session, self._delivered_seq)
+        if self._state is not Lifecycle.STOPPING or not self._gate.arrive(self):
+            self.end_session()
         if self._state is not Lifecycle.STOPPING:  # stopping: the server sends the bye
             self._outbox.close(deadline=time.monotonic() + self._config.close_timeout)
         self._advance(Lifecycle.CLOSED)
         self._outbox.release()
         if self._logged is not None:
             log.info("%s disconnected", self.peer)
+
+    def end_session(self) -> None:
+        """The connection is over: the session ends, or goes away (resumable). Called once,
+        by the reader, or by the server for a reader that arrived at the ShutdownGate."""
+        self._commands.disconnect(self.session, self._delivered_seq)
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from tcp_server.commands import Commands
@@ -32,6 +33,7 @@ LISTEN_BACKLOG = 1_024
 # smaller reservation keeps 10,000 threads' address space and page tables small. Measured:
 # json's C decoder on 3.13 needs about 100 bytes of stack per nesting level.
 READER_STACK_BYTES = 512 * 1024
+END_SESSION_THREADS = 32  # at a shutdown: sessions ended at once (the store batches them)
 ACCEPTS_PER_WAKEUP = 64
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
@@ -223,11 +225,12 @@ class ChatServer:
     def _close_all(self, reason: str) -> None:
         """Stop every connection with a bye, within shutdown_timeout for all of them.
 
-        First every reader finishes the request in hand and waits at the gate, so that each
-        message already acknowledged with "sent" is in its recipients' outboxes; then the
-        readers end their sessions (away, resumable, unannounced: the room is quiet) and their
-        threads; then the byes are queued, and the flusher writes them all with one deadline.
-        No thread is joined one by one.
+        First every reader finishes the request in hand, arrives at the gate and ends (see
+        ShutdownGate), so that each message already acknowledged with "sent" is in its
+        recipients' outboxes; then a few threads end their sessions (away, resumable,
+        unannounced: the room is quiet; the store commits them in batches); then the byes are
+        queued, and the flusher writes them all with one deadline. No thread is joined one by
+        one, and no lock or condition is waited on by every reader at once.
         """
         with self._lock:
             connections = list(self._threads)
@@ -241,9 +244,7 @@ class ChatServer:
         if not self._gate.wait_all(len(connections), self._config.shutdown_timeout / 3):
             log.warning("readers still busy after %.2f s; closing them",
                         self._config.shutdown_timeout / 3)
-        self._gate.open()
-        # The readers now end their sessions (away, resumable) in parallel, then their threads.
-        self._wait_all_gone(started + self._config.shutdown_timeout / 2)
+        _end_sessions(self._gate.open(), started + self._config.shutdown_timeout / 2)
         for connection in connections:
             connection.close(reason, flush_deadline=deadline)
         # Readers still busy (a replay, a store that is slow) see the close and end.
@@ -254,6 +255,22 @@ class ChatServer:
         self._flusher.stop(deadline, self._config.close_timeout)
         log.info("closed %d connections in %.2f s", len(connections),
                  time.monotonic() - started)
+
+
+def _end_sessions(connections: list[Connection], deadline: float) -> None:
+    """End the sessions of stopped connections (away, resumable) with END_SESSION_THREADS
+    threads, so that the store commits them in batches; what is not done by the deadline is
+    left to the next start (which restores every session still open as away)."""
+    if not connections:
+        return
+    with ThreadPoolExecutor(END_SESSION_THREADS, thread_name_prefix="end-session") as pool:
+        futures = [pool.submit(connection.end_session) for connection in connections]
+        _, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for future in late:
+            future.cancel()
+    if late:
+        log.warning("%d sessions not recorded as away in time (restored at the next start)",
+                    len(late))
 
 
 def _start_with_stack(thread: threading.Thread, stack_bytes: int) -> None:
