@@ -33,6 +33,10 @@ LISTEN_BACKLOG = 1_024
 # smaller reservation keeps 10,000 threads' address space and page tables small. Measured:
 # json's C decoder on 3.13 needs about 100 bytes of stack per nesting level.
 READER_STACK_BYTES = 512 * 1024
+# At a shutdown, readers are woken this many at a time (see ShutdownGate), each batch once
+# the one before has arrived or after WAKE_BATCH_WAIT_S (a reader busy with a request).
+WAKE_BATCH = 64
+WAKE_BATCH_WAIT_S = 0.02
 END_SESSION_THREADS = 32  # at a shutdown: sessions ended at once (the store batches them)
 ACCEPTS_PER_WAKEUP = 64
 KEEPALIVE_IDLE_S = 10
@@ -129,7 +133,6 @@ class ChatServer:
                     self._scratch.cleanup()
                 self._wake_reader.close()
                 self._wake_writer.close()
-                self._gate.close()
                 os.close(self._spare_fd)
         log.info("stopped")
 
@@ -238,13 +241,20 @@ class ChatServer:
         started = time.monotonic()
         deadline = started + self._config.shutdown_timeout
         self.room.shutdown()
-        for connection in connections:
-            connection.stop_reading()
-        self._gate.wake_readers()
-        if not self._gate.wait_all(len(connections), self._config.shutdown_timeout / 3):
+        quiet_by = started + self._config.shutdown_timeout / 2
+        woken = 0
+        for first in range(0, len(connections), WAKE_BATCH):
+            batch = connections[first : first + WAKE_BATCH]
+            for connection in batch:
+                connection.stop_reading()
+            woken += len(batch)
+            # Until the batch before this one has arrived: a few readers run at a time.
+            self._gate.wait_for(woken - WAKE_BATCH,
+                                min(WAKE_BATCH_WAIT_S, max(0.0, quiet_by - time.monotonic())))
+        if not self._gate.wait_for(len(connections), max(0.0, quiet_by - time.monotonic())):
             log.warning("readers still busy after %.2f s; closing them",
-                        self._config.shutdown_timeout / 3)
-        _end_sessions(self._gate.open(), started + self._config.shutdown_timeout / 2)
+                        time.monotonic() - started)
+        _end_sessions(self._gate.open(), started + self._config.shutdown_timeout * 3 / 4)
         for connection in connections:
             connection.close(reason, flush_deadline=deadline)
         # Readers still busy (a replay, a store that is slow) see the close and end.
