@@ -75,11 +75,10 @@ class ShutdownGate:
     CPython, thousands of threads woken at once hand the GIL around in O(n²) (5,000 readers
     woken together: 13 s to end; in batches of 64: 0.2 s). Each reader finishes the request in
     hand, arrives here and ends its thread at once: it does not wait, so readers never queue
-    up for one lock or one condition. Once all have arrived (or the
-    deadline passed), the server open()s the gate and ends the sessions of those that arrived,
-    with a few threads of its own: every message a sender was told "sent" reached its
-    recipients live before any of them went away. A reader arriving after open() ends its
-    session itself.
+    up for one lock or one condition. Once all have arrived (or the deadline passed), the
+    server open()s the gate and ends the sessions of those that arrived, with a few threads of
+    its own: every message a sender was told "sent" reached its recipients live before any of
+    them went away. A reader arriving after open() ends its session itself.
     """
 
     def __init__(self) -> None:
