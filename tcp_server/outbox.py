@@ -290,7 +290,8 @@ class Outbox:
                 self._closed = True
                 result = self._finish()
             elif sent < len(data):
-                self._queued_bytes -= sent
+                # max(): a drop (close with discard) meanwhile recounted what is queued.
+                self._queued_bytes = max(0, self._queued_bytes - sent)
                 # Ahead of whatever producers queued while we were sending: the ordering rule.
                 self._chunks.insert(0, data[sent:] if sent else data)
                 self._partial = self._partial or sent > 0
@@ -298,7 +299,7 @@ class Outbox:
                 overflow = self._queued_bytes > self._max_bytes and not self._closed
                 result = Flushed.BLOCKED
             else:
-                self._queued_bytes -= sent
+                self._queued_bytes = max(0, self._queued_bytes - sent)
                 self._partial = False
                 result = self._settle()
             if self._waiter is not None:
