@@ -82,6 +82,11 @@ PAM = no
 """
 
 
+LADDER_RATES = [20_000, 40_000, 60_000, 80_000]
+LADDER_S = 3
+LOW_LATENCY_MS = 10.0  # "the highest rate with p99 under 10 ms"
+
+
 @dataclass(frozen=True)
 class Load:
     key: str
@@ -102,7 +107,11 @@ LOADS = [
     Load("5", f"idle clients, as many as possible up to {IDLE_CLIENTS:,}", IDLE_CLIENTS),
     Load("8", "100 clients, 1,000 direct messages/s offered for 4 s (latency at a modest rate)",
          100, 4_000, 1_000),
+    # The rate ladder: fixed offered rates of direct messages for LADDER_S each.
+    *[Load(f"L{rate // 1000}k", f"100 clients, {rate:,} direct messages/s offered for "
+           f"{LADDER_S} s", 100, rate * LADDER_S, rate) for rate in LADDER_RATES],
 ]
+LADDER_KEYS = [f"L{rate // 1000}k" for rate in LADDER_RATES]
 GATEWAY_LOADS = ["1", "2"]  # load 6: these through the web gateway
 
 # Load 7, like for like: N users register into one room. ngIRCd's clients JOIN one channel,
@@ -425,7 +434,8 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        "python": platform.python_version(),  # the core runs on this interpreter too
+        "python_path": sys.executable,
         "ngircd": ngircd,
         "load_average": os.getloadavg(),
         "pinning": f"servers on CPU {SERVER_CPU}, generator on CPU {LOADGEN_CPU}"
@@ -456,7 +466,7 @@ RATE_TOLERANCE = 0.99  # paced loads deliver at the offered rate; 1% is clock no
 
 def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
     out: list[tuple[str, str, bool]] = []
-    for key in ("1", "2", "4"):
+    for key in ("1", "2", "4", *LADDER_KEYS):
         core, irc = results.get(f"core/{key}"), results.get(f"ngircd/{key}")
         if not core or not irc or "delivered_per_s" not in core or "delivered_per_s" not in irc:
             continue
@@ -472,6 +482,14 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
         ok = core["delivered_per_s"] >= 0.5 * irc["delivered_per_s"] and core["lost"] == 0
         ratio = _ratio(core["delivered_per_s"], irc["delivered_per_s"])
         out.append(("3", f"fan-out rate ≥ ½ ngIRCd's ({ratio})", ok))
+    best = {system: max((rate for rate, key in zip(LADDER_RATES, LADDER_KEYS, strict=True)
+                         if (r := results.get(f"{system}/{key}")) and "latency_ms" in r
+                         and r["latency_ms"]["p99"] < LOW_LATENCY_MS and r["lost"] == 0),
+                        default=0) for system in ("core", "ngircd")}
+    if any(f"core/{key}" in results for key in LADDER_KEYS):
+        out.append(("L", f"highest offered rate with p99 < {LOW_LATENCY_MS:g} ms ≥ ngIRCd's "
+                    f"({best['core']:,} vs {best['ngircd']:,} msg/s)",
+                    best["core"] >= best["ngircd"]))
     core = results.get("core/5")
     if core:
         out.append(("5", f"{IDLE_CLIENTS:,} clients held ({core.get('registered', 0):,}; "
@@ -534,7 +552,8 @@ def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
         f"Run of {info['date']} on {info['cpu']}, {info['cores']} cores, "
-        f"{info['memory_gib']} GiB, Linux {info['kernel']}, Python {info['python']}, "
+        f"{info['memory_gib']} GiB, Linux {info['kernel']}, Python {info['python']} "
+        f"({info.get('python_path', '')}), "
         f"{info['ngircd']}; {info['pinning']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in info['load_average'])}.",
         "",
@@ -636,7 +655,9 @@ def raise_open_files_limit() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--loads", default="1,2,3,4,5,6,7", help="comma-separated load numbers")
+    parser.add_argument("--loads", default="1,2,3,4,5,6,7,L",
+                        help="comma-separated load numbers; L: the rate ladder "
+                        f"({', '.join(LADDER_KEYS)})")
     parser.add_argument("--systems", default="core,ngircd",
                         help="core, core-memory (the core with --store memory), core-redis "
                         "(one node on Redis), core-redis2 (two nodes on Redis, the clients "
@@ -646,6 +667,8 @@ def main() -> int:
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     chosen = set(args.loads.split(","))
+    if "L" in chosen:
+        chosen.update(LADDER_KEYS)
     systems = args.systems.split(",")
     raise_open_files_limit()  # inherited by the servers and the generator
     if shutil.which("taskset") and hasattr(os, "sched_setaffinity"):
