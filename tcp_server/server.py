@@ -24,6 +24,7 @@ from tcp_server.flusher import Flusher
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.memory_store import MemoryStore
 from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
+from tcp_server.reclaim import Reclaimer
 from tcp_server.registry import LocalRoom, Room
 from tcp_server.store import DB_FILE, MessageStore, Retention, SqliteStore
 
@@ -97,6 +98,7 @@ class ChatServer:
         self._threads: dict[Connection, threading.Thread] = {}
         self._flusher = Flusher()
         self._gate = ShutdownGate()
+        self._reclaimer = Reclaimer()  # memory back to the system after crowds leave
         # 30 connections from one address logged at once, then one a second: see lograte.py
         self._connection_lines = LogRate(every=1.0, burst=30)
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
@@ -146,6 +148,7 @@ class ChatServer:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_reader, selectors.EVENT_READ)
             self._flusher.start()
+            self._reclaimer.start()
             try:
                 while not any(
                     key.fileobj is self._wake_reader for key, _ in selector.select()
@@ -153,6 +156,7 @@ class ChatServer:
                     self._accept_pending()
             finally:
                 self._listener.close()
+                self._reclaimer.stop()
                 self._close_all(self._stop_reason)
                 self._commands.stop()
                 self.store.close()
@@ -210,6 +214,7 @@ class ChatServer:
                     name=f"reader-{connection.peer}",
                 )
                 self._threads[connection] = thread
+                self._reclaimer.count(len(self._threads))
         if full:
             self._refuse(sock, address)
             return
@@ -244,6 +249,7 @@ class ChatServer:
     def _forget(self, connection: Connection) -> None:
         with self._lock:
             self._threads.pop(connection, None)
+            self._reclaimer.count(len(self._threads))
             if not self._threads:
                 self._all_gone.notify_all()
 
