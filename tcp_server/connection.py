@@ -253,36 +253,39 @@ class Connection:
 
     def _read_loop(self) -> None:
         hello_deadline = time.monotonic() + self._config.hello_timeout
-        flusher = self._flusher
         while self._reading:
-            # Checked before every read, not only once the socket is quiet: a client that keeps
-            # sending would otherwise outlive the deadline.
-            if self.session.member is None and time.monotonic() >= hello_deadline:
-                if self._logged is not None:
-                    log.info("%s sent no hello in time", self.peer)
-                timeout = self._config.hello_timeout
-                self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
-                return
             data = self._receive(self._wait_limit(hello_deadline))
             if data is None:  # a deadline passed, or the server woke every reader to stop
                 if not self._reading:
                     return
                 if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
                     return
-                continue
+            elif not data or not self._handle_data(data):  # its end, or a close
+                return
+            # Checked after every read, not only once the socket is quiet (a client that keeps
+            # sending would outlive it), and after what arrived was handled: a hello already
+            # waiting when a starved reader gets its turn (10,000 clients reconnecting at once
+            # after a restart) counts.
+            if self.session.member is None and time.monotonic() >= hello_deadline:
+                if self._logged is not None:
+                    log.info("%s sent no hello in time", self.peer)
+                timeout = self._config.hello_timeout
+                self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
+                return
+
+    def _handle_data(self, data: bytes) -> bool:
+        """Handle what one read brought; False when the connection is to close."""
+        # Backpressure: while the flusher is behind, a sender's next requests wait (and with
+        # them its TCP window), instead of a reading recipient being dropped.
+        flusher = self._flusher
+        while flusher.lagging and self._reading:
+            flusher.wait_caught_up()
+        if self._codec is None:
+            data = skip_blank(data)
             if not data:
-                return
-            # Backpressure: while the flusher is behind, a sender's next requests wait (and
-            # with them its TCP window), instead of a reading recipient being dropped.
-            while flusher.lagging and self._reading:
-                flusher.wait_caught_up()
-            if self._codec is None:
-                data = skip_blank(data)
-                if not data:
-                    continue
-                self._codec = choose_codec(data, self._config)
-            if not self._handle_frames(self._codec, self._codec.feed(data)):
-                return
+                return True
+            self._codec = choose_codec(data, self._config)
+        return self._handle_frames(self._codec, self._codec.feed(data))
 
     def _receive(self, timeout_s: float | None) -> bytes | None:
         """What the client sent (b"" at its end); None if the wait ended without data (the

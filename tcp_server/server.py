@@ -33,7 +33,9 @@ if TYPE_CHECKING:  # imported when used: a core without --redis never loads redi
 
 log = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 1_024
+# Connections the kernel completes before accept(): a restart brings every client back at once
+# (10,000 resuming within a second). Linux caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 4_096
 # A reader thread's stack: it runs the codec, the commands and SQLite reads, never deep
 # recursion (JSON nesting is bounded in protocol.py). Only touched pages count in RSS, but a
 # smaller reservation keeps 10,000 threads' address space and page tables small. Measured:

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -469,3 +470,30 @@ def test_welcome_comes_before_events_that_race_the_registration() -> None:
     finally:
         server.stop()
         thread.join(5)
+
+
+def test_a_hello_waiting_for_a_starved_reader_counts_though_its_deadline_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10,000 clients reconnecting at once: a reader may get its turn only after its hello
+    deadline, with the hello long in its socket. That hello is handled, not refused."""
+    from tcp_server.connection import Connection
+
+    hello_sent = threading.Event()
+    original = Connection._reading
+    starved: list[Connection] = []
+
+    def starved_once(self: Connection) -> bool:
+        # The reader's first look at its state, right after it set its deadline: it waits
+        # past the deadline, as a starved thread would.
+        if not starved:
+            starved.append(self)
+            assert hello_sent.wait(5)
+            time.sleep(0.4)
+        return bool(original.fget(self))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Connection, "_reading", property(starved_once))
+    with running_server(hello_timeout=0.2) as server, RawClient(server.address) as client:
+        client.send(type="hello", name="late")
+        hello_sent.set()
+        client.expect("welcome", name="late")
