@@ -52,7 +52,7 @@ from tcp_server.protocol import (
 )
 from tcp_server.ratelimit import TokenBucket
 from tcp_server.registry import Envelope
-from tcp_server.store import StoredMessage
+from tcp_server.store import StoredMessage, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,10 @@ class Connection:
             self._read_loop()
         except OSError as error:
             log.info("%s connection error: %s", self.peer, error)
+        except StoreError as error:  # the store failed in the middle of a resume's replay
+            log.warning("%s closed during a replay: %s", self.peer, error)
+            # What was not replayed yet comes with the client's next resume (its `after`).
+            self._reply(Bye(reason="the message store is unavailable; resume later"))
         except Exception:
             log.exception("%s unexpected error; closing this connection", self.peer)
         finally:
@@ -386,16 +390,21 @@ class Connection:
         budget = self._config.max_outbox_bytes
         chunk: list[bytes] = []
         size = last_seq = 0
-        for page in pages:
-            for message in page:
-                line = self._encoder.encode(message.event())
-                if chunk and size + len(line) > budget // 2:
-                    if not self._queue_replayed(chunk, size, last_seq):
-                        return
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-                last_seq = message.seq
+        try:
+            for page in pages:
+                for message in page:
+                    line = self._encoder.encode(message.event())
+                    if chunk and size + len(line) > budget // 2:
+                        if not self._queue_replayed(chunk, size, last_seq):
+                            return
+                        chunk, size = [], 0
+                    chunk.append(line)
+                    size += len(line)
+                    last_seq = message.seq
+        except StoreError:  # what was read goes out first; the rest with the next resume
+            if chunk:
+                self._queue_replayed(chunk, size, last_seq)
+            raise
         if chunk:
             self._queue_replayed(chunk, size, last_seq)
 
