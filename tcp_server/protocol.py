@@ -33,6 +33,12 @@ DEFAULT_SEARCH_LIMIT: Final = 20
 MAX_QUERY_CHARS: Final = 200
 MAX_TOKEN_CHARS: Final = 128
 MAX_SEQ: Final = 2**63 - 1  # SQLite's largest integer
+# Arrays and objects nested in one line. No request needs more than 2; json's C decoder
+# recurses once per level on the thread's C stack (a reader's is small, see server.py), and
+# Python 3.13 allows it ~10,000 levels, more than a small stack holds.
+MAX_JSON_DEPTH: Final = 32
+_JSON_STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS_RE: Final = re.compile(r"[\[\]{}]")
 ONLINE: Final = "online"
 AWAY: Final = "away"
 
@@ -451,12 +457,27 @@ class LineBuffer:
 # --- parsing ---------------------------------------------------------------------------------
 
 
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than MAX_JSON_DEPTH (brackets in strings aside).
+    Only run on a line with many brackets: a cheap count comes first."""
+    depth = 0
+    for bracket in _JSON_BRACKETS_RE.findall(_JSON_STRING_RE.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
 def decode_object(line: bytes) -> dict[str, Any]:
     """Decode one line into a JSON object, or raise ProtocolError(bad_request)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "the line is not valid UTF-8") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep

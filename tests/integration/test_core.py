@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -436,7 +438,8 @@ def test_no_thread_or_socket_left_after_500_connect_disconnect_cycles(
                     sock.recv(4096)
         wait_until(lambda: server.connection_count() == 1, what="all cycles to end")
         wait_until(lambda: threading.active_count() == threads_before, what="threads to end")
-        assert _fd_count() == fds_before
+        # The flusher closes each socket after its last bytes (within close_timeout).
+        wait_until(lambda: _fd_count() == fds_before, what="every socket to be closed")
         assert watcher.users() == ["watcher"]
 
 
@@ -468,3 +471,70 @@ def test_welcome_comes_before_events_that_race_the_registration() -> None:
     finally:
         server.stop()
         thread.join(5)
+
+
+def test_a_hello_waiting_for_a_starved_reader_counts_though_its_deadline_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10,000 clients reconnecting at once: a reader may get its turn only after its hello
+    deadline, with the hello long in its socket. That hello is handled, not refused."""
+    from tcp_server.connection import Connection
+
+    hello_sent = threading.Event()
+    original = Connection._reading
+    starved: list[Connection] = []
+
+    def starved_once(self: Connection) -> bool:
+        # The reader's first look at its state, right after it set its deadline: it waits
+        # past the deadline, as a starved thread would.
+        if not starved:
+            starved.append(self)
+            assert hello_sent.wait(5)
+            time.sleep(0.4)
+        return bool(original.fget(self))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Connection, "_reading", property(starved_once))
+    with running_server(hello_timeout=0.2) as server, RawClient(server.address) as client:
+        client.send(type="hello", name="late")
+        hello_sent.set()
+        client.expect("welcome", name="late")
+
+
+def test_a_store_failing_in_the_middle_of_a_replay_ends_with_a_bye_and_a_later_resume_gets_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tcp_server.memory_store import MemoryStore
+    from tcp_server.store import StoreError
+
+    original = MemoryStore.missed
+    failing = [True]
+
+    def missed_then_fail(self: MemoryStore, session: Any, after: int) -> Any:
+        pages = [page for page in original(self, session, after) if page]
+        if not failing[0] or not pages:
+            yield from pages
+            return
+        failing[0] = False
+        yield pages[0][:1]  # one message, then the store fails
+        raise StoreError("the message store failed: disk I/O error")
+
+    monkeypatch.setattr(MemoryStore, "missed", missed_then_fail)
+    with running_server(store="memory") as server, RawClient(server.address) as bob, \
+            RawClient(server.address) as alice:
+        bob_session = bob.hello("bob")["session"]
+        alice.hello("alice")
+        bob.close()
+        wait_until(lambda: any(u["status"] == "away" for u in alice.request("list")["users"]))
+        seqs = [alice.request("send", to="bob", text=f"m{n}")["seq"] for n in range(3)]
+        with RawClient(server.address) as again:
+            again.send(type="hello", name="bob", resume=bob_session, after=0)
+            again.expect("welcome", resumed=True)
+            first = again.expect("message")
+            assert first["seq"] == seqs[0]
+            bye = again.expect("bye")
+            assert "unavailable" in bye["reason"]
+            again.expect_closed()
+        with RawClient(server.address) as last:
+            last.send(type="hello", name="bob", resume=bob_session, after=first["seq"])
+            last.expect("welcome", resumed=True)
+            assert [last.expect("message")["seq"] for _ in seqs[1:]] == seqs[1:]

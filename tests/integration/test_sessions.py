@@ -16,9 +16,14 @@ from tests.support.text_client import TextClient
 Address = tuple[str, int]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 def address(request: pytest.FixtureRequest) -> Iterator[Address]:
-    """Each test below runs against both implementations of the store's interface."""
+    """Each test below runs against every implementation of the store's interface (redis: a
+    single node on the test session's Redis, RedisStore and RedisRoom)."""
+    if request.param == "redis":
+        with running_server(redis=request.getfixturevalue("redis_url")) as server:
+            yield server.address
+        return
     with running_server(store=request.param) as server:
         yield server.address
 

@@ -71,8 +71,11 @@ class FakeRoom:
         self.published: list[StoredMessage] = []
         self.race_name_taken = False
         self.race_address_full = False
+        self.engine_down = False  # join fails as a Redis room's does when Redis is down
 
     def join(self, member: Member, max_per_address: int = 0) -> None:
+        if self.engine_down:
+            raise StoreError("redis: connection refused")
         if self.race_name_taken or name_key(member.info.name) in self.members:
             raise NameTakenError(member.info.name)
         if self.race_address_full:
@@ -146,7 +149,7 @@ class Peer:
         self.session = Session(ip, port, self._deliver, self.closed.append)
 
     def _deliver(self, envelope: Envelope) -> None:
-        self.delivered.append(envelope.event)
+        self.delivered.extend(envelope.events)
 
 
 @pytest.fixture
@@ -346,6 +349,18 @@ def test_hello_that_loses_a_race_for_its_address_ends_its_session(
     assert error_of(outcome).code == ErrorCode.TOO_MANY_FROM_ADDRESS
     assert error_of(outcome).id == "r"
     assert store.open_sessions() == []
+
+
+def test_hello_whose_join_fails_in_the_room_is_unavailable_and_ends_its_session(
+    commands: Commands, room: FakeRoom, store: MemoryStore
+) -> None:
+    room.engine_down = True
+    peer = Peer()
+    outcome = commands.handle(peer.session, Hello(name="alice", id="j"))
+    assert error_of(outcome).code == ErrorCode.UNAVAILABLE
+    assert error_of(outcome).id == "j"
+    assert peer.session.member is None
+    assert store.open_sessions() == []  # no token left alive that nobody was given
 
 
 # --- resume ------------------------------------------------------------------------------------

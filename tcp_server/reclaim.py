@@ -1,0 +1,106 @@
+"""Giving memory back to the system after a crowd of connections has gone.
+
+Measured (1,000 connections that each sent 60 KB of a line and left): the core stayed at 6x
+its fresh RSS. Two things kept the memory: a connection's objects are freed only by the
+cycle collector (a connection, its outbox and its session refer to each other), which runs
+when allocations, not frees, add up; and glibc's malloc keeps freed pages in its arenas
+until asked to trim them. After a collection and a trim it was back to 1.3x.
+
+So once at least `min_drop` connections have ended since the last reclaim, this thread waits
+`settle_s` (the rest of a crowd goes too), then collects and trims. At most one reclaim per
+`min_interval_s`: a client connecting and leaving in a loop cannot make the server spend its
+time collecting. One thread for the whole server; nothing here is on a connection's path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+MIN_DROP = 64
+SETTLE_S = 0.5
+MIN_INTERVAL_S = 5.0
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator decides
+        return None
+    return trim
+
+
+class Reclaimer:
+    def __init__(
+        self,
+        min_drop: int = MIN_DROP,
+        settle_s: float = SETTLE_S,
+        min_interval_s: float = MIN_INTERVAL_S,
+    ) -> None:
+        self._min_drop = min_drop
+        self._settle_s = settle_s
+        self._min_interval_s = min_interval_s
+        self._trim = _find_malloc_trim()
+        # _changed guards _peak, _count and _stopping; count() notifies it when a reclaim
+        # becomes due, stop() to end the thread.
+        self._changed = threading.Condition(threading.Lock())
+        self._peak = 0  # the most connections since the last reclaim
+        self._count = 0
+        self._stopping = False
+        self.reclaims = 0  # for tests and logs
+        self._thread = threading.Thread(target=self._run, name="reclaimer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
+        if self._thread.ident is not None:
+            self._thread.join(5)
+
+    def count(self, connections: int) -> None:
+        """The number of connections after one started or ended."""
+        with self._changed:
+            self._count = connections
+            if connections > self._peak:
+                self._peak = connections
+            elif self._due():
+                self._changed.notify()
+
+    def _due(self) -> bool:
+        return self._peak - self._count >= self._min_drop
+
+    def _run(self) -> None:
+        last = -self._min_interval_s
+        with self._changed:
+            while True:
+                self._changed.wait_for(lambda: self._stopping or self._due())
+                # Let the rest of a crowd go, and keep to the minimum interval; the lock is
+                # free meanwhile (wait_for releases it), so connections come and go.
+                delay = max(self._settle_s, last + self._min_interval_s - time.monotonic())
+                if self._stopping or self._changed.wait_for(lambda: self._stopping, delay):
+                    return
+                self._peak = self._count
+                self._changed.release()  # the collection runs without the lock
+                try:
+                    last = time.monotonic()
+                    self._reclaim()
+                finally:
+                    self._changed.acquire()
+
+    def _reclaim(self) -> None:
+        started = time.perf_counter()
+        collected = gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+        self.reclaims += 1
+        log.debug("memory reclaimed: %d objects collected, %.1f ms", collected,
+                  (time.perf_counter() - started) * 1000)

@@ -1,0 +1,74 @@
+"""The reclaimer: a collection and a trim once enough connections ended, never more often
+than its minimum interval."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tcp_server.reclaim import Reclaimer
+
+WAIT_S = 5.0
+
+
+def wait_for(condition: object, timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def reclaimer() -> Iterator[Reclaimer]:
+    reclaimer = Reclaimer(min_drop=10, settle_s=0.05, min_interval_s=0.5)
+    reclaimer.start()
+    yield reclaimer
+    reclaimer.stop()
+
+
+def test_nothing_is_reclaimed_while_connections_only_come_or_few_leave(
+    reclaimer: Reclaimer,
+) -> None:
+    for n in range(1, 101):
+        reclaimer.count(n)
+    for n in range(100, 91, -1):  # 9 fewer: under min_drop
+        reclaimer.count(n)
+    time.sleep(0.3)
+    assert reclaimer.reclaims == 0
+
+
+def test_a_crowd_leaving_is_reclaimed_once(reclaimer: Reclaimer) -> None:
+    for n in range(1, 101):
+        reclaimer.count(n)
+    for n in range(100, -1, -1):
+        reclaimer.count(n)
+    assert wait_for(lambda: reclaimer.reclaims == 1)
+    time.sleep(0.3)
+    assert reclaimer.reclaims == 1  # the whole crowd in one reclaim (it settled first)
+
+
+def test_connect_and_leave_in_a_loop_is_reclaimed_at_most_once_per_interval(
+    reclaimer: Reclaimer,
+) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:
+        for n in (20, 0):  # 20 come and go, again and again
+            reclaimer.count(n)
+        time.sleep(0.01)
+    # 1.2 s with a 0.5 s minimum interval: at most 3 (at 0, 0.5 and 1.0 s after the first)
+    assert 1 <= reclaimer.reclaims <= 3
+
+
+def test_stop_ends_the_thread_even_while_a_reclaim_is_due() -> None:
+    reclaimer = Reclaimer(min_drop=1, settle_s=10, min_interval_s=10)
+    reclaimer.start()
+    reclaimer.count(5)
+    reclaimer.count(0)
+    time.sleep(0.2)  # the thread is waiting out its settle time
+    started = time.monotonic()
+    reclaimer.stop()
+    assert time.monotonic() - started < WAIT_S
