@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
-from tcp_server.protocol import EVERYONE, Hello, Send, encode_request
+from tcp_server.protocol import EVERYONE, Hello, ListUsers, Send, encode_request
 
 RECV_BYTES = 262_144
 TEXT_MARK = "@@TEXT@@"  # placeholder in a request template, replaced by "SEQ SEND_NS"
@@ -180,9 +180,15 @@ class JsonLines(Dialect):
     name = "v1"
 
     def stages(self, nick: str, fanout: bool) -> list[Stage]:
-        return [
+        stages = [
             Stage(encode_request(Hello(name=nick)), b'"type":"welcome"', (b'"type":"error"',))
         ]
+        if fanout:
+            # In one room, as an IRC JOIN answers with the channel's NAMES: the list a client
+            # asks for once, then keeps from events (docs/protocol.md).
+            stages.append(Stage(encode_request(ListUsers()), b'"type":"users"',
+                                (b'"type":"error"',)))
+        return stages
 
     def template(self, to: str | None) -> tuple[bytes, bytes]:
         line = encode_request(Send(to=EVERYONE if to is None else to, text=TEXT_MARK))
