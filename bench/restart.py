@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tcp_server.reclaim import TRIM_EVERY_S  # noqa: E402 - after the path is set
+
 RECV_BYTES = 262_144
 SEQ_RE = re.compile(rb'"seq":(\d+)')
 # Lines the herd only counts (tens of millions of them for 10,000 clients): no JSON parsing.
@@ -336,6 +340,7 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
             herd.peers, lambda peer: {"type": "hello", "name": peer.name}, 64, timeout_s)
         result["registered"] = sum(peer.welcomed for peer in herd.peers)
         herd.quiet(0.5, timeout_s)
+        time.sleep(TRIM_EVERY_S + 1)  # measured as after the storm: settled and trimmed
         result["rss_before_kib"] = rss_kib(core.pid)
 
         # Every tenth client (never a sender) loses its connection before the messages: away,
@@ -382,8 +387,8 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
         started = time.monotonic()
         # The restarted core, under py-spy if asked (--profile): the storm is what to profile.
         wrap = None if profile is None else [
-            str(Path(sys.executable).parent / "py-spy"), "record", "-f", "raw", "-r", "200", "--gil",
-            "-o", str(profile), "--"]
+            str(Path(sys.executable).parent / "py-spy"), "record", "-f", "raw", "-r", "200",
+            "--gil", "-o", str(profile), "--"]
         core = stack.enter_context(stopping(start_core(port, data_dir, clients, log, pin, wrap)))
         result["startup_s"] = time.monotonic() - started
         result["rss_fresh_kib"] = rss_kib(core.pid)
@@ -421,6 +426,8 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
         result["duplicates"] = sum(peer.duplicates for peer in herd.peers)
         for kind in ("back", "left", "joined", "away"):
             result[f"{kind}_events"] = sum(peer.counts.get(kind, 0) for peer in herd.peers)
+        # Once the storm is over, and the core's periodic trim of freed memory has run.
+        time.sleep(TRIM_EVERY_S + 1)
         result["rss_after_storm_kib"] = rss_kib(core.pid)
         # py-spy writes its samples on SIGINT, and the core stops on it as on SIGTERM.
         core.send_signal(signal.SIGTERM if profile is None else signal.SIGINT)

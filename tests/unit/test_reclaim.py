@@ -72,3 +72,13 @@ def test_stop_ends_the_thread_even_while_a_reclaim_is_due() -> None:
     started = time.monotonic()
     reclaimer.stop()
     assert time.monotonic() - started < WAIT_S
+
+
+def test_it_trims_now_and_then_when_nothing_else_is_due() -> None:
+    reclaimer = Reclaimer(min_drop=10, settle_s=0.05, min_interval_s=0.5, trim_every_s=0.1)
+    reclaimer.start()
+    try:
+        assert wait_for(lambda: reclaimer.trims >= 3, 2.0)
+        assert reclaimer.reclaims == 0  # a trim is not a collection
+    finally:
+        reclaimer.stop()
