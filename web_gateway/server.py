@@ -1,11 +1,17 @@
-"""The gateway under gunicorn: one gthread worker, one server thread per open websocket.
+"""The gateway under gunicorn: one gevent worker, a greenlet per connection.
 
-flask-sock runs under gunicorn's threaded worker; every websocket holds one of its threads
-for its whole life, so `threads` is the number of websockets allowed plus a few spare ones
-for the page and its files. On SIGTERM (graceful) and SIGINT/SIGQUIT (quick) the worker first
-ends every websocket itself (each browser gets an error object and a close frame, each core
-connection is closed so that the others see left), so that gunicorn is not left waiting
-for connections that would never end on their own.
+gunicorn's gevent worker monkey-patches `socket` and `threading` before it loads the app, so
+each connection, and each relay's reader and writers (web_gateway.relay), is a greenlet of a
+few kilobytes instead of a system thread: thousands of idle websockets and half-sent requests
+cost little, and a page still opens among them. A request's head must arrive within
+`--header-timeout` (gunicorn's keepalive setting bounds the read of every request head, the
+first included), so half-sent requests are cut. Nothing in the process blocks outside gevent:
+the relay's sockets and locks are the patched ones, and tcp_server is imported for its codec.
+
+On SIGTERM (graceful) and SIGINT/SIGQUIT (quick) the worker first ends every websocket itself
+(each browser gets an error object and a close frame, each core connection is closed so that
+the others see the user away), so that gunicorn is not left waiting for connections that
+would never end on their own.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import logging
 from types import FrameType
 from typing import Any
 
+import gevent
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.ggevent import GeventWorker
 
 from tcp_server.protocol import format_address
 from web_gateway import create_app, gateway_of
@@ -26,8 +33,8 @@ from web_gateway.config import GatewayConfig
 log = logging.getLogger(__name__)
 
 
-class GatewayWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
-    """gunicorn's gthread worker that ends the gateway's websockets when told to stop."""
+class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn's gevent worker that ends the gateway's websockets when told to stop."""
 
     _quitting = False
 
@@ -38,7 +45,9 @@ class GatewayWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM: end the websockets, then let gunicorn finish its graceful stop."""
         if (app := self._gateway_app()) is not None:
-            gateway_of(app).relays.stop_all()
+            # In a greenlet of its own: a signal handler must not wait for a lock that the
+            # greenlet it interrupted may hold.
+            gevent.spawn(gateway_of(app).relays.stop_all)
         super().handle_exit(sig, frame)
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
@@ -46,13 +55,17 @@ class GatewayWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type
         if self._quitting:  # Ctrl-C sends SIGINT, then the arbiter SIGQUIT: once is enough
             return
         self._quitting = True
+        gevent.spawn(self._quit, sig, frame)  # waiting has no place in a signal handler
+
+    def _quit(self, sig: int, frame: FrameType | None) -> None:
         if (app := self._gateway_app()) is not None:
             gateway = gateway_of(app)
             gateway.relays.stop_all()
-            # gunicorn's quick exit would otherwise wait for the websockets' threads to end.
+            # gunicorn's quick exit would otherwise cut the websockets without a word.
             if not gateway.relays.wait_stopped(gateway.config.stop_grace + 2.0):
                 log.warning("%d websockets did not end in time", gateway.relays.count())
-        super().handle_quit(sig, frame)
+        # gunicorn's own quick exit (GeventWorker's would spawn yet another greenlet for it).
+        super(GeventWorker, self).handle_quit(sig, frame)
 
     def run(self) -> None:
         """gunicorn's loop; after a SIGTERM it returns once every connection ended."""
@@ -84,10 +97,11 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no t
             "bind": [format_address(config.host, config.port)],
             "workers": 1,  # websockets hold threads; state lives in the core, one is enough
             "worker_class": GatewayWorker,
-            "threads": config.threads,
-            "worker_connections": config.threads + 64,  # the rest: idle keep-alive pages
+            "worker_connections": config.max_connections,
             "graceful_timeout": round(config.graceful_timeout),  # gunicorn wants whole seconds
-            "keepalive": 2,
+            # The gevent worker reads every request head, the first included, under a timeout
+            # of this many seconds: the header timeout (a positive whole number for gunicorn).
+            "keepalive": max(1, round(config.header_timeout)),
             "loglevel": config.log_level.lower(),
             "errorlog": "-",
             "accesslog": None,
