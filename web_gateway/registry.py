@@ -77,6 +77,7 @@ class RelayRegistry:
         self._idle = threading.Condition(self._lock)
         self._slots: dict[int, Relay | None] = {}
         self._per_ip: Counter[str] = Counter()
+        self._ended = 0  # websockets that have ended so far
         self._stopping = False
         self._stopper: threading.Thread | None = None
         self._pinger: threading.Thread | None = None
@@ -84,6 +85,11 @@ class RelayRegistry:
     def count(self) -> int:
         with self._lock:
             return len(self._slots)
+
+    def ended_count(self) -> int:
+        """Websockets that have ended since the start (for the worker's memory upkeep)."""
+        with self._lock:
+            return self._ended
 
     @contextlib.contextmanager
     def slot(self, ip: str = "") -> Iterator[Slot]:
@@ -113,6 +119,7 @@ class RelayRegistry:
         finally:
             with self._lock:
                 del self._slots[number]
+                self._ended += 1
                 self._per_ip[ip] -= 1
                 if not self._per_ip[ip]:
                     del self._per_ip[ip]

@@ -16,7 +16,12 @@ would never end on their own.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -33,14 +38,53 @@ from web_gateway.config import GatewayConfig
 log = logging.getLogger(__name__)
 
 
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory by itself
+        return None
+    return trim
+
+
+# After a thousand websockets have come and gone the worker would keep their peak for good:
+# their relays' reference cycles wait for a full collection, and glibc keeps freed memory in
+# its heaps. Every few seconds, if websockets ended meanwhile, both are handed back.
+MALLOC_TRIM_EVERY_S = 5.0
+MALLOC_TRIM = _load_malloc_trim()
+
+
 class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn has no type hints
-    """gunicorn's gevent worker that ends the gateway's websockets when told to stop."""
+    """gunicorn's gevent worker that ends the gateway's websockets when told to stop, and
+    gives freed memory back to the system."""
 
     _quitting = False
+    _next_trim = 0.0
+    _ended_before = 0
+
+    def notify(self) -> None:
+        """gunicorn's heartbeat, every second in the worker's main loop."""
+        super().notify()
+        now = time.monotonic()
+        if now >= self._next_trim:
+            self._next_trim = now + MALLOC_TRIM_EVERY_S
+            self._give_back_memory()
 
     def _gateway_app(self) -> Flask | None:
         app = getattr(self, "wsgi", None)  # None until the worker has loaded the app
         return app if isinstance(app, Flask) else None
+
+    def _give_back_memory(self) -> None:
+        # Only after websockets ended: a relay's objects form reference cycles that only a
+        # full collection frees (a long-lived relay's objects sit in the oldest generation).
+        app = self._gateway_app()
+        ended = gateway_of(app).relays.ended_count() if app is not None else 0
+        if ended == self._ended_before:
+            return
+        self._ended_before = ended
+        gc.collect()
+        if MALLOC_TRIM is not None:
+            MALLOC_TRIM(0)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM: end the websockets, then let gunicorn finish its graceful stop."""
