@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import websocket
 
 from tcp_server.server import ChatServer
 from tests.gateway.rawws import (
@@ -223,8 +224,6 @@ def test_host_never_widens_the_allowed_origins(
 # --- memory comes back ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="measured 1.51x a fresh gateway after gc.collect and "
-                   "malloc_trim (2.57x without); the 1.5x target is not met yet")
 def test_memory_comes_back_after_a_thousand_abusive_connections(
     core: ChatServer, static_dir: Path
 ) -> None:
@@ -250,7 +249,8 @@ def test_memory_comes_back_after_a_thousand_abusive_connections(
         wait_until(lambda: len(list(Path(f"/proc/{worker}/fd").iterdir())) < 64,
                    what="the gateway to close the connections")
         left = memory_kb(worker)["VmRSS"]
-        # The worker hands freed memory back to the system every 5 s (malloc_trim).
+        # The worker hands freed memory back to the system every 5 s (malloc_trim; the gateway
+        # runs with PYTHONMALLOC=malloc so that small objects' memory can go back too).
         with contextlib.suppress(AssertionError):
             wait_until(lambda: memory_kb(worker)["VmRSS"] <= 1.2 * fresh, timeout=12)
         after = memory_kb(worker)["VmRSS"]
@@ -276,9 +276,11 @@ def test_two_cores_share_the_websockets_and_a_stopped_one_is_skipped(
         first.stop()  # its browsers are told and closed; they reconnect
         closed = 0
         for browser in browsers:
-            with contextlib.suppress(ConnectionError):
+            # Those on the second core stay open: nothing comes for them.
+            with contextlib.suppress(ConnectionError, TimeoutError,
+                                     websocket.WebSocketTimeoutException):
                 while True:
-                    browser.recv()
+                    browser.recv(timeout=2)
             if browser.close_code == 1001:
                 closed += 1
         assert closed == 2
@@ -307,7 +309,8 @@ def test_sigterm_with_many_websockets_closes_each_and_exits_in_time(
         started = time.monotonic()
         gateway.proc.send_signal(signal.SIGTERM)
         codes = [server_close_code(read_until_closed(sock)) for sock in socks]
+        closed_s = time.monotonic() - started
         gateway.proc.wait(timeout=5 + 1 + WAIT_S)
-        log.warning("SIGTERM with %d websockets: every close in %.2f s, exit after %.2f s",
-                    count, time.monotonic() - started, time.monotonic() - started)
+        log.warning("SIGTERM with %d websockets: every close within %.2f s, exit after %.2f s "
+                    "(--graceful-timeout 5)", count, closed_s, time.monotonic() - started)
         assert codes == [1001] * count
