@@ -234,6 +234,9 @@ KEEPALIVE_PROBES = 6
 
 def _keep_alive(browser: socket.socket) -> None:
     try:
+        # Small frames go out at once: Nagle's algorithm would hold one back until the
+        # browser's delayed ACK of the one before (up to 40 ms).
+        browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         browser.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults apply
             browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
