@@ -260,9 +260,14 @@ class Relay:
                 self._pong_seen = True
             self._relay_frames(got.messages)
             if got.closing:
-                if got.close_reply is not None:  # the browser began the close
+                if got.close_reply is not None:
                     self._browser.note_close_sent()
                     self._down.close(got.close_reply)
+                if got.drain:  # until the browser stops, or _down_ended() cuts it
+                    try:
+                        self._browser.drain()
+                    except OSError as error:
+                        log.debug("websocket %d: browser drain ended: %r", self.number, error)
                 return
 
     def _relay_frames(self, frames: list[str | bytes]) -> None:
@@ -296,9 +301,11 @@ class Relay:
         self._join(self._up.thread)
         self._shutdown(self._core)
         self._join(self._core_reader)
+        # The browser's last frames (an ending, a close reply) go out before its socket is
+        # shut: a queued ending is written first, and a stuck writer is cut by _join().
         self._down.close(discard=True)  # a no-op when an ending was queued before
-        self._shutdown(self._browser.sock)  # wakes the down writer if the browser stalls
         self._join(self._down.thread)
+        self._shutdown(self._browser.sock)
         with self._lock:
             self._sockets_closed = True
             self._core.close()

@@ -33,6 +33,7 @@ OP_PONG: Final = 0xA
 
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
+PARSE_FAILURE_CODES: Final = frozenset({CLOSE_PROTOCOL_ERROR, 1007, CLOSE_TOO_BIG})
 MAX_CLOSE_REASON_BYTES: Final = 123  # a control frame carries at most 125 bytes
 
 
@@ -104,6 +105,10 @@ class Received:
     # answered ours, or the connection just ended).
     closing: bool = False
     close_reply: bytes | None = None
+    # The gateway ends the websocket for the browser's fault (a frame too big, a protocol
+    # error): the browser may still be sending, so read on (drain) until it stops or is cut,
+    # or the kernel would answer its bytes with a reset that destroys the close frame.
+    drain: bool = False
 
 
 class BrowserSocket:
@@ -144,7 +149,7 @@ class BrowserSocket:
             if isinstance(event, TextMessage | BytesMessage):
                 part = event.data if isinstance(event.data, str) else bytes(event.data)
                 if not self._add_part(part, event.message_finished, got):
-                    got.closing = True
+                    got.closing = got.drain = True
                     got.close_reply = close_frame(CLOSE_TOO_BIG, "message too big")
                     return got
             elif isinstance(event, Ping):
@@ -153,10 +158,19 @@ class BrowserSocket:
                 got.pong = True
             elif isinstance(event, CloseConnection):
                 got.closing = True
+                # wsproto reports a frame it cannot parse (a compressed one, invalid UTF-8)
+                # as a close with these codes: that close is ours to send.
+                got.drain = event.code in PARSE_FAILURE_CODES
                 if not self._close_sent:  # the browser began the close: answer it
                     got.close_reply = close_frame(_reply_code(event.code), "")
                 return got
         return got
+
+    def drain(self) -> None:
+        """Read and discard until the browser closes the connection or it is cut; raises
+        OSError when it is broken."""
+        while self.sock.recv(self._recv_bytes):
+            pass
 
     def _add_part(self, data: str | bytes, finished: bool, got: Received) -> bool:
         size = len(data)  # characters for text: a cheap bound, UTF-8 is at most 4 times it

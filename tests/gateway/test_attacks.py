@@ -102,7 +102,9 @@ def test_a_page_and_a_websocket_open_among_half_sent_requests_and_idle_websocket
                     "threads %d -> %d", page_s, websocket_s,
                     (idle["VmRSS"] - before["VmRSS"]) / 300, before["Threads"],
                     idle["Threads"])
-        assert idle["Threads"] <= before["Threads"] + 2  # no thread per websocket
+        # No thread per websocket: beyond the worker's own, only gevent's resolver pool
+        # (at most 10 threads, for the core's address).
+        assert idle["Threads"] <= before["Threads"] + 10
 
 
 def test_half_sent_requests_are_cut_after_the_header_timeout(
