@@ -278,6 +278,7 @@ class SetupResult:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    started: float = 0.0  # time.monotonic() when the first connection was made
 
 
 def _send_small(sock: socket.socket, data: bytes) -> None:
@@ -289,7 +290,7 @@ def _send_small(sock: socket.socket, data: bytes) -> None:
 
 def connect_all(
     dialect: Dialect,
-    address: tuple[str, int],
+    addresses: list[tuple[str, int]],
     count: int,
     prefix: str,
     fanout: bool,
@@ -300,10 +301,11 @@ def connect_all(
 ) -> SetupResult:
     """Connect and register `count` clients, at most `parallel` at a time and at most
     `connecting` of them in the TCP handshake (ngIRCd listens with a backlog of 10: more SYNs
-    at once would measure retransmissions); drain what arrives."""
+    at once would measure retransmissions); drain what arrives. Client i connects to
+    addresses[i % len(addresses)] (several core nodes: the clients split evenly)."""
     result = SetupResult(clients=[])
     selector = selectors.DefaultSelector()
-    started = time.monotonic()
+    started = result.started = time.monotonic()
     deadline = started + timeout_s
     next_index = in_flight = handshakes = 0
     while result.registered + result.failed < count:
@@ -313,7 +315,7 @@ def connect_all(
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            code = sock.connect_ex(address)
+            code = sock.connect_ex(addresses[next_index % len(addresses)])
             nick = f"{prefix}{next_index:05d}"
             client = Client(next_index, nick, sock, dialect.decoder(), dialect.stages(nick, fanout))
             next_index += 1
@@ -397,12 +399,14 @@ def _advance(client: Client, selector: selectors.BaseSelector, dialect: Dialect)
 
 def drain_until_quiet(
     clients: Sequence[Client], dialect: Dialect, quiet_s: float, max_s: float
-) -> int:
-    """Read and discard until nothing arrived for quiet_s (joined events of a big setup)."""
+) -> tuple[int, float]:
+    """Read and discard until nothing arrived for quiet_s (joined events of a big setup).
+    Returns the bytes read and when (time.monotonic()) the last of them arrived."""
     selector = selectors.DefaultSelector()
     for client in clients:
         selector.register(client.sock, selectors.EVENT_READ, client)
     drained = 0
+    last_arrival = time.monotonic()
     deadline = time.monotonic() + max_s
     while time.monotonic() < deadline:
         ready = selector.select(quiet_s)
@@ -413,6 +417,7 @@ def drain_until_quiet(
             with contextlib.suppress(BlockingIOError):
                 data = client.sock.recv(RECV_BYTES)
                 drained += len(data)
+                last_arrival = time.monotonic()
                 units = client.decoder.feed(data)
                 answer = dialect.answer(client.decoder, units)
                 if answer:
@@ -420,21 +425,25 @@ def drain_until_quiet(
                 if not data:
                     selector.unregister(client.sock)
     selector.close()
-    return drained
+    return drained, last_arrival
 
 
 # --- the two processes of a message load ------------------------------------------------------
 
 
-def plan_messages(clients: int, messages: int, fanout: bool) -> list[tuple[int, int]]:
+def plan_messages(
+    clients: int, messages: int, fanout: bool, nodes: int = 1
+) -> list[tuple[int, int]]:
     """(sender, recipient) per message; recipient -1 means everyone. Senders take turns, and
-    each sender's recipients rotate so that every client receives about as much."""
+    each sender's recipients rotate so that every client receives about as much. With
+    `nodes` > 1 (client i on node i % nodes), every direct message goes to another node."""
     if fanout:
         return [(i % clients, -1) for i in range(messages)]
+    offsets = [o for o in range(1, clients) if nodes == 1 or o % nodes]
     plan = []
     for i in range(messages):
         sender = i % clients
-        offset = 1 + (i // clients) % (clients - 1)
+        offset = offsets[(i // clients) % len(offsets)]
         plan.append((sender, (sender + offset) % clients))
     return plan
 
@@ -629,9 +638,10 @@ def run_messages(
     fanout: bool,
     grace_s: float,
     timeout_s: float = 300.0,
+    nodes: int = 1,
 ) -> dict[str, Any]:
     """Send the messages from one process, receive them in another; the figures of the run."""
-    plan = plan_messages(len(clients), messages, fanout)
+    plan = plan_messages(len(clients), messages, fanout, nodes)
     per_message = len(clients) - 1 if fanout else 1
     ctx = multiprocessing.get_context("fork")
     ready_r, ready_w = os.pipe()
@@ -734,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dialect", choices=["v1", "irc", "ws"], default="v1")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--more-ports", default="",
+                        help="further core nodes' ports, comma-separated: the clients split "
+                        "over all, and every direct message crosses nodes")
     parser.add_argument("--path", default="/ws", help="websocket path (dialect ws)")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--messages", type=int, default=0, help="0: connect and hold idle")
@@ -758,9 +771,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ws": WebSocket(args.host, args.port, args.path),
     }[args.dialect]
     open_files = raise_open_files_limit()
+    ports = [args.port, *(int(p) for p in args.more_ports.split(",") if p)]
     setup = connect_all(
         dialect,
-        (args.host, args.port),
+        [(args.host, port) for port in ports],
         args.clients,
         args.prefix,
         args.fanout,
@@ -779,13 +793,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "registered_per_s": setup.registered / setup.seconds if setup.seconds else None,
         "open_files_limit": open_files,
     }
-    result["drained_bytes"] = drain_until_quiet(setup.clients, dialect, 0.3, 120.0)
+    drained, last_arrival = drain_until_quiet(
+        setup.clients, dialect, 0.3, max(120.0, args.setup_timeout)
+    )
+    result["drained_bytes"] = drained
+    # With --fanout and no messages (everyone in one room): until the last announcement of an
+    # arrival reached everyone, counted from the first connection.
+    result["settled_seconds"] = last_arrival - setup.started
     if args.messages == 0:
         print(json.dumps({"holding": setup.registered}), flush=True)
         result.update(hold_idle(setup.clients, dialect))
     elif setup.registered == args.clients:
         result.update(run_messages(dialect, setup.clients, args.messages, args.rate,
-                                   args.fanout, args.grace))
+                                   args.fanout, args.grace, nodes=len(ports)))
     for client in setup.clients:
         client.sock.close()
     print(json.dumps(result), flush=True)

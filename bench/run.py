@@ -5,7 +5,7 @@ bench/loadgen.py pinned to the other, samples the server's RSS and thread count 
 /proc/PID/status, and stops the server. Results go to bench/results/latest.json and
 bench/results/latest.md; --update-readme also puts the table into bench/README.md.
 
-Usage: bash bench/run.sh [--loads 1,2,3,4,5,6] [--update-readme]
+Usage: bash bench/run.sh [--loads 1,2,3,4,5,6,7] [--room-users 1000,10000] [--update-readme]
 """
 
 from __future__ import annotations
@@ -46,10 +46,17 @@ IDLE_SETUP_S = 150.0  # load 5 registers as many clients as it can in this time
 # at once overflow it and measure SYN retransmissions (1 s, 3 s...), so it gets 8. The core
 # (backlog 1,024) and the gateway get 64: with 8 the core's joined announcements go out one
 # join at a time, with 64 several joins share each send.
-PARALLEL = {"ngircd": 8, "core": 64, "core-memory": 64, "gateway": 64}
+PARALLEL = {"ngircd": 8, "core": 64, "core-memory": 64, "gateway": 64, "core-redis": 64,
+            "core-redis2": 64}
 # "core" keeps history in SQLite (the default); "core-memory" runs it with --store memory, so
 # that the pair, in the same run, shows what the durable store costs.
 STORES = {"core": "sqlite", "core-memory": "memory", "gateway": "sqlite"}
+# The Redis mode: one node on Redis ("core-redis"), and two nodes with the clients split over
+# them ("core-redis2": every direct message crosses nodes, so its latency is the cross-node
+# delivery latency). Redis and the nodes share the servers' one CPU with each other: these
+# rows show what Redis costs per message, not what more machines would add.
+REDIS_NODES = {"core-redis": 1, "core-redis2": 2}
+REDIS_CONF = ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
 
 NGIRCD_CONF = """\
 [Global]
@@ -75,6 +82,11 @@ PAM = no
 """
 
 
+LADDER_RATES = [20_000, 40_000, 60_000, 80_000]
+LADDER_S = 3
+LOW_LATENCY_MS = 10.0  # "the highest rate with p99 under 10 ms"
+
+
 @dataclass(frozen=True)
 class Load:
     key: str
@@ -83,6 +95,8 @@ class Load:
     messages: int = 0
     rate: float = 0.0
     fanout: bool = False
+    parallel: int | None = None  # registrations in flight for every system; None: PARALLEL's
+    setup_timeout: float = IDLE_SETUP_S
 
 
 LOADS = [
@@ -91,8 +105,34 @@ LOADS = [
     Load("3", "100 clients, 500 messages to everyone (49,500 deliveries)", 100, 500, fanout=True),
     Load("4", "1,000 clients, 10,000 direct messages at 2,000/s", 1_000, 10_000, 2_000),
     Load("5", f"idle clients, as many as possible up to {IDLE_CLIENTS:,}", IDLE_CLIENTS),
+    Load("8", "100 clients, 1,000 direct messages/s offered for 4 s (latency at a modest rate)",
+         100, 4_000, 1_000),
+    # The rate ladder: fixed offered rates of direct messages for LADDER_S each.
+    *[Load(f"L{rate // 1000}k", f"100 clients, {rate:,} direct messages/s offered for "
+           f"{LADDER_S} s", 100, rate * LADDER_S, rate) for rate in LADDER_RATES],
 ]
+LADDER_KEYS = [f"L{rate // 1000}k" for rate in LADDER_RATES]
 GATEWAY_LOADS = ["1", "2"]  # load 6: these through the web gateway
+
+# Load 7, like for like: N users register into one room. ngIRCd's clients JOIN one channel,
+# so both servers announce every arrival to everyone there (the core's joined carries the
+# user's entry); both get the same registrations in flight: 8, as ngIRCd gets in load 5. More
+# would overflow ngIRCd's listen backlog of 10 whenever it is slow to accept (a connection
+# waiting for its welcome may still be in that queue) and measure SYN retransmissions (1 s, 3 s,
+# ...): at 32 in flight, 2,000 users took ngIRCd 171 s. Reported: the time until the last
+# client is registered, and until the last announcement has reached everyone ("settled").
+ROOM_USERS = (1_000, 2_000, 5_000, 10_000)
+ROOM_PARALLEL = 8
+ROOM_SETUP_S = 600.0
+
+
+def room_loads(sizes: tuple[int, ...]) -> list[Load]:
+    return [
+        Load(f"7-{n}", f"{n:,} users register into one room (ngIRCd: all JOIN one channel), "
+             f"{ROOM_PARALLEL} registrations in flight for both", n, fanout=True,
+             parallel=ROOM_PARALLEL, setup_timeout=ROOM_SETUP_S)
+        for n in sizes
+    ]
 # Short loads are run this many times, the systems taking turns, and the median run (by
 # delivered/s) is reported: one run of a second is at the mercy of a shared machine.
 REPEATS = {"1": 5, "3": 5}
@@ -134,6 +174,18 @@ def _family(pid: int) -> list[int]:
                 with contextlib.suppress(OSError):
                     todo += [int(child) for child in (task / "children").read_text().split()]
     return family
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far, all its threads (/proc/PID/stat).
+    Unlike wall time, it does not depend on how many other processes want the CPU: on a busy
+    shared machine a single-threaded server waits for its turn far longer than one with a
+    thread per client, whose threads each get a turn."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler:
@@ -192,7 +244,8 @@ def stop(process: subprocess.Popen[bytes], what: str) -> float:
 
 @contextlib.contextmanager
 def core_server(
-    max_clients: int, secret: str | None, log: Path, store: str = "sqlite"
+    max_clients: int, secret: str | None, log: Path, store: str = "sqlite",
+    redis: str | None = None, node_id: str = "",
 ) -> Iterator[tuple[int, int]]:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="core-data-", dir=log.parent)  # fresh: empty history
@@ -203,6 +256,8 @@ def core_server(
     ]
     if secret:
         command += ["--gateway-secret", secret]
+    if redis:
+        command += ["--redis", redis, "--node-id", node_id]
     with log.open("ab") as out:
         process = subprocess.Popen(pinned(SERVER_CPU, command), cwd=ROOT, stdout=out, stderr=out)
     try:
@@ -211,6 +266,23 @@ def core_server(
     finally:
         stop(process, "the core")
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A fresh redis-server (appendonly, fsync every second: run.sh's settings); its URL."""
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="redis-", dir=workdir)
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", data,
+               *REDIS_CONF]
+    with (workdir / "redis.log").open("ab") as out:
+        process = subprocess.Popen(pinned(SERVER_CPU, command), stdout=out, stderr=out)
+    try:
+        wait_listening(port, process, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0", process.pid
+    finally:
+        stop(process, "redis-server")
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -255,28 +327,32 @@ def gateway_server(core_port: int, secret: str, log: Path) -> Iterator[tuple[int
 
 
 def loadgen_command(
-    load: Load, dialect: str, port: int, prefix: str, parallel: int
+    load: Load, dialect: str, port: int, prefix: str, parallel: int,
+    more_ports: tuple[int, ...] = (),
 ) -> list[str]:
     command = [
         sys.executable, str(ROOT / "bench" / "loadgen.py"), "--dialect", dialect,
         "--port", str(port), "--clients", str(load.clients), "--messages", str(load.messages),
         "--rate", str(load.rate), "--prefix", prefix, "--parallel", str(parallel),
     ]
+    if more_ports:
+        command += ["--more-ports", ",".join(map(str, more_ports))]
     if load.fanout:
         command.append("--fanout")
     if not load.messages:
-        command += ["--setup-timeout", str(IDLE_SETUP_S)]
+        command += ["--setup-timeout", str(load.setup_timeout)]
     return pinned(LOADGEN_CPU, command)
 
 
 def run_load(
-    load: Load, dialect: str, port: int, samplers: list[Sampler], parallel: int
+    load: Load, dialect: str, port: int, samplers: list[Sampler], parallel: int,
+    more_ports: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Run the generator; for an idle load, read the servers' RSS while every client is held."""
     baseline = [sampler.read() for sampler in samplers]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        loadgen_command(load, dialect, port, f"c{load.key}", parallel),
+        loadgen_command(load, dialect, port, f"c{load.key}", parallel, more_ports),
         cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -308,8 +384,16 @@ def run_load(
 def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
     """One load against one system, on fresh servers."""
     log = workdir / f"{system}.log"
+    more_ports: tuple[int, ...] = ()
     with contextlib.ExitStack() as stack:
-        if system == "ngircd":
+        if system in REDIS_NODES:
+            url, redis_pid = stack.enter_context(redis_server(workdir))
+            nodes = [stack.enter_context(core_server(
+                max(1_000, load.clients + 10), None, log, redis=url, node_id=f"node{n}"))
+                for n in range(REDIS_NODES[system])]
+            port, more_ports = nodes[0][0], tuple(p for p, _ in nodes[1:])
+            pids, dialect = [redis_pid, *(pid for _, pid in nodes)], "v1"
+        elif system == "ngircd":
             port, pid = stack.enter_context(ngircd_server(workdir))
             pids, dialect = [pid], "irc"
         elif system in ("core", "core-memory"):
@@ -324,8 +408,10 @@ def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
             pids, dialect = [core_pid, gateway_pid], "ws"
         samplers = [stack.enter_context(Sampler(pid, system == "gateway")) for pid in pids]
         started = time.monotonic()
-        result = run_load(load, dialect, port, samplers, PARALLEL[system])
-        result["parallel_registrations"] = PARALLEL[system]
+        parallel = load.parallel or PARALLEL[system]
+        result = run_load(load, dialect, port, samplers, parallel, more_ports)
+        result["server_cpu_seconds"] = sum(cpu_seconds(pid) for pid in pids)
+        result["parallel_registrations"] = parallel
         result["wall_seconds"] = time.monotonic() - started
     result["server_peak_rss_kib"] = sum(s.peak_rss_kib for s in samplers)
     result["server_peak_threads"] = sum(s.peak_threads for s in samplers)
@@ -350,7 +436,8 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        "python": platform.python_version(),  # the core runs on this interpreter too
+        "python_path": sys.executable,
         "ngircd": ngircd,
         "load_average": os.getloadavg(),
         "pinning": f"servers on CPU {SERVER_CPU}, generator on CPU {LOADGEN_CPU}"
@@ -381,7 +468,7 @@ RATE_TOLERANCE = 0.99  # paced loads deliver at the offered rate; 1% is clock no
 
 def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
     out: list[tuple[str, str, bool]] = []
-    for key in ("1", "2", "4"):
+    for key in ("1", "2", "4", *LADDER_KEYS):
         core, irc = results.get(f"core/{key}"), results.get(f"ngircd/{key}")
         if not core or not irc or "delivered_per_s" not in core or "delivered_per_s" not in irc:
             continue
@@ -397,11 +484,29 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
         ok = core["delivered_per_s"] >= 0.5 * irc["delivered_per_s"] and core["lost"] == 0
         ratio = _ratio(core["delivered_per_s"], irc["delivered_per_s"])
         out.append(("3", f"fan-out rate ≥ ½ ngIRCd's ({ratio})", ok))
+    best = {system: max((rate for rate, key in zip(LADDER_RATES, LADDER_KEYS, strict=True)
+                         if (r := results.get(f"{system}/{key}")) and "latency_ms" in r
+                         and r["latency_ms"]["p99"] < LOW_LATENCY_MS and r["lost"] == 0),
+                        default=0) for system in ("core", "ngircd")}
+    if any(f"core/{key}" in results for key in LADDER_KEYS):
+        out.append(("L", f"highest offered rate with p99 < {LOW_LATENCY_MS:g} ms ≥ ngIRCd's "
+                    f"({best['core']:,} vs {best['ngircd']:,} msg/s)",
+                    best["core"] >= best["ngircd"]))
     core = results.get("core/5")
     if core:
         out.append(("5", f"{IDLE_CLIENTS:,} clients held ({core.get('registered', 0):,}; "
                     f"{_fmt(core.get('kib_per_client'), 1)} KiB each)",
                     core.get("registered") == IDLE_CLIENTS and not core.get("closed_by_server")))
+    room = f"7-{max(ROOM_USERS)}"
+    core, irc = results.get(f"core/{room}"), results.get(f"ngircd/{room}")
+    if core and irc and core.get("register_seconds") and irc.get("register_seconds"):
+        # ngIRCd not registering everyone within ROOM_SETUP_S counts as slower.
+        ok = core.get("registered") == max(ROOM_USERS) and (
+            irc.get("registered", 0) < max(ROOM_USERS)
+            or core["register_seconds"] <= irc["register_seconds"])
+        out.append((room, f"{max(ROOM_USERS):,} users in one room registered no slower than "
+                    f"ngIRCd ({core['register_seconds']:.1f} vs {irc['register_seconds']:.1f} s)",
+                    ok))
     for key in GATEWAY_LOADS:
         web, direct = results.get(f"gateway/{key}"), results.get(f"core/{key}")
         if not web or not direct or "delivered_per_s" not in web:
@@ -414,12 +519,43 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
     return out
 
 
+def room_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Load 7: registering N users into one room, ours beside ngIRCd's from the same run."""
+    keys = sorted({key.split("/", 1)[1] for key in results if key.split("/", 1)[1]
+                   .startswith("7-")}, key=lambda k: int(k.split("-")[1]))
+    if not keys:
+        return []
+    lines = ["", f"Load 7, N users register into one room ({ROOM_PARALLEL} registrations in "
+             "flight for both; ngIRCd's clients JOIN one channel), seconds from the first "
+             "connection until the last user is registered / until every arrival has been "
+             "announced to everyone, and the CPU time the server used meanwhile (on a busy "
+             "machine the fairer figure); ratio > 1: ours slower:", "",
+             "| N | core registered | core s | core settled s | core CPU s | "
+             "ngIRCd registered | ngIRCd s | ngIRCd settled s | ngIRCd CPU s | "
+             "ratio (registered) | ratio (settled) | ratio (CPU) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in keys:
+        core, irc = results.get(f"core/{key}", {}), results.get(f"ngircd/{key}", {})
+        lines.append("| " + " | ".join([
+            _fmt(int(key.split("-")[1])),
+            _fmt(core.get("registered")), _fmt(core.get("register_seconds"), 2),
+            _fmt(core.get("settled_seconds"), 2), _fmt(core.get("server_cpu_seconds"), 1),
+            _fmt(irc.get("registered")), _fmt(irc.get("register_seconds"), 2),
+            _fmt(irc.get("settled_seconds"), 2), _fmt(irc.get("server_cpu_seconds"), 1),
+            _ratio(core.get("register_seconds"), irc.get("register_seconds")),
+            _ratio(core.get("settled_seconds"), irc.get("settled_seconds")),
+            _ratio(core.get("server_cpu_seconds"), irc.get("server_cpu_seconds")),
+        ]) + " |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     results = report["results"]
     info = report["machine"]
     lines = [
         f"Run of {info['date']} on {info['cpu']}, {info['cores']} cores, "
-        f"{info['memory_gib']} GiB, Linux {info['kernel']}, Python {info['python']}, "
+        f"{info['memory_gib']} GiB, Linux {info['kernel']}, Python {info['python']} "
+        f"({info.get('python_path', '')}), "
         f"{info['ngircd']}; {info['pinning']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in info['load_average'])}.",
         "",
@@ -431,8 +567,10 @@ def markdown(report: dict[str, Any]) -> str:
     for load in [*LOADS, *[Load(f"6/{k}", "", 0) for k in GATEWAY_LOADS]]:
         gateway_key = load.key.split("/")[1] if load.key.startswith("6/") else None
         systems = [("gateway", gateway_key)] if gateway_key else [
-            ("core", load.key), ("core-memory", load.key), ("ngircd", load.key)
+            ("core", load.key), ("core-memory", load.key), ("core-redis", load.key),
+            ("core-redis2", load.key), ("ngircd", load.key)
         ]
+        labelled = False
         for system, key in systems:
             r = results.get(f"{system}/{key}")
             if not r:
@@ -444,11 +582,12 @@ def markdown(report: dict[str, Any]) -> str:
             peer_rate = peer.get("delivered_per_s") if peer else None
             peer_p99 = peer.get("latency_ms", {}).get("p99") if peer else None
             name = {"core": "core", "core-memory": "core, --store memory", "ngircd": "ngIRCd",
-                    "gateway": "gateway (vs core)"}[system]
+                    "gateway": "gateway (vs core)", "core-redis": "core, 1 node on Redis",
+                    "core-redis2": "core, 2 nodes on Redis (cross-node)"}[system]
             register = (f"{r.get('registered', 0):,} in {r.get('register_seconds', 0):.2f} s")
             lines.append(
                 "| " + " | ".join([
-                    load.key if system == "core" or system == "gateway" else "",
+                    "" if labelled else load.key,
                     name,
                     _fmt(rate),
                     _fmt(r.get("lost")),
@@ -462,10 +601,11 @@ def markdown(report: dict[str, Any]) -> str:
                     _ratio(lat.get("p99"), peer_p99) if system != "ngircd" else "",
                 ]) + " |"
             )
+            labelled = True
     lines += ["", f"{repeated}: the median of {max(REPEATS.values())} runs by delivered/s "
               "(the systems taking turns); every run is in latest.json."]
     for key in REPEATS:
-        for system in ("core", "core-memory", "ngircd"):
+        for system in ("core", "core-memory", "core-redis", "core-redis2", "ngircd"):
             r = results.get(f"{system}/{key}")
             if r and r.get("delivered_per_s_all"):
                 rates = ", ".join(_fmt(x) for x in r["delivered_per_s_all"])
@@ -485,6 +625,7 @@ def markdown(report: dict[str, Any]) -> str:
                 + (f"; failures: {'; '.join(r['register_failures'])}"
                    if r.get("register_failures") else "")
             )
+    lines += room_lines(results)
     lines += ["", "Targets:", ""]
     for key, text, ok in targets(results):
         lines.append(f"- load {key}: {text}: {_verdict(ok)}")
@@ -492,6 +633,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"{load.key}. {load.title}" for load in LOADS]
     lines.append("6. loads 1 and 2 through the web gateway (websocket clients), "
                  "compared with the core's direct path")
+    lines.append(f"7. N users ({', '.join(f'{n:,}' for n in ROOM_USERS)} by default) register "
+                 "into one room, like for like with ngIRCd (see above)")
+    lines.append("Redis rows: Redis and the nodes share the servers' one CPU; with 2 nodes "
+                 "every direct message crosses nodes (its p50/p99 is the cross-node latency) "
+                 "and half the deliveries of load 3 do.")
     return "\n".join(lines) + "\n"
 
 
@@ -511,12 +657,20 @@ def raise_open_files_limit() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--loads", default="1,2,3,4,5,6", help="comma-separated load numbers")
+    parser.add_argument("--loads", default="1,2,3,4,5,6,7,L",
+                        help="comma-separated load numbers; L: the rate ladder "
+                        f"({', '.join(LADDER_KEYS)})")
     parser.add_argument("--systems", default="core,ngircd",
-                        help="core, core-memory (the core with --store memory), ngircd")
+                        help="core, core-memory (the core with --store memory), core-redis "
+                        "(one node on Redis), core-redis2 (two nodes on Redis, the clients "
+                        "split), ngircd")
+    parser.add_argument("--room-users", default=",".join(map(str, ROOM_USERS)),
+                        help="load 7: the room sizes, comma-separated")
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     chosen = set(args.loads.split(","))
+    if "L" in chosen:
+        chosen.update(LADDER_KEYS)
     systems = args.systems.split(",")
     raise_open_files_limit()  # inherited by the servers and the generator
     if shutil.which("taskset") and hasattr(os, "sched_setaffinity"):
@@ -529,6 +683,9 @@ def main() -> int:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)  # ngIRCd reads its configuration after dropping to nobody
         plan = [(system, load) for load in LOADS if load.key in chosen for system in systems]
+        if "7" in chosen:
+            sizes = tuple(int(n) for n in args.room_users.split(","))
+            plan += [(system, load) for load in room_loads(sizes) for system in systems]
         if "6" in chosen:
             if (ROOT / "web_gateway" / "__main__.py").exists():
                 plan += [("gateway", load) for load in LOADS if load.key in GATEWAY_LOADS]
@@ -551,7 +708,7 @@ def main() -> int:
                 summary = {k: result.get(k) for k in (
                     "registered", "register_seconds", "delivered_per_s", "lost", "latency_ms",
                     "server_peak_rss_kib", "server_peak_threads", "kib_per_client",
-                    "wall_seconds",
+                    "wall_seconds", "settled_seconds",
                 ) if k in result}
                 print(f"  {json.dumps(summary)}", flush=True)
         for key, results in runs.items():

@@ -22,13 +22,13 @@ import io
 import logging
 import sys
 from collections.abc import Sequence
-from functools import partial
 
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from cli_client.connection import ServerConnection
 from cli_client.console import Console, PipeConsole, TerminalConsole
 from cli_client.menu import ExitCode, run
+from cli_client.servers import RoundRobin, parse_hosts
 from cli_client.session import RECONNECT_FOR_S, ReconnectPolicy
 
 DEFAULT_HOST = "127.0.0.1"
@@ -62,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 after a goodbye, 1 connection lost (the session could not be "
         "resumed), 2 server not reachable or bad arguments, 3 name refused.",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"the chat server's address (default {DEFAULT_HOST})")
+    parser.add_argument("--host", action="append", metavar="HOST[:PORT][,HOST[:PORT]...]",
+                        help="the chat server's address (default "
+                        f"{DEFAULT_HOST}); several (comma-separated or repeated): nodes of one "
+                        "room, the first that answers is used and a lost connection is "
+                        "resumed on the next")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help=f"the chat server's port (default {DEFAULT_PORT})")
     parser.add_argument("--name", help="your username (asked for when not given or, at a "
@@ -77,13 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the client; returns its exit code."""
-    args = build_parser().parse_args(argv)
-    connect = partial(ServerConnection.open, args.host, args.port)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        addresses = parse_hosts(args.host or [DEFAULT_HOST], args.port)
+    except ValueError as error:
+        parser.error(f"--host: {error}")
+    connect = RoundRobin(addresses, ServerConnection.open)
     try:
         connection = connect()
     except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
-        print(f"chat-client: cannot connect to the chat server at {args.host}:{args.port}: "
+        where = ", ".join(f"{host}:{port}" for host, port in addresses)
+        print(f"chat-client: cannot connect to the chat server at {where}: "
               f"{reason}", file=sys.stderr)
         return ExitCode.CANNOT_CONNECT
     interactive = sys.stdin.isatty() and sys.stdout.isatty()

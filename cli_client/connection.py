@@ -6,6 +6,8 @@ still waiting goes to that request; everything else (messages, joins, leaves, a 
 sends on its own, stray replies) goes on `events`, a `queue.Queue` that the user interface
 drains. When the socket closes, for whatever reason, every waiting request is woken and `events`
 ends with the sentinel None: that is how the rest of the client learns the connection is gone.
+Every line also goes, in order, to `roster` (cli_client/roster.py): the users list kept from
+one `users` reply and the events after it.
 
 Two threads write the socket: the main thread (the user's requests) and, once started, the
 heartbeat thread (pings). `_send_lock` makes each request's sendall whole, so lines never
@@ -29,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from cli_client.roster import Roster
 from tcp_server.protocol import (
     MAX_LINE_BYTES,
     ErrorCode,
@@ -91,6 +94,7 @@ class ServerConnection:
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.peer = peer
         self.events: queue.Queue[Incoming | None] = queue.Queue()
+        self.roster = Roster()  # who is in the room, kept by the receiver thread
         self._sock = sock
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()  # held for one request's sendall, nothing else
@@ -239,6 +243,9 @@ class ServerConnection:
             else:
                 self.events.put(BadLine(error.message))
             return
+        # In the order of the stream, before a reply wakes its request: a `users` reply is
+        # then already the roster when List reads it.
+        self.roster.apply(event)
         request_id = getattr(event, "id", None)
         slot = None
         if isinstance(request_id, int):

@@ -61,6 +61,7 @@ from tcp_server.protocol import (
     Search,
     Send,
     Sent,
+    UserInfo,
     Users,
     Welcome,
     check_text,
@@ -295,13 +296,25 @@ def search_messages(session: Session, console: Console, me: str, words: str) -> 
         console.show(render_error(reply))
 
 
-def list_users(session: Session, console: Console, me: str) -> None:
-    """Menu 1: show everyone connected (online or away) as a table."""
+def room_users(session: Session) -> tuple[UserInfo, ...] | Error | None:
+    """Everyone connected (online or away): the list this connection keeps from events, or,
+    the first time on a connection, the server's answer to `list` (which starts that list)."""
+    known = session.known_users()
+    if known is not None:
+        return known
     reply = session.request(ListUsers())
     if isinstance(reply, Users):
-        console.show("\n".join(render_users(reply.users, me)))
-    elif isinstance(reply, Error):
-        console.show(render_error(reply))
+        return reply.users
+    return reply if isinstance(reply, Error) else None
+
+
+def list_users(session: Session, console: Console, me: str) -> None:
+    """Menu 1: show everyone connected (online or away) as a table."""
+    users = room_users(session)
+    if isinstance(users, Error):
+        console.show(render_error(users))
+    elif users is not None:
+        console.show("\n".join(render_users(users, me)))
 
 
 def send_message(session: Session, console: Console) -> None:
@@ -397,18 +410,18 @@ def text_problem(text: str) -> Error | None:
 
 
 def is_online(session: Session, to: str) -> bool:
-    """Whether `to` is `*` or a user in a fresh list from the server (online or away: the
-    server keeps messages for a user who is away).
+    """Whether `to` is `*` or a user in the room's list (online or away: the server keeps
+    messages for a user who is away).
 
     True as well when the list cannot be had (an error reply): the server's own check when the
     text is sent decides then.
     """
     if to == EVERYONE:
         return True
-    reply = session.request(ListUsers())
-    if not isinstance(reply, Users):
+    users = room_users(session)
+    if not isinstance(users, tuple):
         return True
-    return name_key(to) in {name_key(user.name) for user in reply.users}
+    return name_key(to) in {name_key(user.name) for user in users}
 
 
 def goodbye(session: Session, console: Console) -> ExitCode:

@@ -8,11 +8,11 @@ cursor, clear the screen or retitle the terminal of the person reading it.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Final
 
+from tcp_server.display import VIA_LABELS, YOU_MARK, display_text
 from tcp_server.protocol import (
     EVERYONE,
     Away,
@@ -41,34 +41,14 @@ TEXT_PROMPT: Final = "Message: "
 EDIT_HINT: Final = "Edit the message and press Enter to send it, or clear it to cancel."
 TAB_WIDTH: Final = 4
 
-VIA_LABELS: Final = {"tcp": "terminal", "web": "browser"}
-
-# Bidirectional-text controls can make a line read differently from what was sent
-# ("Trojan Source"); they are shown escaped like the C0/C1 controls.
-_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                                  "\u2066\u2067\u2068\u2069")
-
-
 def printable(text: str, keep_newlines: bool = False) -> str:
-    """`text` with control characters shown as escapes (\\x1b, \\u202e) instead of obeyed.
+    """`text` by the display rule (tcp_server/display.py): control and bidi characters shown
+    as escapes (\\x1b, \\u202e) instead of obeyed.
 
-    Tabs become spaces; newlines are kept only when `keep_newlines` is true (then "\\r\\n" and
-    a lone "\\r" count as newlines too).
+    Tabs become spaces; line breaks ("\\n", "\\r\\n", a lone "\\r") are kept as "\\n" only when
+    `keep_newlines` is true, and escaped otherwise.
     """
-    if keep_newlines:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    out: list[str] = []
-    for char in text:
-        if char == "\n" and keep_newlines:
-            out.append(char)
-        elif char == "\t":
-            out.append(" " * TAB_WIDTH)
-        elif unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    return display_text(text, line_break="\n" if keep_newlines else None, tab=" " * TAB_WIDTH)
 
 
 def format_time(ts: float, tz: tzinfo | None = None) -> str:
@@ -228,7 +208,7 @@ def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
                  row[2].rjust(widths[2]), row[3].ljust(widths[3]), row[4].ljust(widths[4])]
         line = "  " + "  ".join(cells)
         if index > 0 and users[index - 1].name == me:
-            line += "  (you)"
+            line += f"  {YOU_MARK}"
         lines.append(line.rstrip())
     return lines
 

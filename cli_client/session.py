@@ -55,6 +55,7 @@ from tcp_server.protocol import (
     Message,
     Request,
     Sent,
+    UserInfo,
     Welcome,
 )
 
@@ -211,6 +212,14 @@ class Session:
                 with self._lock:
                     self._sent_floor = max(self._sent_floor, reply.seq)
             return reply
+
+    def known_users(self) -> tuple[UserInfo, ...] | None:
+        """Everyone in the room as the current connection knows it from a `users` reply and
+        the events since (cli_client/roster.py); None when it has none yet, or while
+        reconnecting (then ask with request(ListUsers()), which also fills it in)."""
+        with self._lock:
+            connection = self._connection if self._state is LinkState.CONNECTED else None
+        return None if connection is None else connection.roster.users()
 
     def end(self) -> bool:
         """Say exit and wait for the server's bye, then close. True when the bye came.

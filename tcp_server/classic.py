@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
+from tcp_server.display import AWAY_MARK, LINE_BREAK_MARK, VIA_LABELS, display_text
 from tcp_server.protocol import (
     AWAY,
     EVERYONE,
@@ -72,16 +73,11 @@ HELP_BEFORE_NAME: Final = (
     b"a session back after a disconnect; then:\n" + HELP
 )
 
-# Control characters from another user must not drive the reader's terminal (escape
-# sequences); line breaks become a visible mark so that every event stays on one line.
-_LINE_BREAK_MARK: Final = "\u21b5"  # ↵
-_SAFE_TEXT: Final = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
-_SAFE_TEXT.update({0x09: "\t", 0x0A: _LINE_BREAK_MARK, 0x0D: _LINE_BREAK_MARK})
-
-
 def printable(text: str) -> str:
-    """Text on one line, with no control characters left to reach a terminal."""
-    return text.replace("\r\n", "\n").translate(_SAFE_TEXT)
+    """Text from another user on one line, by the display rule (tcp_server/display.py): no
+    control or bidi character reaches the reader's terminal; a line break becomes ↵ so that
+    every event stays on one line; a tab is kept."""
+    return display_text(text, line_break=LINE_BREAK_MARK)
 
 
 class PlainTextCodec:
@@ -164,8 +160,8 @@ def _parse_resume(rest: str) -> Hello:
 
 
 def _user_line(user: UserInfo) -> str:
-    kind = "browser" if user.via == "web" else "terminal"
-    away = "  (away)" if user.status == AWAY else ""
+    kind = VIA_LABELS.get(user.via, "terminal")
+    away = f"  {AWAY_MARK}" if user.status == AWAY else ""
     return f"  {user.name:<20} {format_address(user.ip, user.port):<24} {kind}{away}"
 
 
@@ -233,8 +229,9 @@ def _render(event: Event) -> str:
         case Pong():
             return "pong"
         case Bye(reason=reason):
-            return f"bye: {reason}" if reason else "bye"
+            return f"bye: {printable(reason)}" if reason else "bye"
         case Error(code=code, message=message):
             if code == ErrorCode.NOT_REGISTERED:
                 message = "send your username first"
-            return f"error: {message}"
+            # Messages quote what the user sent with repr(); the rule holds here all the same.
+            return f"error: {printable(message)}"

@@ -340,11 +340,14 @@ class Commands:
         try:  # checked again, atomically: other connections may have registered since
             self._room.join(member, self._max_per_address)
         except NameTakenError:
-            self._store.end_session(record.id)
+            self._abandon(record)
             raise taken from None
         except AddressFullError:
-            self._store.end_session(record.id)
+            self._abandon(record)
             raise self._address_full(session, request) from None
+        except StoreError:  # the room's engine failed (Redis): `unavailable`, nothing kept
+            self._abandon(record)
+            raise
         session.member, session.record = member, record
         if session.logged:
             log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
@@ -358,6 +361,13 @@ class Commands:
             [welcome], replay=self._store.missed(record, record.start_seq),
             after_replay=self._recent(record, request.recent),
         )
+
+    def _abandon(self, record: SessionRecord) -> None:
+        """End a session opened for a hello that then failed: nobody holds its token."""
+        try:
+            self._store.end_session(record.id)
+        except StoreError as error:  # the same outage, most likely; the hello fails anyway
+            log.warning("could not end the unused session %d: %s", record.id, error)
 
     def _address_full(self, session: Session, request: Hello) -> ProtocolError:
         return ProtocolError(

@@ -34,6 +34,9 @@ class ServerConfig:
     max_away: int = 0
     history_max_messages: int = 1_000_000
     history_max_days: float = 365.0
+    redis: str | None = None
+    node_id: str | None = None
+    node_timeout: float = 10.0
 
 
 _HELP: dict[str, str] = {
@@ -61,6 +64,11 @@ _HELP: dict[str, str] = {
     "(0: as many as max_clients)",
     "history_max_messages": "messages kept in history; older ones are deleted (0: no limit)",
     "history_max_days": "days a message is kept in history (0: no limit)",
+    "redis": "redis://HOST:PORT/DB: join the room kept in that Redis with the other nodes "
+    "using it (history, sessions and presence there; store and data_dir are then unused)",
+    "node_id": "this node's name in Redis and in logs (none: HOST:PORT, from the hostname)",
+    "node_timeout": "seconds without a heartbeat after which a node is taken for dead and "
+    "its users are marked away (with --redis)",
 }
 
 
@@ -127,6 +135,13 @@ def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
     values = {field.name: getattr(args, field.name) for field in fields(ServerConfig)}
     if values["store"] not in STORES:
         parser.error(f"--store must be one of {', '.join(STORES)}, not {values['store']!r}")
-    if values["gateway_secret"] == "":
-        values["gateway_secret"] = None
+    for optional in ("gateway_secret", "redis", "node_id"):
+        if values[optional] == "":
+            values[optional] = None
+    if values["redis"] is not None and not values["redis"].startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        parser.error(f"--redis must be a redis:// URL, not {values['redis']!r}")
+    if values["node_timeout"] < 1:
+        parser.error("--node-timeout must be at least 1 second")
     return ServerConfig(**values)

@@ -1,10 +1,20 @@
-"""One client connection: a reader loop (the connection's own thread) and a writer thread.
+"""One client connection: a reader loop, the connection's one and only thread.
 
 The reader turns bytes into requests through the connection's codec and hands them to the
-commands; replies and deliveries are encoded and queued in the outbox, which only the writer
-(or the shared flusher, see outbox.py) drains into the socket. Every wait has a wake-up path:
-the hello deadline bounds the reader's first wait, shutting down the socket's read side wakes a
-blocked recv(), and closing the outbox wakes the writer.
+commands; replies and deliveries are encoded and queued in the outbox, which the shared flusher
+(tcp_server/flusher.py) writes to the socket without blocking: see tcp_server/outbox.py for who
+writes a socket when. The reader never writes. Every wait has a wake-up path: the hello
+deadline bounds the reader's first wait, and shutting down the socket's read side wakes a
+blocked recv().
+
+The connection's lifecycle is one enum, `Lifecycle`:
+
+    HELLO ---hello done (the reader)------------> REGISTERED
+    HELLO/REGISTERED ---stop_reading() (server)---> STOPPING  (finish the request in hand; the
+                                                             server queues the bye later)
+    HELLO/REGISTERED/STOPPING ---close()/drop-----> CLOSING   (a bye is queued)
+    any ---the reader ends, releases the socket---> CLOSED    (the flusher closes it after the
+                                                             last bytes or at the deadline)
 
 Three orderings are kept here:
 - A send is answered by the store's thread once its message is committed and delivered; the
@@ -17,13 +27,10 @@ Three orderings are kept here:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import enum
 import logging
 import select
 import socket
-import struct
-import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -51,53 +58,108 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 65_536
 REPLIES_UNREAD = "send queue full: not reading replies"
-LINGER_POLL_S = 0.005
-LINGER_MAX_READS = 16  # unread input dropped before closing: at most 1 MiB, then a reset
 
 
-def _unacknowledged_bytes(sock: socket.socket) -> int:
-    """Bytes we sent that the peer has not acknowledged yet (Linux's SIOCOUTQ)."""
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except OSError:
-        return 0
-    return int(struct.unpack("i", raw)[0])
+class Lifecycle(enum.IntEnum):
+    HELLO = 0
+    REGISTERED = 1
+    STOPPING = 2
+    CLOSING = 3
+    CLOSED = 4
+
+
+class ShutdownGate:
+    """A server shutdown's meeting point, one for all connections.
+
+    The server marks the connections stopping and wakes their readers a batch at a time: in
+    CPython, thousands of threads woken at once hand the GIL around in O(n²) (5,000 readers
+    woken together: 13 s to end; in batches of 64: 0.2 s). Each reader finishes the request in
+    hand, arrives here and ends its thread at once: it does not wait, so readers never queue
+    up for one lock or one condition. Once all have arrived (or the deadline passed), the
+    server open()s the gate and ends the sessions of those that arrived, with a few threads of
+    its own: every message a sender was told "sent" reached its recipients live before any of
+    them went away. A reader arriving after open() ends its session itself.
+    """
+
+    def __init__(self) -> None:
+        # _lock guards _arrived, _expected and _open; _all_arrived (its condition) is
+        # notified once, when the last expected reader arrives: only the server waits on it.
+        self._lock = threading.Lock()
+        self._all_arrived = threading.Condition(self._lock)
+        self._arrived: list[Connection] = []
+        self._expected: int | None = None
+        self._open = False
+
+    def arrive(self, connection: Connection) -> bool:
+        """A stopping reader is done; True if the server ends its session, False if the
+        gate is open already (the reader ends it itself)."""
+        with self._lock:
+            if self._open:
+                return False
+            self._arrived.append(connection)
+            if self._expected is not None and len(self._arrived) >= self._expected:
+                self._all_arrived.notify()
+            return True
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Until `count` readers have arrived (True) or the timeout passed (False)."""
+        with self._lock:
+            self._expected = count
+            return self._all_arrived.wait_for(lambda: len(self._arrived) >= count, timeout)
+
+    def open(self) -> list[Connection]:
+        """Let later readers end their own sessions; returns those that arrived before."""
+        with self._lock:
+            self._open = True
+            arrived, self._arrived = self._arrived, []
+            return arrived
 
 
 class Connection:
+    __slots__ = (
+        "__weakref__", "_bucket", "_codec", "_commands", "_config", "_delivered_seq",
+        "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox", "_poller",
+        "_replayed_upto", "_sends_in_flight", "_sends_waiter", "_sock", "_state", "session",
+    )
+
     def __init__(
         self,
         sock: socket.socket,
         address: tuple[str, int],
         config: ServerConfig,
         commands: Commands,
-        flusher: Flusher | None = None,
+        flusher: Flusher,
+        gate: ShutdownGate,
         logged: int | None = 0,
     ) -> None:
         """`logged`: None keeps this connection's coming and going out of the log (a flood
-        from its address); a count says how many were held back before it."""
+        from its address); a count says how many were held back before it. `gate`: where
+        the reader waits at a server shutdown (see ShutdownGate)."""
         self._logged = logged
+        self._gate = gate
+        self._poller: select.poll | None = None  # the reader's wait for its socket
         self._sock = sock
-        self._sock_lock = threading.Lock()  # serializes shutdown() against close()
         self._config = config
         self._commands = commands
+        self._flusher = flusher
         # Chosen by the reader from the first byte the client sends; until then the default
         # speaks for it (a shutdown or hello-deadline bye). Read by other threads: one
         # reference assignment, no lock needed.
         self._codec: Codec | None = None
         self._outbox = Outbox(
-            config.max_outbox_bytes,
-            try_send=self._try_send,
-            schedule=flusher.schedule if flusher else None,
+            config.max_outbox_bytes, sock, flusher, on_overflow=self._overflowed,
         )
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(
             ip=address[0], port=address[1], deliver=self.deliver, close=self.close,
             logged=logged is not None,
         )
-        # While registering (see _register), deliveries wait here, so that the welcome and the
-        # replay come first; _held_lock makes the switch to direct delivery atomic.
-        self._held_lock = threading.Lock()
+        # _lock guards _state, the held deliveries and the count of sends in flight. Reentrant:
+        # a delivery released from the hold may drop the client, which moves _state.
+        self._lock = threading.RLock()
+        self._state = Lifecycle.HELLO
+        # While registering (see _handle), deliveries wait in _held, so that the welcome and
+        # the replay come first; the lock makes the switch to direct delivery atomic.
         self._held: list[Envelope] | None = None
         self._held_bytes = 0
         # Messages with a seq up to this one were sent by the replay: a late live delivery of
@@ -106,34 +168,25 @@ class Connection:
         self._delivered_seq = 0  # the highest seq queued for the client (the deliverers')
         # Sends handed to the store and not yet answered. The store's thread answers them in
         # order (_answer_send); any other reply waits until they are, so replies keep the
-        # order of the requests. _sends_lock guards the count; _sends_answered is notified
-        # when it drops to 0 while the reader waits.
-        self._sends_lock = threading.Lock()
-        self._sends_answered = threading.Condition(self._sends_lock)
+        # order of the requests. The reader waiting for them blocks on _sends_waiter (a lock
+        # made for that wait only), released when the count drops to 0.
         self._sends_in_flight = 0
-        self._waiting_for_sends = False
-        # Server shutdown comes in two steps (see ChatServer._close_all): stop_reading() makes
-        # the reader finish the request in hand and set _quiet; close() then queues the bye
-        # and sets _released. Between the two, every delivery in flight has reached its
-        # recipients' outboxes, so each "sent" the server gave is honoured.
-        self._stop_requested = False
-        self._flush_deadline: float | None = None  # set by close() during a shutdown
-        self._quiet = threading.Event()
-        self._released = threading.Event()
-        self._writer = threading.Thread(
-            target=self._write_loop, name=f"writer-{self.session.peer}"
-        )
+        self._sends_waiter: threading.Lock | None = None
 
     @property
     def peer(self) -> str:
         return self.session.peer
+
+    @property
+    def state(self) -> Lifecycle:
+        return self._state
 
     # --- called from any thread -------------------------------------------------------------
 
     def deliver(self, envelope: Envelope) -> None:
         """Queue an event for this client without blocking; drop the client if it is full."""
         if self._held is not None:
-            with self._held_lock:
+            with self._lock:
                 if self._held is not None:
                     self._held.append(envelope)
                     self._held_bytes += len(envelope.encoded(self._encoder))
@@ -152,14 +205,16 @@ class Connection:
     def _full_reason(self) -> str:
         return f"send queue full ({self._config.max_outbox_bytes} bytes): not reading"
 
-    def stop_reading(self) -> None:
-        """Handle no further request; the reader then waits for close(). Idempotent."""
-        self._stop_requested = True
-        self._shutdown(socket.SHUT_RD)  # wakes a reader blocked in recv() or poll()
+    def _overflowed(self) -> None:
+        """The flusher: the socket stopped taking data with more than the budget queued."""
+        self._drop(self._full_reason)
 
-    def wait_quiet(self, timeout: float) -> bool:
-        """After stop_reading(): wait until the reader has finished its last request."""
-        return self._quiet.wait(timeout)
+    def stop_reading(self) -> None:
+        """Server shutdown: handle no further request; the reader finishes the one in hand
+        and ends, leaving the bye to the server's close(). Idempotent. The server calls this
+        for a few connections at a time (see ChatServer._close_all)."""
+        if self._advance(Lifecycle.STOPPING):
+            self._outbox.shutdown_read()  # wakes a reader waiting in poll()
 
     def close(self, reason: str, flush_deadline: float | None = None) -> None:
         """End the connection after what is queued, with a bye. Idempotent.
@@ -167,10 +222,11 @@ class Connection:
         `flush_deadline` (time.monotonic()) bounds the flush instead of close_timeout: a
         server shutdown gives every connection the same end.
         """
-        self._flush_deadline = flush_deadline
-        if self._outbox.close(self._encoder.encode(Bye(reason=reason))):
-            self._shutdown(socket.SHUT_RD)  # wakes the reader, which finishes the connection
-        self._released.set()
+        if flush_deadline is None:
+            flush_deadline = time.monotonic() + self._config.close_timeout
+        bye = self._encoder.encode(Bye(reason=reason))
+        if self._outbox.close(bye, deadline=flush_deadline) and self._advance(Lifecycle.CLOSING):
+            self._outbox.shutdown_read()  # wakes the reader, which finishes the connection
 
     # --- the reader thread --------------------------------------------------------------------
 
@@ -178,7 +234,6 @@ class Connection:
         if self._logged is not None:
             log.info("%s connected%s", self.peer,
                      held_back(self._logged, "connections from this address"))
-        self._writer.start()
         try:
             self._read_loop()
         except OSError as error:
@@ -186,22 +241,20 @@ class Connection:
         except Exception:
             log.exception("%s unexpected error; closing this connection", self.peer)
         finally:
-            if self._sends_in_flight:  # the bye and the close come after their answers
-                self._wait_for_sends()
-            self._quiet.set()
-            if self._stop_requested:  # the server closes us, with a bye, once all are quiet
-                self._released.wait(self._config.shutdown_timeout)
             self._finish()
 
     @property
     def _encoder(self) -> Codec:
         return self._codec or DEFAULT_CODEC
 
+    @property
+    def _reading(self) -> bool:
+        return self._state <= Lifecycle.REGISTERED
+
     def _read_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
         hello_deadline = time.monotonic() + self._config.hello_timeout
-        while not self._outbox.closed and not self._stop_requested:
+        flusher = self._flusher
+        while self._reading:
             # Checked before every read, not only once the socket is quiet: a client that keeps
             # sending would otherwise outlive the deadline.
             if self.session.member is None and time.monotonic() >= hello_deadline:
@@ -210,14 +263,19 @@ class Connection:
                 timeout = self._config.hello_timeout
                 self._reply(Bye(reason=f"no hello with a name within {timeout:g} s"))
                 return
-            wait_s = self._wait_limit(hello_deadline)
-            if wait_s is not None and not poller.poll(max(0.0, wait_s) * 1000):
+            data = self._receive(self._wait_limit(hello_deadline))
+            if data is None:  # a deadline passed, or the server woke every reader to stop
+                if not self._reading:
+                    return
                 if self._codec and not self._handle_frames(self._codec, self._codec.flush()):
                     return
                 continue
-            data = self._sock.recv(RECV_BYTES)
             if not data:
                 return
+            # Backpressure: while the flusher is behind, a sender's next requests wait (and
+            # with them its TCP window), instead of a reading recipient being dropped.
+            while flusher.lagging and self._reading:
+                flusher.wait_caught_up()
             if self._codec is None:
                 data = skip_blank(data)
                 if not data:
@@ -225,6 +283,31 @@ class Connection:
                 self._codec = choose_codec(data, self._config)
             if not self._handle_frames(self._codec, self._codec.feed(data)):
                 return
+
+    def _receive(self, timeout_s: float | None) -> bytes | None:
+        """What the client sent (b"" at its end); None if the wait ended without data (the
+        timeout passed) or the connection is stopping.
+
+        Data already there is taken at once (one syscall, the case under load). Otherwise the
+        reader waits in poll(), not in recv(65536), which allocates its 64 KiB result before it
+        blocks: 10,000 idle readers would hold 640 MB between them.
+        """
+        sock = self._sock
+        try:
+            return sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+        if not self._poller.poll(None if timeout_s is None else max(0.0, timeout_s) * 1000):
+            return None
+        if not self._reading:
+            return None
+        try:
+            return sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:  # woken, but the data went (cannot happen: only we read)
+            return None
 
     def _wait_limit(self, hello_deadline: float) -> float | None:
         limits = [self._codec.flush_timeout() if self._codec else None]
@@ -239,11 +322,8 @@ class Connection:
         Each frame is parsed only after the one before it was handled: in the plain-text
         dialect the first line means a name and later ones commands.
         """
-        return self._handle_each(codec, frames)
-
-    def _handle_each(self, codec: Codec, frames: Sequence[bytes | ProtocolError]) -> bool:
         for frame in frames:
-            if self._outbox.closed or self._stop_requested:  # dropped or stopping
+            if not self._reading:  # dropped, closed or stopping
                 return False
             try:
                 if isinstance(frame, ProtocolError):
@@ -276,12 +356,12 @@ class Connection:
         if registering:
             # Others deliver to a new member as soon as the room lists it: hold their events
             # until the welcome and the replay are queued, so that those always come first.
-            with self._held_lock:
+            with self._lock:
                 self._held, self._held_bytes = [], 0
         try:
             outcome = self._commands.handle(self.session, request)
             if outcome.pending is not None:
-                with self._sends_lock:
+                with self._lock:
                     self._sends_in_flight += 1
                 outcome.pending.submit(self._answer_send)
                 return True
@@ -294,6 +374,8 @@ class Connection:
         finally:
             if registering:
                 self._release_held()
+                if self.session.member is not None:
+                    self._advance(Lifecycle.REGISTERED)
         return not outcome.close
 
     def _replay(self, pages: Iterable[list[StoredMessage]]) -> None:
@@ -326,7 +408,7 @@ class Connection:
         return True
 
     def _release_held(self) -> None:
-        with self._held_lock:
+        with self._lock:
             held, self._held = self._held or [], None
             for envelope in held:
                 self.deliver(envelope)  # in order, before any delivery that waits for the lock
@@ -343,104 +425,59 @@ class Connection:
 
     def _answer_send(self, replies: list[Event]) -> None:
         """The store's thread: a send is stored and delivered; queue its replies."""
-        self._put_from_store(b"".join(self._encoder.encode(reply) for reply in replies))
-
-    def _put_from_store(self, data: bytes) -> None:
+        data = b"".join(self._encoder.encode(reply) for reply in replies)
         if not self._outbox.put(data):
             self._drop(REPLIES_UNREAD)
-        with self._sends_lock:
+        with self._lock:
             self._sends_in_flight -= 1
-            if not self._sends_in_flight and self._waiting_for_sends:
-                self._sends_answered.notify()
+            if not self._sends_in_flight and self._sends_waiter is not None:
+                self._sends_waiter.release()
+                self._sends_waiter = None
 
     def _wait_for_sends(self) -> None:
         """Until every send in hand is answered (the store answers each within its commit)."""
-        with self._sends_lock:
-            self._waiting_for_sends = True
-            while self._sends_in_flight:
-                self._sends_answered.wait()
-            self._waiting_for_sends = False
+        with self._lock:
+            if not self._sends_in_flight:
+                return
+            waiter = self._sends_waiter = threading.Lock()
+            waiter.acquire()
+        waiter.acquire()  # released by _answer_send
 
     def _finish(self) -> None:
-        self._commands.disconnect(self.session, self._delivered_seq)
-        self._outbox.close()
-        deadline = self._flush_deadline
-        if deadline is None:
-            deadline = time.monotonic() + self._config.close_timeout
-        # The writer may never have started: start() fails at the system's thread limit.
-        if self._writer.ident is None or self._join_writer(deadline):
-            self._linger(deadline)
-        with self._sock_lock:
-            self._sock.close()
+        """The reader's last act: end the session, hand the socket to the flusher."""
+        if self._sends_in_flight:  # the bye and the close come after their answers
+            self._wait_for_sends()
+        if self._state is not Lifecycle.STOPPING or not self._gate.arrive(self):
+            self.end_session()
+        if self._state is not Lifecycle.STOPPING:  # stopping: the server sends the bye
+            self._outbox.close(deadline=time.monotonic() + self._config.close_timeout)
+        self._advance(Lifecycle.CLOSED)
+        self._outbox.release()
         if self._logged is not None:
             log.info("%s disconnected", self.peer)
 
-    def _join_writer(self, deadline: float) -> bool:
-        """Wait for the writer to send everything; False if it had to be cut off."""
-        self._writer.join(max(0.0, deadline - time.monotonic()))
-        if not self._writer.is_alive():
-            return True
-        self._shutdown(socket.SHUT_RDWR)  # the peer does not take our last bytes: cut it off
-        self._writer.join(self._config.close_timeout)
-        if self._writer.is_alive():
-            log.error("%s writer did not stop", self.peer)
-        return False
-
-    def _linger(self, deadline: float) -> None:
-        """Let the peer receive all we sent before the socket is closed.
-
-        Closing a socket that still has unread input (a client that keeps sending) makes the
-        kernel answer with a reset and throw away what it has not yet delivered of our output,
-        the bye among it. So: end our side (a FIN after the data), wait until the peer has
-        acknowledged everything, then drop the unread input. No event reports "acknowledged":
-        this waits in short sleeps, once per connection, bounded by the deadline.
-        """
-        self._shutdown(socket.SHUT_WR)
-        while _unacknowledged_bytes(self._sock) > 0 and time.monotonic() < deadline:
-            time.sleep(LINGER_POLL_S)
-        for _ in range(LINGER_MAX_READS):
-            try:
-                if not self._sock.recv(RECV_BYTES, socket.MSG_DONTWAIT):
-                    return
-            except OSError:  # nothing more to read now (EAGAIN), or the peer is gone
-                return
-
-    # --- the writer thread --------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        try:
-            while (batch := self._outbox.take()) is not None:
-                self._sock.sendall(batch)
-        except OSError as error:
-            log.debug("%s write failed: %s", self.peer, error)
-            self._abort()
-        except Exception:
-            log.exception("%s writer failed; closing this connection", self.peer)
-            self._abort()
+    def end_session(self) -> None:
+        """The connection is over: the session ends, or goes away (resumable). Called once,
+        by the reader, or by the server for a reader that arrived at the ShutdownGate."""
+        self._commands.disconnect(self.session, self._delivered_seq)
 
     # --- helpers ----------------------------------------------------------------------------
 
+    def _advance(self, state: Lifecycle) -> bool:
+        """Move the lifecycle forward (never back); True if it moved."""
+        with self._lock:
+            if state <= self._state:
+                return False
+            self._state = state
+            return True
+
     def _drop(self, reason: str) -> None:
-        if self._outbox.close(self._encoder.encode(Bye(reason=reason)), discard=True):
+        deadline = time.monotonic() + self._config.close_timeout
+        bye = self._encoder.encode(Bye(reason=reason))
+        if self._outbox.close(bye, discard=True, deadline=deadline):
             log.warning("%s dropped: %s", self.peer, reason)
-            self._shutdown(socket.SHUT_RD)
-
-    def _try_send(self, data: bytes) -> int:
-        """Write what the socket takes without blocking (the flusher's write, see outbox.py).
-
-        Under _sock_lock so that it never meets a closed socket whose number was reused.
-        """
-        with self._sock_lock:
-            return self._sock.send(data, socket.MSG_DONTWAIT)
-
-    def _abort(self) -> None:
-        self._outbox.close(discard=True)
-        self._shutdown(socket.SHUT_RD)
-
-    def _shutdown(self, how: int) -> None:
-        # OSError: already disconnected or closed, so there is nothing left to wake.
-        with self._sock_lock, contextlib.suppress(OSError):
-            self._sock.shutdown(how)
+            self._advance(Lifecycle.CLOSING)
+            self._outbox.shutdown_read()
 
 
 def run_connection(connection: Connection, on_done: Callable[[Connection], None]) -> None:

@@ -33,6 +33,12 @@ DEFAULT_SEARCH_LIMIT: Final = 20
 MAX_QUERY_CHARS: Final = 200
 MAX_TOKEN_CHARS: Final = 128
 MAX_SEQ: Final = 2**63 - 1  # SQLite's largest integer
+# Arrays and objects nested in one line. No request needs more than 2; json's C decoder
+# recurses once per level on the thread's C stack (a reader's is small, see server.py), and
+# Python 3.13 allows it ~10,000 levels, more than a small stack holds.
+MAX_JSON_DEPTH: Final = 32
+_JSON_STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS_RE: Final = re.compile(r"[\[\]{}]")
 ONLINE: Final = "online"
 AWAY: Final = "away"
 
@@ -245,7 +251,11 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Joined:
+    """Another user registered. `user` is their entry as `users` lists it (None only from a
+    core older than the entry), so that a client keeps its list from events alone."""
+
     name: str
+    user: UserInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +270,11 @@ class Away:
 
 @dataclass(frozen=True, slots=True)
 class Back:
+    """An away user's session was taken back, or moved to another connection: `user` is the
+    entry with its new address (None only from a core older than the entry)."""
+
     name: str
+    user: UserInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,12 +457,27 @@ class LineBuffer:
 # --- parsing ---------------------------------------------------------------------------------
 
 
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than MAX_JSON_DEPTH (brackets in strings aside).
+    Only run on a line with many brackets: a cheap count comes first."""
+    depth = 0
+    for bracket in _JSON_BRACKETS_RE.findall(_JSON_STRING_RE.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
 def decode_object(line: bytes) -> dict[str, Any]:
     """Decode one line into a JSON object, or raise ProtocolError(bad_request)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "the line is not valid UTF-8") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
@@ -663,18 +692,30 @@ def message_to_wire(message: Message) -> dict[str, Any]:
     }
 
 
+def user_to_wire(user: UserInfo) -> dict[str, Any]:
+    """A user's entry, the same object in `users` and in `joined` and `back`."""
+    return {"name": user.name, "ip": user.ip, "port": user.port, "via": user.via,
+            "status": user.status}
+
+
+def _with_user(obj: dict[str, Any], user: UserInfo | None) -> dict[str, Any]:
+    if user is not None:
+        obj["user"] = user_to_wire(user)
+    return obj
+
+
 def event_to_wire(event: Event) -> dict[str, Any]:
     match event:
         case Message():
             return message_to_wire(event)
-        case Joined(name=name):
-            return {"type": "joined", "name": name}
+        case Joined(name=name, user=user):
+            return _with_user({"type": "joined", "name": name}, user)
         case Left(name=name):
             return {"type": "left", "name": name}
         case Away(name=name):
             return {"type": "away", "name": name}
-        case Back(name=name):
-            return {"type": "back", "name": name}
+        case Back(name=name, user=user):
+            return _with_user({"type": "back", "name": name}, user)
         case Welcome(name=name, ip=ip, port=port, id=rid):
             obj: dict[str, Any] = {
                 "type": "welcome", "name": name, "ip": ip, "port": port,
@@ -684,11 +725,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
                 obj["truncated"] = True
             return _with_id(obj, rid)
         case Users(users=users, id=rid):
-            listed = [
-                {"name": u.name, "ip": u.ip, "port": u.port, "via": u.via, "status": u.status}
-                for u in users
-            ]
-            return _with_id({"type": "users", "users": listed}, rid)
+            return _with_id({"type": "users", "users": [user_to_wire(u) for u in users]}, rid)
         case Sent(to=to, ts=ts, id=rid, seq=seq):
             return _with_id({"type": "sent", "to": to, "ts": ts, "seq": seq}, rid)
         case HistoryPage(with_=with_, messages=messages, more=more, id=rid):
@@ -773,6 +810,17 @@ def _user_info(obj: Any) -> UserInfo:
     )
 
 
+def _optional_user(obj: dict[str, Any]) -> UserInfo | None:
+    """The "user" entry of a joined or back event; a core older than the entry sends none.
+    The entry must be about the event's own name."""
+    if obj.get("user") is None:
+        return None
+    user = _user_info(obj["user"])
+    if name_key(user.name) != name_key(_str_field(obj, "name", None)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, 'the "user" entry is about another name')
+    return user
+
+
 def _event_seq(obj: dict[str, Any]) -> int:
     return 0 if obj.get("seq") is None else _int_field(obj, "seq", None)
 
@@ -853,10 +901,10 @@ def _parse_bye(obj: dict[str, Any]) -> Bye:
 
 _EVENT_PARSERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
     "message": _parse_message,
-    "joined": lambda o: Joined(name=_str_field(o, "name", None)),
+    "joined": lambda o: Joined(name=_str_field(o, "name", None), user=_optional_user(o)),
     "left": lambda o: Left(name=_str_field(o, "name", None)),
     "away": lambda o: Away(name=_str_field(o, "name", None)),
-    "back": lambda o: Back(name=_str_field(o, "name", None)),
+    "back": lambda o: Back(name=_str_field(o, "name", None), user=_optional_user(o)),
     "welcome": _parse_welcome,
     "users": _parse_users,
     "sent": lambda o: Sent(to=_str_field(o, "to", None), ts=_number_field(o, "ts"),

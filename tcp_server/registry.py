@@ -7,15 +7,25 @@ tcp_server/store.py), which calls `publish` in seq order. A room spanning severa
 not change.
 
 Nothing here does I/O. A member's `deliver` must not block (it queues into the member's
-outbox), and it is always called outside the room's lock, so a slow or dead peer can never
-stall the room.
+outbox) nor call back into the room, and it is always called outside the room's lock, so a
+slow or dead peer can never stall the room.
+
+Presence is announced in combined batches. Each change (joined, back, away, left) is stamped
+under the lock, in order, and queued; then one thread at a time delivers everything queued,
+each online member getting in one delivery the announcements stamped after it came online.
+A lone change is delivered at once, by the thread that made it; under a burst (10,000 clients
+resuming after a restart, a crowd joining) a member gets one delivery, and its connection one
+send, per batch instead of one per event: the fan-out of N arrivals to N members stays
+quadratic in bytes but not in deliveries. A change's caller returns only once its batch was
+delivered, so nobody sees a newcomer's message before its `joined`.
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -38,25 +48,43 @@ class Encoder(Protocol):
 
 
 class Envelope:
-    """One event on its way to one or many members, encoded once per codec class.
+    """Events on their way to one or many members, encoded once per codec class.
 
-    `seq` is the message's seq (0 for other events): a connection skips a message it has
-    already been sent by a resume's replay.
+    Usually one event; a batch of presence announcements is one envelope too (`batch`), so
+    that it is queued and sent at once. `seq` is the message's seq (0 for anything but one
+    message): a connection skips a message it has already been sent by a resume's replay.
     """
 
-    __slots__ = ("_encoded", "event", "seq")
+    __slots__ = ("_encoded", "_parts", "events", "seq")
 
     def __init__(self, event: Event) -> None:
-        self.event = event
+        self.events: tuple[Event, ...] = (event,)
         self.seq = event.seq if isinstance(event, Message) else 0
         self._encoded: dict[type, bytes] = {}
+        self._parts: Sequence[Envelope] = ()
+
+    @classmethod
+    def batch(cls, parts: Sequence[Envelope]) -> Envelope:
+        """Several envelopes without a seq as one, in order; each part keeps its encodings."""
+        if len(parts) == 1:
+            return parts[0]
+        combined = cls.__new__(cls)
+        combined.events = tuple(event for part in parts for event in part.events)
+        combined.seq = 0
+        combined._encoded = {}
+        combined._parts = parts
+        return combined
 
     def encoded(self, codec: Encoder) -> bytes:
         # Encoding depends only on the codec's class, never on per-connection state.
         kind = type(codec)
         data = self._encoded.get(kind)
         if data is None:
-            data = self._encoded[kind] = codec.encode(self.event)
+            if self._parts:
+                data = b"".join([part.encoded(codec) for part in self._parts])
+            else:
+                data = codec.encode(self.events[0])
+            self._encoded[kind] = data
         return data
 
 
@@ -114,7 +142,8 @@ class Room(Protocol):
 
     def resume(self, member: Member) -> Member | None:
         """Give an existing session its new connection; returns the member of the connection
-        that held it until now, if any (to be closed). Others see back if it was away.
+        that held it until now, if any (to be closed). Others see back with the new entry
+        (whether it was away or held by another connection: its address changed).
         Raises NotHeldError when the room no longer holds the session."""
 
     def away(self, member: Member) -> Member | None:
@@ -162,6 +191,16 @@ class LocalRoom:
         self._online: dict[SessionId, Member] = {}
         self._per_address: Counter[str] = Counter()  # sessions by info.ip, for the limit
         self._quiet = False
+        # Presence announcements (see the module docstring), also guarded by _lock: the last
+        # stamp given, the stamp at which each online member came online, and what is stamped
+        # but not delivered yet, in stamp order.
+        self._stamp = 0
+        self._online_since: dict[SessionId, int] = {}
+        self._pending: list[tuple[int, Envelope]] = []
+        # Held by the one thread delivering a batch; _announced (guarded by it) is the last
+        # stamp delivered.
+        self._announcing = threading.Lock()
+        self._announced = 0
 
     def join(self, member: Member, max_per_address: int = 0) -> None:
         key = name_key(member.info.name)
@@ -170,11 +209,11 @@ class LocalRoom:
                 raise NameTakenError(member.info.name)
             if max_per_address and self._per_address[member.info.ip] >= max_per_address:
                 raise AddressFullError(member.info.ip)
-            others = self._audience(member.session)
             self._members[key] = member
             self._online[member.session] = member
             self._per_address[member.info.ip] += 1
-        _fan_out(others, Envelope(Joined(member.info.name)))
+            stamp = self._stamp_change(Joined(member.info.name, member.info), online=member.session)
+        self._announce(stamp)
 
     def resume(self, member: Member) -> Member | None:
         key = name_key(member.info.name)
@@ -187,8 +226,9 @@ class LocalRoom:
             self._online[member.session] = member
             self._count_out(holder.info.ip)
             self._per_address[member.info.ip] += 1
-            others = [] if previous is not None else self._audience(member.session)
-        _fan_out(others, Envelope(Back(member.info.name)))
+            # Also when another connection held it: the entry's address has changed.
+            stamp = self._stamp_change(Back(member.info.name, member.info), online=member.session)
+        self._announce(stamp)
         return previous
 
     def away(self, member: Member) -> Member | None:
@@ -199,8 +239,8 @@ class LocalRoom:
                 return None
             del self._online[member.session]
             self._members[key] = gone
-            others = self._audience(member.session)
-        _fan_out(others, Envelope(Away(member.info.name)))
+            stamp = self._stamp_change(Away(member.info.name), offline=member.session)
+        self._announce(stamp)
         return gone
 
     def leave(self, member: Member) -> bool:
@@ -215,8 +255,8 @@ class LocalRoom:
             del self._members[key]
             self._online.pop(member.session, None)
             self._count_out(holder.info.ip)
-            others = self._audience(member.session)
-        _fan_out(others, Envelope(Left(member.info.name)))
+            stamp = self._stamp_change(Left(member.info.name), offline=member.session)
+        self._announce(stamp)
         return True
 
     def expire(self, away: Member) -> bool:
@@ -226,8 +266,8 @@ class LocalRoom:
                 return False
             del self._members[key]
             self._count_out(away.info.ip)
-            others = self._audience(away.session)
-        _fan_out(others, Envelope(Left(away.info.name)))
+            stamp = self._stamp_change(Left(away.info.name))
+        self._announce(stamp)
         return True
 
     def restore(self, away: Member) -> None:
@@ -293,13 +333,56 @@ class LocalRoom:
         if self._per_address[ip] <= 0:
             del self._per_address[ip]
 
-    def _audience(self, session: SessionId) -> list[Member]:
-        """Everyone online but `session`, to be told of its arrival or departure (under _lock)."""
+    def _stamp_change(
+        self, event: Event, online: SessionId | None = None, offline: SessionId | None = None
+    ) -> int:
+        """Queue a presence announcement (under _lock); its stamp, 0 if nobody is told.
+
+        `online`: the member that came online with it (it is told of what follows, not of
+        this); `offline`: the member that went (it is told nothing more).
+        """
+        self._stamp += 1
+        if online is not None:
+            self._online_since[online] = self._stamp
+        if offline is not None:
+            self._online_since.pop(offline, None)
         if self._quiet:
-            return []
-        return [m for s, m in self._online.items() if s != session]
+            return 0
+        self._pending.append((self._stamp, Envelope(event)))
+        return self._stamp
 
+    def _announce(self, stamp: int) -> None:
+        """Return once the announcement `stamp` is delivered: by this thread, with everything
+        else queued, or by the thread that was delivering and took it along."""
+        if not stamp:
+            return
+        with self._announcing:
+            if self._announced >= stamp:
+                return
+            with self._lock:
+                batch, self._pending = self._pending, []
+                audience = [(m, self._online_since[s]) for s, m in self._online.items()]
+            self._deliver_batch(batch, audience)
+            self._announced = batch[-1][0]
 
-def _fan_out(members: list[Member], envelope: Envelope) -> None:
-    for member in members:
-        member.deliver(envelope)
+    @staticmethod
+    def _deliver_batch(
+        batch: list[tuple[int, Envelope]], audience: list[tuple[Member, int]]
+    ) -> None:
+        """Each member gets, in one delivery, the announcements stamped after it came online."""
+        stamps = [stamp for stamp, _ in batch]
+        envelopes = [envelope for _, envelope in batch]
+        whole = Envelope.batch(envelopes)
+        first = stamps[0]
+        tails: dict[int, Envelope] = {}  # for members that came online within the batch
+        for member, since in audience:
+            if since < first:
+                member.deliver(whole)
+                continue
+            start = bisect_right(stamps, since)
+            if start == len(stamps):
+                continue
+            tail = tails.get(start)
+            if tail is None:
+                tail = tails[start] = Envelope.batch(envelopes[start:])
+            member.deliver(tail)

@@ -1,4 +1,5 @@
-"""The accept loop: one thread per client connection, a clean and bounded shutdown."""
+"""The accept loop: one thread per client connection (its reader; the shared flusher writes
+every socket), and a clean shutdown bounded by one deadline for all connections."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
-from tcp_server.connection import Connection, run_connection
+from tcp_server.connection import Connection, ShutdownGate, run_connection
 from tcp_server.flusher import Flusher
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.memory_store import MemoryStore
@@ -23,9 +27,22 @@ from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
 from tcp_server.registry import LocalRoom, Room
 from tcp_server.store import DB_FILE, MessageStore, Retention, SqliteStore
 
+if TYPE_CHECKING:  # imported when used: a core without --redis never loads redis-py
+    from tcp_server.redis_room import RedisRoom
+
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1_024
+# A reader thread's stack: it runs the codec, the commands and SQLite reads, never deep
+# recursion (JSON nesting is bounded in protocol.py). Only touched pages count in RSS, but a
+# smaller reservation keeps 10,000 threads' address space and page tables small. Measured:
+# json's C decoder on 3.13 needs about 100 bytes of stack per nesting level.
+READER_STACK_BYTES = 512 * 1024
+# At a shutdown, readers are woken this many at a time (see ShutdownGate), each batch once
+# the one before has arrived or after WAKE_BATCH_WAIT_S (a reader busy with a request).
+WAKE_BATCH = 64
+WAKE_BATCH_WAIT_S = 0.02
+END_SESSION_THREADS = 32  # at a shutdown: sessions ended at once (the store batches them)
 ACCEPTS_PER_WAKEUP = 64
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
@@ -42,11 +59,19 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig, room: Room | None = None) -> None:
         self._config = config
-        self.room: Room = room if room is not None else LocalRoom()
         self._listener = _listen(config.host, config.port)
+        self._redis_room: RedisRoom | None = None
+        if config.redis is not None and room is None:  # several nodes: docs/operations.md
+            from tcp_server.redis_room import RedisRoom
+
+            room = self._redis_room = RedisRoom(
+                config.redis, self.node_id, config.node_timeout, config.resume_grace)
+        self.room: Room = room if room is not None else LocalRoom()
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         try:
             self.store = self._open_store(config)
+            if self._redis_room is not None:
+                self._redis_room.start(self.store.end_session)
         except BaseException:
             self._listener.close()
             raise
@@ -60,20 +85,37 @@ class ChatServer:
         except BaseException:
             self._commands.stop()
             self.store.close()
+            if self._redis_room is not None:
+                self._redis_room.close()
             self._listener.close()
             raise
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._stop_reason = "server shutting down"
+        # _lock guards _threads; _all_gone (its condition) is notified when it becomes empty.
         self._lock = threading.Lock()
-        self._threads: dict[Connection, threading.Thread] = {}  # guarded by _lock
+        self._all_gone = threading.Condition(self._lock)
+        self._threads: dict[Connection, threading.Thread] = {}
         self._flusher = Flusher()
+        self._gate = ShutdownGate()
         # 30 connections from one address logged at once, then one a second: see lograte.py
         self._connection_lines = LogRate(every=1.0, burst=30)
         # Held in reserve for accepting (and refusing) a client when descriptors run out.
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
+    @property
+    def node_id(self) -> str:
+        """This node's name in Redis: --node-id, else the hostname and the port."""
+        return self._config.node_id or f"{socket.gethostname()}:{self.address[1]}"
+
     def _open_store(self, config: ServerConfig) -> MessageStore:
         retention = Retention(config.history_max_messages, config.history_max_days)
+        if config.redis is not None:
+            from tcp_server.redis_store import RedisStore
+
+            # Never the URL itself: it may hold a password.
+            log.info("node %s: room in redis at %s", self.node_id,
+                     urllib.parse.urlsplit(config.redis).hostname or config.redis[:8])
+            return RedisStore(config.redis, self.node_id, retention=retention)
         if config.store == "memory":
             return MemoryStore(on_commit=self.room.publish, retention=retention)
         if not config.data_dir:  # tests, embedding: a private store that goes with the server
@@ -114,9 +156,10 @@ class ChatServer:
                 self._close_all(self._stop_reason)
                 self._commands.stop()
                 self.store.close()
+                if self._redis_room is not None:
+                    self._redis_room.close()
                 if self._scratch is not None:
                     self._scratch.cleanup()
-                self._flusher.stop(self._config.close_timeout)
                 self._wake_reader.close()
                 self._wake_writer.close()
                 os.close(self._spare_fd)
@@ -158,7 +201,7 @@ class ChatServer:
             full = len(self._threads) >= self._config.max_clients
             if not full:
                 connection = Connection(
-                    sock, address, self._config, self._commands, self._flusher,
+                    sock, address, self._config, self._commands, self._flusher, self._gate,
                     logged=self._connection_lines.allow(address[0]),
                 )
                 thread = threading.Thread(
@@ -171,7 +214,7 @@ class ChatServer:
             self._refuse(sock, address)
             return
         try:
-            thread.start()
+            _start_with_stack(thread, READER_STACK_BYTES)
         except RuntimeError as error:  # "can't start new thread": the system's limit
             log.error("%s refused: %s", connection.peer, error)
             self._forget(connection)
@@ -201,29 +244,82 @@ class ChatServer:
     def _forget(self, connection: Connection) -> None:
         with self._lock:
             self._threads.pop(connection, None)
+            if not self._threads:
+                self._all_gone.notify_all()
+
+    def _wait_all_gone(self, deadline: float) -> bool:
+        """Until every reader thread has ended, or the deadline; True if they all have."""
+        with self._all_gone:
+            return self._all_gone.wait_for(
+                lambda: not self._threads, max(0.0, deadline - time.monotonic())
+            )
 
     def _close_all(self, reason: str) -> None:
+        """Stop every connection with a bye, within shutdown_timeout for all of them.
+
+        First every reader finishes the request in hand, arrives at the gate and ends (see
+        ShutdownGate), so that each message already acknowledged with "sent" is in its
+        recipients' outboxes; then a few threads end their sessions (away, resumable,
+        unannounced: the room is quiet; the store commits them in batches); then the byes are
+        queued, and the flusher writes them all with one deadline. No thread is joined one by
+        one, and no lock or condition is waited on by every reader at once.
+        """
         with self._lock:
-            threads = dict(self._threads)
-        log.info("closing %d connections: %s", len(threads), reason)
-        # First let every reader finish the request in hand, so that each message already
-        # acknowledged with "sent" is in its recipients' outboxes; only then queue the byes.
-        # One deadline for all: the queues flush in parallel, and the process ends in time.
+            connections = list(self._threads)
+        log.info("closing %d connections: %s", len(connections), reason)
         started = time.monotonic()
         deadline = started + self._config.shutdown_timeout
-        for connection in threads:
-            connection.stop_reading()
-        quiet_by = started + self._config.shutdown_timeout / 3
-        for connection in threads:
-            connection.wait_quiet(max(0.0, quiet_by - time.monotonic()))
         self.room.shutdown()
-        for connection in threads:
+        quiet_by = started + self._config.shutdown_timeout / 2
+        woken = 0
+        for first in range(0, len(connections), WAKE_BATCH):
+            batch = connections[first : first + WAKE_BATCH]
+            for connection in batch:
+                connection.stop_reading()
+            woken += len(batch)
+            # Until the batch before this one has arrived: a few readers run at a time.
+            self._gate.wait_for(woken - WAKE_BATCH,
+                                min(WAKE_BATCH_WAIT_S, max(0.0, quiet_by - time.monotonic())))
+        if not self._gate.wait_for(len(connections), max(0.0, quiet_by - time.monotonic())):
+            log.warning("readers still busy after %.2f s; closing them",
+                        time.monotonic() - started)
+        _end_sessions(self._gate.open(), started + self._config.shutdown_timeout * 3 / 4)
+        for connection in connections:
             connection.close(reason, flush_deadline=deadline)
-        for thread in threads.values():
-            # Past the deadline a connection cuts its writer off (close_timeout at the most).
-            thread.join(max(0.0, deadline - time.monotonic()) + self._config.close_timeout)
-            if thread.is_alive():
-                log.error("%s did not stop", thread.name)
+        # Readers still busy (a replay, a store that is slow) see the close and end.
+        if not self._wait_all_gone(deadline + self._config.close_timeout):
+            with self._lock:
+                names = [thread.name for thread in self._threads.values()]
+            log.error("%d readers did not stop: %s", len(names), ", ".join(names[:10]))
+        self._flusher.stop(deadline, self._config.close_timeout)
+        log.info("closed %d connections in %.2f s", len(connections),
+                 time.monotonic() - started)
+
+
+def _end_sessions(connections: list[Connection], deadline: float) -> None:
+    """End the sessions of stopped connections (away, resumable) with END_SESSION_THREADS
+    threads, so that the store commits them in batches; what is not done by the deadline is
+    left to the next start (which restores every session still open as away)."""
+    if not connections:
+        return
+    with ThreadPoolExecutor(END_SESSION_THREADS, thread_name_prefix="end-session") as pool:
+        futures = [pool.submit(connection.end_session) for connection in connections]
+        _, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for future in late:
+            future.cancel()
+    if late:
+        log.warning("%d sessions not recorded as away in time (restored at the next start)",
+                    len(late))
+
+
+def _start_with_stack(thread: threading.Thread, stack_bytes: int) -> None:
+    """Start `thread` with a stack of `stack_bytes` (threading.stack_size is process-wide:
+    only the accept loop starts threads while the server runs, and it restores the size)."""
+    previous = threading.stack_size(stack_bytes)
+    try:
+        thread.start()
+    finally:
+        threading.stack_size(previous)
 
 
 def set_keepalive(sock: socket.socket) -> None:

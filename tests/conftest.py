@@ -8,6 +8,7 @@ import pytest
 
 from tcp_server.server import ChatServer
 from tests.support.core import running_server
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,3 +36,21 @@ def server() -> Iterator[ChatServer]:
 @pytest.fixture
 def address(server: ChatServer) -> tuple[str, int]:
     return server.address
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    """One redis-server for the test session (`redis-server --save '' --appendonly no` on a
+    free port, stopped by pid at the end)."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url

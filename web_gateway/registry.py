@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask
 
@@ -187,18 +187,18 @@ class RelayRegistry:
 
 
 EXTENSION = "chat_gateway"
-# Refusals per browser address: at most one line a minute, with the count held back.
-REFUSAL_LOG_RATE = LogRate(every=60.0)
 
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """What one app instance of the gateway holds: its settings, its open websockets and the
-    core nodes it relays to."""
+    """What one app instance of the gateway holds: its settings, its open websockets, the
+    core nodes it relays to, and how often it logs refusals."""
 
     config: GatewayConfig
     relays: RelayRegistry
     cores: CorePool
+    # Refusals per browser address: at most one line a minute, with the count held back.
+    refusal_log: LogRate = field(default_factory=lambda: LogRate(every=60.0))
 
 
 def gateway_of(app: Flask) -> Gateway:

@@ -11,9 +11,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
 from flask_sock import Sock
 
+from tcp_server.display import for_log
 from tcp_server.lograte import held_back
 from web_gateway.config import normalize_origin
-from web_gateway.registry import REFUSAL_LOG_RATE, Gateway, Refused, gateway_of
+from web_gateway.registry import Gateway, Refused, gateway_of
 from web_gateway.relay import (
     CLOSE_TRY_LATER,
     CORE_UNREACHABLE,
@@ -80,7 +81,7 @@ def _security_headers(response: Response) -> Response:
 
 def _log_refusal(ip: str, what: str, *args: object) -> None:
     """A refused handshake or websocket, at most once a minute per address (with a count)."""
-    if (held := REFUSAL_LOG_RATE.allow(ip)) is not None:
+    if (held := _gateway().refusal_log.allow(ip)) is not None:
         log.warning("websocket from %s refused: " + what + "%s", ip, *args,
                     held_back(held, "refusals from this address"))
 
@@ -94,7 +95,7 @@ def _check_websocket_handshake() -> Response | None:
     origin = request.headers.get("Origin")
     local = local_address(request.environ)
     if not origin_allowed(origin, own_origins(config.host, local) | set(config.allow_origins)):
-        _log_refusal(str(request.remote_addr), "origin %r is not allowed", origin)
+        _log_refusal(str(request.remote_addr), "origin %s is not allowed", for_log(origin))
         return Response(
             "websocket refused: this page's origin may not use this chat gateway\n",
             status=403,
@@ -177,7 +178,7 @@ def browser_address(environ: Mapping[str, Any], *, trust_forwarded: bool) -> tup
     try:
         ip = str(ipaddress.ip_address(ip))
     except ValueError:
-        raise ValueError(f"the browser's address {ip[:60]!r} is not an IP address") from None
+        raise ValueError(f"the browser's address {for_log(ip, 60)} is not an IP address") from None
     if not 0 <= port <= 65_535:
         port = 0
     return ip, port

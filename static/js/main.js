@@ -34,8 +34,10 @@ function gatewayUrl() {
 const connection = new ChatConnection(gatewayUrl());
 let state = initialState();
 
-// One list request at a time: joins that arrive meanwhile ask for one more afterwards, so a burst
-// of joins costs two requests, not one each (the core rate-limits every connection).
+// The users list is asked for once per connection (after each welcome) and then kept from
+// joined/left/away/back, which carry what it needs (docs/protocol.md): a room of N users
+// arriving costs each page no request at all. One list request at a time; an event without the
+// user's entry (an older core) asks for one more afterwards.
 let listId = null;
 let listAgain = false;
 // Requests whose replies main.js itself follows up on: id -> conversation key for history.
@@ -211,9 +213,8 @@ connection.addEventListener("event", (event) => {
   const obj = event.detail;
   dispatch(obj);
   if (obj.id !== undefined) onReply(obj);
-  // A join event carries only the name, and a user back from away has a new address: ask for
-  // the address and the kind of client.
-  if (obj.type === "joined" || obj.type === "back") requestList();
+  // Only a core older than the entry in joined and back leaves the list to be asked for.
+  if ((obj.type === "joined" || obj.type === "back") && !obj.user) requestList();
 });
 
 // The browser knows when the network goes and comes back: give the socket up at once, and do

@@ -130,6 +130,16 @@ function checkConversation(conversation) {
   return conversation;
 }
 
+// joined and back carry the user's entry, as users lists it (none from an older core).
+function checkPresence(o) {
+  requireField(o, "name", isString);
+  if (o.user === undefined || o.user === null) return;
+  o.user = checkUser(o.user);
+  if (nameKey(o.user.name) !== nameKey(o.name)) {
+    throw new ProtocolViolation(`${o.type} with the entry of another user`);
+  }
+}
+
 // What each known type must carry; unknown fields are ignored (later versions may add some).
 const CHECKS = {
   welcome: (o) => {
@@ -149,10 +159,10 @@ const CHECKS = {
     requireField(o, "seq", isOptional(isSeq));
   },
   message: checkMessage,
-  joined: (o) => requireField(o, "name", isString),
+  joined: checkPresence,
   left: (o) => requireField(o, "name", isString),
   away: (o) => requireField(o, "name", isString),
-  back: (o) => requireField(o, "name", isString),
+  back: checkPresence,
   history: (o) => {
     requireField(o, "with", isString);
     checkMessages(o);

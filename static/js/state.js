@@ -193,6 +193,23 @@ function setUserStatus(state, name, status) {
   return { ...state, users };
 }
 
+/** The entry an event carries, online; without one (an older core), what is known of it. */
+function entryOf(name, user, known = null) {
+  const base = known || { name, ip: null, port: null, via: null };
+  const entry = user && typeof user === "object" && nameKey(user.name) === nameKey(name)
+    ? { name: user.name, ip: user.ip, port: user.port, via: user.via }
+    : base;
+  return { ...entry, status: "online" };
+}
+
+/** The list with `entry` added, or replacing the user of that name; sorted by name. */
+function withUser(state, entry) {
+  const key = nameKey(entry.name);
+  const users = [...state.users.filter((user) => nameKey(user.name) !== key), entry];
+  users.sort((a, b) => compareNames(a.name, b.name));
+  return { ...state, users };
+}
+
 function titleOf(withName) {
   return withName === EVERYONE ? "Everyone" : withName;
 }
@@ -315,13 +332,10 @@ const HANDLERS = {
     return next;
   },
 
-  joined: (state, { name }) => {
-    let next = state;
-    if (!findUser(state, name)) {
-      const users = [...state.users, { name, ip: null, port: null, via: null, status: "online" }];
-      users.sort((a, b) => compareNames(a.name, b.name));
-      next = { ...state, users };
-    }
+  // The list is kept from events: joined and back carry the user's entry, as list gives it
+  // (docs/protocol.md, "Keeping a list of users from events").
+  joined: (state, { name, user }) => {
+    let next = withUser(state, entryOf(name, user));
     const notice = { kind: "notice", text: `${name} joined`, ts: null };
     next = append(next, EVERYONE_KEY, "Everyone", notice)[0];
     // As with "left": the conversation with them says they are back (and can be written to).
@@ -343,7 +357,8 @@ const HANDLERS = {
   // the user are kept for it). Back: the session was taken back.
   away: (state, { name }) => setUserStatus(state, name, "away"),
 
-  back: (state, { name }) => setUserStatus(state, name, "online"),
+  back: (state, { name, user }) =>
+    findUser(state, name) ? withUser(state, entryOf(name, user, findUser(state, name))) : state,
 
   message: (state, message) => {
     const { key, title } = conversationOf(state, message);

@@ -4,6 +4,7 @@
 
 import { EVERYONE_KEY, conversationKey, peerStatus, recipients } from "./state.js";
 import { codePointLength, MAX_QUERY_CHARS, MAX_TEXT_CHARS } from "./protocol.js";
+import { AWAY_MARK, YOU_MARK, viaLabel } from "./labels.js";
 
 // Within this many pixels of the top of the log, earlier history loads.
 const LOAD_OLDER_PX = 40;
@@ -16,7 +17,6 @@ const STATUS_TEXT = {
   offline: "Not connected",
 };
 
-const VIA_TEXT = { web: "browser", tcp: "terminal" };
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -282,7 +282,7 @@ export function createView(doc, handlers) {
     const items = state.users.map((user) => {
       const isMe = conversationKey(user.name) === mine;
       const name = isMe
-        ? el("span", { className: "user-name", text: `${user.name} (you)` })
+        ? el("span", { className: "user-name", text: `${user.name} ${YOU_MARK}` })
         : el("button", {
             type: "button",
             className: "user-name",
@@ -290,7 +290,7 @@ export function createView(doc, handlers) {
             title: `Write to ${user.name}`,
             text: user.name,
           });
-      const via = user.via === null ? "" : (VIA_TEXT[user.via] ?? user.via);
+      const via = viaLabel(user.via);
       const away = user.status === "away";
       return el(
         "li",
@@ -315,7 +315,7 @@ export function createView(doc, handlers) {
   function renderTo(state) {
     const options = [el("option", { value: "*", text: "Everyone", dataset: { title: "Everyone" } })];
     for (const user of recipients(state)) {
-      const text = user.status === "away" ? `${user.name} (away)` : user.name;
+      const text = user.status === "away" ? `${user.name} ${AWAY_MARK}` : user.name;
       options.push(el("option", { value: user.name, text, dataset: { title: user.name } }));
     }
     const active = state.conversations[state.active];

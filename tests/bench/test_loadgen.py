@@ -25,7 +25,7 @@ def core() -> Iterator[CoreProcess]:
 
 def _clients(server: CoreProcess, count: int, fanout: bool = False) -> list[loadgen.Client]:
     setup = loadgen.connect_all(
-        loadgen.JsonLines(), server.address, count, "t", fanout,
+        loadgen.JsonLines(), [server.address], count, "t", fanout,
         parallel=4, timeout_s=10.0, stop_on_failures=1,
     )
     assert setup.registered == count, setup.failures
@@ -124,3 +124,30 @@ def test_irc_dialect_finds_privmsg_texts_and_answers_ping() -> None:
 def test_v1_message_template_is_the_codecs_send_request() -> None:
     line = loadgen.JsonLines().message("bob", b"7 99")
     assert line == b'{"type":"send","to":"bob","text":"7 99"}\n'
+
+
+def test_with_two_nodes_every_direct_message_crosses_nodes() -> None:
+    plan = loadgen.plan_messages(10, 200, fanout=False, nodes=2)
+    assert all(sender % 2 != recipient % 2 for sender, recipient in plan)
+    received = [recipient for _, recipient in plan]
+    assert {received.count(c) for c in range(10)} == {20}  # every client receives as much
+
+
+def test_clients_split_over_two_redis_nodes_deliver_every_message(redis_url: str) -> None:
+    with (
+        core_process("--rate-limit", "0", "--redis", redis_url, "--node-id", "a") as a,
+        core_process("--rate-limit", "0", "--redis", redis_url, "--node-id", "b") as b,
+    ):
+        setup = loadgen.connect_all(
+            loadgen.JsonLines(), [a.address, b.address], 6, "t", False,
+            parallel=4, timeout_s=10.0, stop_on_failures=1,
+        )
+        assert setup.registered == 6, setup.failures
+        try:
+            result = loadgen.run_messages(
+                loadgen.JsonLines(), setup.clients, 60, 0.0, False, 1.0, TIMEOUT_S, nodes=2
+            )
+        finally:
+            for client in setup.clients:
+                client.sock.close()
+        assert (result["delivered"], result["lost"]) == (60, 0)

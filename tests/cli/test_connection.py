@@ -71,7 +71,10 @@ def test_reply_is_matched_while_events_keep_arriving(
         assert isinstance(reply, Users)
         assert [u.name for u in reply.users] == ["alice", "bob"]
         # Every event reached the queue in order, none was taken for the reply.
-        assert next_event(connection) == Joined(name="bob")
+        joined = next_event(connection)
+        assert isinstance(joined, Joined)
+        assert joined.name == "bob"
+        assert joined.user == reply.users[1]
         texts = []
         for _ in range(20):
             event = next_event(connection)

@@ -175,7 +175,8 @@ def test_end_of_input_while_reconnecting_still_says_goodbye_on_the_server(
         alice.wait_for("Goodbye!")
         assert alice.wait_exit() == 0
         event = carol.recv()
-        if event == {"type": "back", "name": "alice"}:
+        if event["type"] == "back":
+            assert (event["name"], event["user"]["name"]) == ("alice", "alice")
             event = carol.recv()
         assert event == {"type": "left", "name": "alice"}
 

@@ -3,7 +3,9 @@ real core and the real web gateway, in headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -217,6 +219,47 @@ def test_users_list_updates_live_when_someone_joins(users: BrowserUsers, core: R
         erin_item = users_list(alice).get_by_role("listitem").filter(has_text="erin")
         expect(erin_item).to_contain_text(f"{welcome['ip']}:{welcome['port']}")
         expect(erin_item).to_contain_text("terminal")
+
+
+def test_the_page_asks_for_the_users_once_and_keeps_the_list_from_events(
+    users: BrowserUsers, core: RestartableCore
+) -> None:
+    """Joins, a leave, away and back from a new address reach the list without a request."""
+    page = users.open()
+    sent_types: list[str] = []
+    page.on("websocket", lambda ws: ws.on(
+        "framesent", lambda payload: sent_types.append(json.loads(payload)["type"])))
+    page.get_by_label("Username").fill("alice")
+    page.get_by_role("button", name="Join").click()
+    expect(page.get_by_role("status")).to_have_text("Online as alice")
+    items = users_list(page).get_by_role("listitem")
+
+    def item(name: str) -> Locator:
+        return items.filter(has_text=re.compile(rf"^{name}\b"))
+
+    def address(client: RawClient) -> str:
+        ip, port = client.sock.getsockname()[:2]
+        return f"{ip}:{port}"
+
+    with contextlib.ExitStack() as stack:
+        clients, welcomes = [], []
+        for number in range(6):
+            client = stack.enter_context(RawClient(core.address, source=f"127.0.0.{2 + number}"))
+            welcomes.append(client.hello(f"peer{number}"))
+            clients.append(client)
+        expect(items).to_have_count(7)
+        for client in clients:
+            expect(item(str(client.name))).to_contain_text(address(client))
+        assert clients[2].request("exit")["type"] == "bye"
+        expect(items).to_have_count(6)
+        clients[3].close()  # no exit: away
+        expect(item("peer3")).to_contain_text("away")
+        again = stack.enter_context(RawClient(core.address, source="127.0.0.20"))
+        again.send(type="hello", name="peer3", resume=welcomes[3]["session"], after=0)
+        again.expect("welcome", resumed=True)
+        expect(item("peer3")).to_contain_text(address(again))
+        expect(item("peer3")).not_to_contain_text("away")
+    assert sent_types.count("list") == 1, sent_types
 
 
 # --- chatting in every direction ---------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route
 
+from tcp_server.display import AWAY_MARK, VIA_LABELS, YOU_MARK
+
 pytestmark = pytest.mark.e2e
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -155,6 +157,65 @@ def test_joined_lists_the_user_until_the_users_reply_fills_in_the_address(
     state = run_state(module_page, [WELCOME, {"type": "joined", "name": "bob"},
                                     {"type": "users", "users": users}])
     assert state["users"] == users
+
+
+def entry(name: str, port: int, ip: str = "10.0.0.2", via: str = "tcp",
+          status: str = "online") -> dict[str, Any]:
+    return {"name": name, "ip": ip, "port": port, "via": via, "status": status}
+
+
+def test_joined_with_the_users_entry_lists_them_with_their_address_at_once(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000)]},
+        {"type": "joined", "name": "carol", "user": entry("carol", 7000, via="web")},
+        {"type": "joined", "name": "Bob", "user": entry("Bob", 6000)},
+    ])
+    assert state["users"] == [entry("alice", 5000), entry("Bob", 6000),
+                              entry("carol", 7000, via="web")]
+
+
+def test_back_replaces_the_users_address_and_status_with_its_entry(module_page: Page) -> None:
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000), entry("bob", 6000)]},
+        {"type": "away", "name": "BOB"},
+        {"type": "back", "name": "bob", "user": entry("bob", 6001, ip="10.0.0.9", via="web")},
+    ])
+    assert state["users"] == [entry("alice", 5000), entry("bob", 6001, ip="10.0.0.9", via="web")]
+
+
+def test_a_list_kept_from_events_matches_the_servers_after_joins_away_back_and_leaves(
+    module_page: Page,
+) -> None:
+    """What the core would answer to list after the same events (docs/protocol.md)."""
+    joins = [{"type": "joined", "name": f"u{n:02}", "user": entry(f"u{n:02}", 7000 + n)}
+             for n in range(30)]
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000)]}, *joins,
+        {"type": "away", "name": "u03"}, {"type": "left", "name": "U04"},
+        {"type": "away", "name": "u05"},
+        {"type": "back", "name": "u05", "user": entry("u05", 9005)},
+        {"type": "joined", "name": "u04", "user": entry("u04", 9004, via="web")},
+    ])
+    expected = [entry("alice", 5000)] + [entry(f"u{n:02}", 7000 + n) for n in range(30)]
+    expected[4] = entry("u03", 7003, status="away")
+    expected[5] = entry("u04", 9004, via="web")
+    expected[6] = entry("u05", 9005)
+    assert state["users"] == expected
+
+
+def test_back_of_someone_not_listed_and_an_entry_about_another_name_change_nothing_wrong(
+    module_page: Page,
+) -> None:
+    state = run_state(module_page, [
+        WELCOME, {"type": "users", "users": [entry("alice", 5000)]},
+        {"type": "back", "name": "ghost", "user": entry("ghost", 1)},
+        {"type": "joined", "name": "bob", "user": entry("mallory", 6666)},
+    ])
+    assert state["users"] == [entry("alice", 5000),
+                              {"name": "bob", "ip": None, "port": None, "via": None,
+                               "status": "online"}]
 
 
 def test_left_removes_the_user_and_says_so(module_page: Page) -> None:
@@ -792,3 +853,39 @@ def test_leave_while_disconnected_ends_the_session_on_a_socket_of_its_own(
     module_page.clock.run_for(60_000)
     assert js(module_page, "() => sockets.length") == 2  # and nothing more
     assert js(module_page, "() => conn.status") == "offline"
+
+
+# --- labels and the protocol's presence events ---------------------------------------------------
+
+
+def test_the_browsers_labels_are_the_ones_of_the_terminal_and_plain_text_clients(
+    module_page: Page,
+) -> None:
+    labels = module_page.evaluate("""async () => {
+        const m = await import('/js/labels.js');
+        return { via: { ...m.VIA_LABELS }, away: m.AWAY_MARK, you: m.YOU_MARK,
+                 shown: ["tcp", "web", "carrier-pigeon", "constructor", "__proto__", null]
+                   .map(m.viaLabel) };
+    }""")
+    assert labels["via"] == VIA_LABELS
+    assert (labels["away"], labels["you"]) == (AWAY_MARK, YOU_MARK)
+    assert labels["shown"] == ["terminal", "browser", "carrier-pigeon", "constructor",
+                               "__proto__", ""]
+
+
+def parsed(page: Page, obj: dict[str, Any]) -> Any:
+    return page.evaluate("""async (frame) => {
+        const { parseEvent } = await import('/js/protocol.js');
+        try { return parseEvent(frame); } catch (error) { return `refused: ${error.message}`; }
+    }""", json.dumps(obj))
+
+
+def test_joined_and_back_entries_are_checked_like_users_entries(module_page: Page) -> None:
+    good = {"name": "Bob", "ip": "::1", "port": 1, "via": "web", "status": "away"}
+    assert parsed(module_page, {"type": "joined", "name": "bob", "user": good})["user"] == {
+        **good, "status": "away"}
+    assert parsed(module_page, {"type": "back", "name": "bob"}) == {"type": "back", "name": "bob"}
+    for bad in ({**good, "port": "1"}, {**good, "name": "mallory"}, "bob", [good]):
+        for kind in ("joined", "back"):
+            assert str(parsed(module_page, {"type": kind, "name": "bob", "user": bad})
+                       ).startswith("refused: ")

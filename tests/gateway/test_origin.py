@@ -3,6 +3,7 @@ open a websocket; every other handshake is refused before it reaches the core.""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -51,3 +52,13 @@ def test_handshake_from_an_allow_listed_origin_is_accepted(
     ):
         alice.send(type="ping", id=1)
         alice.expect("pong", id=1)
+
+
+def test_a_refused_origin_is_logged_by_the_display_rule(
+    gateway: InProcessGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Origin header is the browser's (or an attacker's) text: escaped in the log."""
+    with caplog.at_level(logging.WARNING, logger="web_gateway.views"):
+        assert_refused_403(gateway.url, "http://evil.example\x1b[2J\x07")
+    [line] = [r.getMessage() for r in caplog.records if "origin" in r.getMessage()]
+    assert "origin 'http://evil.example\\x1b[2J\\x07' is not allowed" in line

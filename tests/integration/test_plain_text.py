@@ -186,3 +186,73 @@ def test_control_characters_from_v1_users_are_neutralised(address: Address) -> N
             assert text.line_with("json_user ->").endswith("you: \\x1b[2Jcleared?")
         finally:
             text.close()
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b""], ids=["lf", "crlf", "unterminated"])
+def test_the_username_and_a_command_in_one_write_are_both_handled(
+    address: Address, ending: bytes
+) -> None:
+    """b"alice\\nlist" in one send(): the first line is the name, the second a command (the
+    command's own end may be a newline or the pause)."""
+    text = TextClient(address, scaffold=True)
+    try:
+        text.command(b"Mixed_Case\nlist" + ending)
+        assert text.line().startswith("welcome Mixed_Case!")
+        assert text.line_with("online:") == "1 user online:"
+        assert text.line().split()[0] == "Mixed_Case"
+    finally:
+        text.close()
+
+
+def test_the_username_two_commands_and_exit_in_one_write_are_handled_in_order(
+    address: Address,
+) -> None:
+    with RawClient(address, source="127.0.0.2") as v1:
+        v1.hello("json_user")
+        text = TextClient(address, scaffold=True)
+        try:
+            text.command(b"Alice\r\nsend json_user first\nsend * second\nexit\n")
+            assert text.line_with("sent") == "sent to json_user"
+            assert text.line_with("sent") == "sent to everyone"
+            assert text.line() == "bye"
+            assert text.closed()
+            texts = []
+            while len(texts) < 2:
+                obj = v1.recv()
+                if obj["type"] == "message":
+                    texts.append((obj["from"], obj["to"], obj["text"]))
+            assert texts == [("Alice", "json_user", "first"), ("Alice", "*", "second")]
+        finally:
+            text.close()
+
+
+def test_a_mixed_case_text_user_does_not_receive_her_own_message_to_everyone(
+    address: Address,
+) -> None:
+    with RawClient(address, source="127.0.0.2") as v1:
+        v1.hello("json_user")
+        text = joined(address, "Alice", scaffold=False)
+        try:
+            text.command("send * hello all")
+            # Her own message would be delivered before her answer, and after it before pong.
+            assert text.line() == "sent to everyone"
+            text.command("ping")
+            assert text.line() == "pong"
+            while (obj := v1.recv())["type"] != "message":
+                pass
+            assert (obj["from"], obj["text"]) == ("Alice", "hello all")
+        finally:
+            text.close()
+
+
+def test_bidi_overrides_from_v1_users_are_shown_escaped_to_nc_users(address: Address) -> None:
+    """Otherwise "\u202e" would make the rest of the line read backwards in the terminal."""
+    with RawClient(address, source="127.0.0.2") as v1:
+        v1.hello("json_user")
+        text = joined(address, "text_user", scaffold=False)
+        try:
+            v1.send(type="send", to="text_user", text="pay \u202eRSU 0001\u202c \u2066x\u2069")
+            assert text.line_with("json_user ->").endswith(
+                "you: pay \\u202eRSU 0001\\u202c \\u2066x\\u2069")
+        finally:
+            text.close()

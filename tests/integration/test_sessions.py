@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Iterator
@@ -15,9 +16,14 @@ from tests.support.text_client import TextClient
 Address = tuple[str, int]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 def address(request: pytest.FixtureRequest) -> Iterator[Address]:
-    """Each test below runs against both implementations of the store's interface."""
+    """Each test below runs against every implementation of the store's interface (redis: a
+    single node on the test session's Redis, RedisStore and RedisRoom)."""
+    if request.param == "redis":
+        with running_server(redis=request.getfixturevalue("redis_url")) as server:
+            yield server.address
+        return
     with running_server(store=request.param) as server:
         yield server.address
 
@@ -131,7 +137,7 @@ def test_resume_with_a_stale_after_replays_everything_missed_in_order(address: A
             assert [m["seq"] for m in messages_until_silent(bob3)] == later
 
 
-def test_a_second_resume_takes_the_session_over_and_nobody_sees_left_or_joined(
+def test_a_second_resume_takes_the_session_over_and_others_see_only_its_new_address(
     address: Address,
 ) -> None:
     alice, _ = joined(address, "alice")
@@ -143,9 +149,14 @@ def test_a_second_resume_takes_the_session_over_and_nobody_sees_left_or_joined(
             bye = bob.expect("bye")
             assert bye["reason"] == "resumed elsewhere"
             bob.expect_closed()
+            # No left, joined or away: one back with the entry of the new connection.
+            ip, port = bob2.sock.getsockname()[:2]
+            back = alice.expect("back", name="bob")
+            assert back["user"] == {"name": "bob", "ip": ip, "port": port, "via": "tcp",
+                                    "status": "online"}
             seq = send(alice, "bob", "which bob?")
             assert bob2.expect("message")["seq"] == seq
-            alice.assert_silent(0.3)  # no left, joined, away or back
+            alice.assert_silent(0.3)
             assert alice.users() == ["alice", "bob"]
 
 
@@ -445,3 +456,48 @@ def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(
     assert len(guesses) == 1  # one a minute per address
     connected = [line for line in flood if re.search(r":\d+ connected", line)]
     assert 30 <= len(connected) <= 35, len(connected)  # the burst, then about one a second
+
+
+def _entries(client: RawClient) -> list[dict[str, Any]]:
+    reply = client.request("list")
+    assert reply["type"] == "users", reply
+    return list(reply["users"])
+
+
+def test_a_list_kept_from_events_equals_the_servers_list_through_joins_away_back_and_leaves(
+    address: Address,
+) -> None:
+    """One list, then joined/left/away/back applied in order, as docs/protocol.md says."""
+    with contextlib.ExitStack() as clients:
+        watcher = clients.enter_context(RawClient(address))
+        watcher.hello("watcher")
+        kept = {entry["name"]: entry for entry in _entries(watcher)}
+
+        def apply(obj: dict[str, Any]) -> None:
+            if obj["type"] in ("joined", "back"):
+                assert obj["user"]["name"] == obj["name"]
+                kept[obj["name"]] = obj["user"]
+            elif obj["type"] == "left":
+                del kept[obj["name"]]
+            elif obj["type"] == "away":
+                kept[obj["name"]] = {**kept[obj["name"]], "status": "away"}
+
+        bob = clients.enter_context(RawClient(address))
+        welcome = bob.hello("Bob")
+        carol = clients.enter_context(RawClient(address))
+        carol.hello("carol")
+        drop(bob)
+        again = clients.enter_context(resume(address, "Bob", welcome["session"], 0)[0])
+        # Taken over by another connection while online: back again, with the new address.
+        moved = clients.enter_context(resume(address, "Bob", welcome["session"], 0)[0])
+        again.expect("bye", reason="resumed elsewhere")
+        assert carol.request("exit")["type"] == "bye"
+        events = []
+        while len(events) < 6:
+            obj = watcher.recv()
+            apply(obj)
+            events.append(obj["type"])
+        assert events == ["joined", "joined", "away", "back", "back", "left"]
+        assert sorted(kept.values(), key=lambda e: e["name"].casefold()) == _entries(watcher)
+        assert kept["Bob"]["port"] == moved.sock.getsockname()[1]
+        assert kept["Bob"]["status"] == "online"

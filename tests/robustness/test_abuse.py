@@ -308,9 +308,13 @@ def test_5000_connect_disconnect_cycles_leave_threads_fds_and_memory_where_they_
     with running_server(rate_limit=0, resume_grace=0) as server, clients(
         server, "watcher"
     ) as (watcher,):
+        fds_with_watcher = count_fds()
         for i in range(200):  # warm-up: first-use allocations are not leaks
             one_cycle(server.address, i)
         wait_until(lambda: server.connection_count() == 1, timeout=10, what="warm-up to end")
+        # The flusher closes each socket after its last bytes, shortly after its reader ends.
+        wait_until(lambda: count_fds() == fds_with_watcher, timeout=10,
+                   what="the warm-up's sockets to close")
         watcher.wait_until(
             lambda got: sum(1 for o in got if o.get("type") == "left") >= 133,
             timeout=WAIT_S, what="the warm-up's leaves",

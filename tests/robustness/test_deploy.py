@@ -203,3 +203,68 @@ def test_unit_files_in_the_repository_bind_every_interface_of_the_vm() -> None:
         assert "EnvironmentFile=/etc/chatroom/chatroom.env" in text
         # The secret comes from the environment file, never from the command line (ps).
         assert "secret" not in unit_value(ROOT / "deploy/systemd" / unit, "ExecStart").lower()
+
+
+# --- two nodes through Redis (CHAT_NODES=2) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def provisioned_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("vm-root-nodes")
+    env = {**os.environ, "CHAT_ROOT": str(root), "CHAT_SRC": str(ROOT), "CHAT_SKIP_APT": "1",
+           "CHAT_NODES": "2"}
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(["bash", str(PROVISION)], env=env, capture_output=True, text=True,
+                            timeout=SETUP_TIMEOUT_S, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root
+
+
+def test_two_node_provisioning_installs_the_node_template_and_the_gateway_drop_in(
+    provisioned_nodes: Path, redis_url: str
+) -> None:
+    units = provisioned_nodes / "etc/systemd/system"
+    template = units / "chat-core@.service"
+    drop_in = units / "chat-web.service.d/nodes.conf"
+    nodes_env = provisioned_nodes / "etc/chatroom/nodes.env"
+    assert stat.S_IMODE(nodes_env.stat().st_mode) == 0o600
+    assert nodes_env.read_text() == "CHAT_REDIS=redis://127.0.0.1:6379/0\n"
+    assert "--core 127.0.0.1:9000,127.0.0.1:9001" in drop_in.read_text()
+    assert f"EnvironmentFile={provisioned_nodes}/etc/chatroom/nodes.env" in template.read_text()
+    # The template's command, as systemd would run chat-core@PORT, serves a room in Redis
+    # (the test session's Redis instead of the machine's).
+    exec_start = unit_value(template, "ExecStart").replace("%H:%i", "node-a").replace("%i", "0")
+    argv = shlex.split(exec_start)
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    proc = subprocess.Popen([*argv, "--redis", redis_url], cwd="/", text=True,
+                            env={**env, **secret_env(provisioned_nodes)},
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        listening = None
+        while line := proc.stderr.readline():
+            if match := re.search(r"listening on (\S+):(\d+)", line):
+                listening = (match.group(1), int(match.group(2)))
+                break
+        assert listening is not None, "the node did not start"
+        with RawClient(listening) as client:
+            client.hello("vm-user")
+            assert client.users() == ["vm-user"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(3 * WAIT_S) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_two_node_unit_files_pass_systemd_analyze_verify(
+    provisioned_nodes: Path, tmp_path: Path
+) -> None:
+    units = provisioned_nodes / "etc/systemd/system"
+    instance = tmp_path / "chat-core@9000.service"  # verify wants an instance of the template
+    shutil.copy(units / "chat-core@.service", instance)
+    result = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

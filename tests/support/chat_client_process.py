@@ -28,9 +28,12 @@ def _command() -> list[str]:
 class ChatClientProcess:
     """`chat-client --name NAME` connected to a core; its output lines are kept for waits."""
 
-    def __init__(self, address: tuple[str, int], name: str) -> None:
+    def __init__(self, address: tuple[str, int], name: str, *more_hosts: tuple[str, int]) -> None:
+        """`more_hosts`: further nodes of the room, for `--host a:1,b:2,...`."""
         self.name = name
         host, port = address
+        if more_hosts:
+            host = ",".join(f"{h}:{p}" for h, p in (address, *more_hosts))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
         self.process = subprocess.Popen(
             [*_command(), "--host", host, "--port", str(port), "--name", name],

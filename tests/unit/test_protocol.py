@@ -330,9 +330,11 @@ EVENTS: list[Event] = [
     Message("alice", "*", "multi\nline 😀 <b>", 1795610750.5),
     Message("bob", "alice", "are you there?", 1795610790.1, seq=58),
     Joined("carol"),
+    Joined("Carol", UserInfo("Carol", "::1", 7, "web")),
     Left("dave"),
     Away("erin"),
     Back("erin"),
+    Back("erin", UserInfo("erin", "10.0.0.2", 8, "tcp")),
     HistoryPage("*", (), more=False),
     HistoryPage(
         "bob",
@@ -397,6 +399,40 @@ def test_users_on_the_wire_carry_each_status() -> None:
         b'{"type":"users","users":[{"name":"a","ip":"::1","port":1,"via":"tcp","status":"online"},'
         b'{"name":"b","ip":"1.2.3.4","port":2,"via":"web","status":"away"}]}\n'
     )
+
+
+def test_joined_on_the_wire_carries_the_users_entry_as_users_lists_it() -> None:
+    entry = UserInfo("bob", "1.2.3.4", 2, "web")
+    joined = encode_event(Joined("bob", entry))
+    assert joined == (
+        b'{"type":"joined","name":"bob","user":{"name":"bob","ip":"1.2.3.4","port":2,'
+        b'"via":"web","status":"online"}}\n'
+    )
+    assert json.loads(joined)["user"] == json.loads(encode_event(Users((entry,))))["users"][0]
+
+
+def test_back_on_the_wire_carries_the_new_entry() -> None:
+    assert encode_event(Back("bob", UserInfo("bob", "::1", 9, "tcp"))) == (
+        b'{"type":"back","name":"bob","user":{"name":"bob","ip":"::1","port":9,"via":"tcp",'
+        b'"status":"online"}}\n'
+    )
+
+
+@pytest.mark.parametrize("user", [
+    '"bob"', "[]", '{"name":"bob"}', '{"name":"bob","ip":"::1","port":"9","via":"tcp"}',
+    '{"name":"mallory","ip":"::1","port":9,"via":"tcp"}',
+])
+@pytest.mark.parametrize("kind", ["joined", "back"])
+def test_joined_or_back_with_a_bad_user_entry_is_refused(kind: str, user: str) -> None:
+    line = f'{{"type":"{kind}","name":"bob","user":{user}}}'.encode()
+    with pytest.raises(ProtocolError) as raised:
+        parse_event(line)
+    assert raised.value.code == ErrorCode.BAD_REQUEST
+
+
+def test_an_entry_in_another_case_is_the_same_user() -> None:
+    line = b'{"type":"joined","name":"bob","user":{"name":"BOB","ip":"::1","port":9,"via":"tcp"}}'
+    assert parse_event(line) == Joined("bob", UserInfo("BOB", "::1", 9, "tcp"))
 
 
 def test_away_and_back_on_the_wire() -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 
 import pytest
 
@@ -11,6 +13,7 @@ from tcp_server.protocol import (
     Back,
     Event,
     Joined,
+    JsonLinesCodec,
     Left,
     Message,
     UserInfo,
@@ -20,6 +23,7 @@ from tcp_server.registry import Envelope, LocalRoom, Member, NameTakenError, Not
 from tcp_server.store import StoredMessage
 
 _sessions = itertools.count(1)
+WAIT_S = 5.0
 
 
 class Inbox:
@@ -35,8 +39,8 @@ class Inbox:
         )
 
     def deliver(self, envelope: Envelope) -> None:
-        self.events.append(envelope.event)
-        if isinstance(envelope.event, Message):
+        self.events.extend(envelope.events)
+        if isinstance(envelope.events[0], Message):
             self.seqs.append(envelope.seq)
 
     def clear(self) -> None:
@@ -76,7 +80,7 @@ def test_join_tells_the_others_but_not_the_newcomer() -> None:
     room, alice, bob = LocalRoom(), Inbox("alice"), Inbox("bob")
     room.join(alice.member)
     room.join(bob.member)
-    assert alice.events == [Joined("bob")]
+    assert alice.events == [Joined("bob", UserInfo("bob", "127.0.0.1", 1000, "tcp", ONLINE))]
     assert bob.events == []
 
 
@@ -128,6 +132,7 @@ def test_away_of_a_member_that_no_longer_holds_its_session_does_nothing() -> Non
     alice, bob = joined(room, "alice", "bob")
     new_bob = bob.reconnect()
     room.resume(new_bob.member)
+    alice.clear()
     assert room.away(bob.member) is None
     assert alice.events == []
     assert [u.status for u in room.users()] == [ONLINE, ONLINE]
@@ -139,17 +144,19 @@ def test_resume_of_an_away_session_tells_the_others_back_and_returns_none() -> N
     room.away(bob.member)
     new_bob = bob.reconnect(port=2000)
     assert room.resume(new_bob.member) is None
-    assert alice.events == [Away("bob"), Back("bob")]
+    assert alice.events == [Away("bob"), Back("bob", UserInfo("bob", "127.0.0.1", 2000, "tcp"))]
     assert new_bob.events == []
     assert room.users()[1] == UserInfo("bob", "127.0.0.1", 2000, "tcp", ONLINE)
 
 
-def test_resume_of_an_online_session_returns_the_previous_member_and_tells_nobody() -> None:
+def test_resume_of_an_online_session_returns_the_previous_member_and_tells_its_new_entry(
+) -> None:
     room = LocalRoom()
     alice, bob = joined(room, "alice", "bob")
-    new_bob = bob.reconnect()
+    new_bob = bob.reconnect(port=3000)
     assert room.resume(new_bob.member) is bob.member
-    assert alice.events == []
+    # No left or joined: the same session, on another connection, with another address.
+    assert alice.events == [Back("bob", UserInfo("bob", "127.0.0.1", 3000, "tcp"))]
     assert new_bob.events == []
     assert len(room) == 2
 
@@ -190,7 +197,7 @@ def test_expire_after_resume_does_nothing() -> None:
     assert away is not None
     room.resume(bob.reconnect().member)
     assert not room.expire(away)
-    assert alice.events == [Away("bob"), Back("bob")]
+    assert alice.events == [Away("bob"), Back("bob", UserInfo("bob", "127.0.0.1", 2000, "tcp"))]
     assert room.is_taken("bob")
 
 
@@ -205,7 +212,7 @@ def test_expire_of_an_earlier_grace_does_not_end_a_later_away() -> None:
     assert second is not None
     assert not room.expire(first)
     assert room.is_taken("bob")
-    assert alice.events == [Away("bob"), Back("bob"), Away("bob")]
+    assert alice.events == [Away("bob"), Back("bob", again.member.info), Away("bob")]
     assert room.expire(second)
     assert alice.events[-1] == Left("bob")
 
@@ -219,8 +226,9 @@ def test_restore_holds_the_session_as_away_without_telling_anyone() -> None:
     assert room.users()[1].status == AWAY
     with pytest.raises(NameTakenError):
         room.restore(Inbox("BOB").member.gone_away())
-    assert room.resume(bob.reconnect().member) is None
-    assert alice.events == [Back("bob")]
+    back = bob.reconnect()
+    assert room.resume(back.member) is None
+    assert alice.events == [Back("bob", back.member.info)]
 
 
 # --- leave -----------------------------------------------------------------------------------
@@ -232,7 +240,7 @@ def test_leave_tells_the_others_once_and_frees_the_name() -> None:
     room.join(bob.member)
     assert room.leave(bob.member)
     assert not room.leave(bob.member)
-    assert alice.events == [Joined("bob"), Left("bob")]
+    assert alice.events == [Joined("bob", bob.member.info), Left("bob")]
     room.join(Inbox("BOB").member)
     assert len(room) == 2
 
@@ -251,6 +259,7 @@ def test_leave_of_a_connection_replaced_by_resume_does_not_end_the_session() -> 
     room = LocalRoom()
     alice, bob = joined(room, "alice", "bob")
     room.resume(bob.reconnect().member)
+    alice.clear()
     assert not room.leave(bob.member)
     assert alice.events == []
     assert room.is_taken("bob")
@@ -308,6 +317,7 @@ def test_publish_skips_the_senders_session_on_its_new_connection_too() -> None:
     alice, bob = joined(room, "alice", "bob")
     new_alice = alice.reconnect()
     room.resume(new_alice.member)
+    bob.clear()
     room.publish([stored(1, alice, None)])
     assert new_alice.events == alice.events == []
     assert len(bob.events) == 1
@@ -387,3 +397,102 @@ def test_envelope_encodes_once_per_codec_class() -> None:
     assert first == second == b'{"type":"joined","name":"x"}\n'
     assert len(calls) == 1
     assert envelope.seq == 0
+
+
+def test_envelope_batch_joins_the_parts_encodings_in_order() -> None:
+    parts = [Envelope(Joined("a")), Envelope(Left("b"))]
+    codec = JsonLinesCodec()
+    first_part = parts[0].encoded(codec)
+    batch = Envelope.batch(parts)
+    assert batch.events == (Joined("a"), Left("b"))
+    assert batch.seq == 0
+    assert batch.encoded(codec) == first_part + b'{"type":"left","name":"b"}\n'
+    assert Envelope.batch(parts[:1]) is parts[0]
+
+
+def told(inbox: Inbox) -> list[str]:
+    """What an inbox was told of, as "type name" strings."""
+    return [f"{type(event).__name__.lower()} {getattr(event, 'name', '')}"
+            for event in inbox.events]
+
+
+class BlockingInbox(Inbox):
+    """An inbox whose next delivery after arm() waits until released: announcements made
+    meanwhile queue up behind the thread that is delivering."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.armed = False
+        self.deliveries = 0
+
+    def arm(self) -> None:
+        self.armed = True
+        self.clear()
+        self.deliveries = 0
+
+    def deliver(self, envelope: Envelope) -> None:
+        self.deliveries += 1
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(WAIT_S)
+        super().deliver(envelope)
+
+
+def test_announcements_made_during_a_delivery_go_out_together_each_to_whom_it_concerns() -> None:
+    room = LocalRoom()
+    slow = BlockingInbox("slow")
+    room.join(slow.member)
+    slow.arm()
+    early = Inbox("early")
+    first = threading.Thread(target=room.join, args=(early.member,))
+    first.start()  # delivers joined(early) to slow, which blocks in it
+    assert slow.entered.wait(WAIT_S)
+
+    watcher = Inbox("watcher")  # comes online during the blocked delivery...
+    newcomers = [Inbox(f"new{n}") for n in range(3)]
+    threads = [threading.Thread(target=room.join, args=(inbox.member,))
+               for inbox in [watcher, *newcomers]]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)  # in this order: each is stamped before the next
+    assert all(thread.is_alive() for thread in threads), "returned before their delivery"
+    slow.release.set()
+    for thread in [first, *threads]:
+        thread.join(WAIT_S)
+
+    joins = [f"joined {inbox.member.info.name}" for inbox in newcomers]
+    assert told(slow) == ["joined early", "joined watcher", *joins]
+    assert slow.deliveries == 2  # one for the first join, one for the four queued behind it
+    # Each is told only what happened after it came online, never its own arrival.
+    assert told(early) == ["joined watcher", *joins]
+    assert told(watcher) == joins
+    assert told(newcomers[0]) == joins[1:]
+    assert told(newcomers[2]) == []
+
+
+def test_a_member_that_went_away_before_the_batch_is_not_delivered_to() -> None:
+    room = LocalRoom()
+    slow = BlockingInbox("slow")
+    room.join(slow.member)
+    goer = Inbox("goer")
+    room.join(goer.member)
+    slow.arm()
+    first = threading.Thread(target=room.join, args=(Inbox("a").member,))
+    first.start()
+    assert slow.entered.wait(WAIT_S)
+    goer.clear()
+    late = threading.Thread(target=room.join, args=(Inbox("b").member,))
+    late.start()
+    time.sleep(0.05)
+    # Queued behind too; goer is offline when the batch goes out.
+    going = threading.Thread(target=room.away, args=(goer.member,))
+    going.start()
+    time.sleep(0.05)
+    slow.release.set()
+    for thread in (first, late, going):
+        thread.join(WAIT_S)
+    assert told(goer) == ["joined a"]  # from the first delivery, before it went away
+    assert told(slow) == ["joined a", "joined b", "away goer"]

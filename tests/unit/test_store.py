@@ -27,9 +27,17 @@ from tcp_server.store import (
 _tokens = itertools.count(1)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SqliteStore]:
+    """The tests taking this fixture hold for both stores of history and sessions (redis: the
+    test session's redis-server, emptied for the test)."""
+    opened: SqliteStore
+    if request.param == "redis":
+        from tcp_server.redis_store import RedisStore
+
+        opened = RedisStore(request.getfixturevalue("redis_url"), "test-node")  # type: ignore[assignment]
+    else:
+        opened = SqliteStore(tmp_path)
     try:
         yield opened
     finally:
@@ -739,13 +747,19 @@ def in_thread(call: Callable[[], object], timeout: float = 1.0) -> list[object]:
     return result
 
 
-def test_a_write_failing_with_an_unexpected_error_fails_alone(store: SqliteStore) -> None:
-    alice = session(store, "alice")
-    (outcome,) = in_thread(lambda: store.mark_read(alice.id, "*", 2**64)) or ["hung"]
-    assert isinstance(outcome, Exception)  # an error for this call, not a hang
-    (message,) = in_thread(lambda: say(store, alice)) or ["hung"]
-    assert isinstance(message, StoredMessage)
-    assert message.seq == 1
+def test_a_write_failing_with_an_unexpected_error_fails_alone(tmp_path: Path) -> None:
+    """SQLite's writer thread: one job's error (an integer SQLite cannot hold) fails that job
+    alone. (Redis takes any seq as a score: nothing fails there.)"""
+    store = SqliteStore(tmp_path)
+    try:
+        alice = session(store, "alice")
+        (outcome,) = in_thread(lambda: store.mark_read(alice.id, "*", 2**64)) or ["hung"]
+        assert isinstance(outcome, Exception)  # an error for this call, not a hang
+        (message,) = in_thread(lambda: say(store, alice)) or ["hung"]
+        assert isinstance(message, StoredMessage)
+        assert message.seq == 1
+    finally:
+        store.close()
 
 
 def test_close_ends_the_writer_and_checkpoint_threads(tmp_path: Path) -> None:
