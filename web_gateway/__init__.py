@@ -11,8 +11,9 @@ import logging
 from flask import Flask
 
 from web_gateway.config import GatewayConfig
+from web_gateway.cores import CorePool
 from web_gateway.registry import EXTENSION, Gateway, RelayRegistry, gateway_of
-from web_gateway.relay import RECV_BYTES, WebSocketEvent, WebSocketThread
+from web_gateway.websocket import NoReaderThread
 
 __all__ = ["GatewayConfig", "create_app", "gateway_of"]
 
@@ -25,18 +26,18 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
 
     config = config or GatewayConfig()
     app = Flask(__name__, static_folder=None)
-    # Over-long frames get error line_too_long from the relay; only beyond this much larger
-    # cap does simple-websocket close the websocket (1009) instead of buffering the frame.
-    app.config["SOCK_SERVER_OPTIONS"] = {
-        "max_message_size": config.max_message_bytes,
-        "thread_class": WebSocketThread,
-        "event_class": WebSocketEvent,
-        # Reading the browser 64 KiB at a time (simple-websocket's default is 4 KiB): fewer
-        # system calls, and more frames decoded per wake-up of the relay, under load.
-        "receive_bytes": RECV_BYTES,
-    }
-    relays = RelayRegistry(config.max_websockets, stop_grace_s=config.stop_grace)
-    app.extensions[EXTENSION] = Gateway(config, relays)
+    # simple-websocket does the handshake only: the relay reads and writes the socket itself
+    # (web_gateway.websocket), so simple-websocket's reader thread is not started.
+    app.config["SOCK_SERVER_OPTIONS"] = {"thread_class": NoReaderThread}
+    relays = RelayRegistry(
+        config.max_websockets,
+        stop_grace_s=config.stop_grace,
+        max_per_ip=config.max_websockets_per_ip,
+        ping_interval=config.ping_interval,
+        pong_timeout=config.pong_timeout,
+    )
+    cores = CorePool(config.core_addresses, config.connect_timeout)
+    app.extensions[EXTENSION] = Gateway(config, relays, cores)
     app.register_blueprint(views.bp)
     if not (config.static_dir / "index.html").is_file():
         log.warning("the web frontend is missing: %s has no index.html; / answers 404",

@@ -13,7 +13,25 @@ from web_gateway.server import GatewayServer
 log = logging.getLogger("web_gateway")
 
 
+# Python's small-object allocator keeps an arena of 1 MiB as long as one object in it lives:
+# after a thousand websockets have come and gone, their scattered survivors kept the gateway at
+# twice its fresh size for good (measured: 74 MB against 37 MB fresh). With the C allocator
+# for everything, and the worker's malloc_trim (web_gateway.server), it comes back (43 MB).
+ALLOCATOR_ENV = "PYTHONMALLOC"
+
+
+def _with_c_allocator(argv: Sequence[str] | None) -> None:
+    """Start again as the same process (exec) with PYTHONMALLOC=malloc, unless the variable
+    is set already (by this or by the operator, whose choice stands)."""
+    if ALLOCATOR_ENV in os.environ:
+        return
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.execve(sys.executable, [sys.executable, "-m", "web_gateway", *args],
+              {**os.environ, ALLOCATOR_ENV: "malloc"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _with_c_allocator(argv)
     config = config_from_args(argv, os.environ)
     logging.basicConfig(
         level=config.log_level,

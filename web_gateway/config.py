@@ -35,8 +35,21 @@ MAX_QUEUE_BYTES = 1_048_576
 # core then sees its connection end without exit and marks the user away.
 PING_INTERVAL_S = 10.0
 PONG_TIMEOUT_S = 20.0
-# Server threads kept free for page and file requests beyond the websockets' own.
-SPARE_THREADS = 16
+# Open websockets on one gateway process. Under the gevent worker one costs no thread and
+# tens of kilobytes (docs/operations.md has the measured figure); the core has its own limit.
+MAX_WEBSOCKETS = 5_000
+# Like the core's --max-clients-per-ip: enough for a school or an office behind one NAT
+# address (ngIRCd allows 5 per address, which would lock a classroom out), few enough that one
+# address cannot take a noticeable share of the gateway.
+MAX_WEBSOCKETS_PER_IP = 50
+# Every connection at once, websockets included (gunicorn's worker_connections): beyond it
+# new connections wait in the listen backlog. Connections that are not websockets yet cost a
+# greenlet and a small buffer each, and are cut after HEADER_TIMEOUT_S.
+MAX_CONNECTIONS = 10_000
+# A request's head (request line and headers) must arrive within this much time, and an idle
+# keep-alive connection is closed after it: a half-sent request ("slowloris") costs little and
+# not for long.
+HEADER_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +58,16 @@ class GatewayConfig:
     port: int = 8000
     core_host: str = "127.0.0.1"
     core_port: int = 9000
+    # --core A,B,...: the nodes after the first (core_host, core_port), same room.
+    more_cores: tuple[tuple[str, int], ...] = ()
     gateway_secret: str | None = field(default=None, repr=False)
     allow_origins: tuple[str, ...] = ()
     trust_forwarded: bool = False
     static_dir: Path = DEFAULT_STATIC_DIR
-    max_websockets: int = 500
+    max_websockets: int = MAX_WEBSOCKETS
+    max_websockets_per_ip: int = MAX_WEBSOCKETS_PER_IP
+    max_connections: int = MAX_CONNECTIONS
+    header_timeout: float = HEADER_TIMEOUT_S
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_queue_bytes: int = MAX_QUEUE_BYTES
     connect_timeout: float = 5.0
@@ -61,7 +79,13 @@ class GatewayConfig:
 
     @property
     def core_address(self) -> tuple[str, int]:
+        """The first core node (the only one unless --core lists several)."""
         return self.core_host, self.core_port
+
+    @property
+    def core_addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every core node, in the order given."""
+        return (self.core_address, *self.more_cores)
 
     @property
     def stop_grace(self) -> float:
@@ -70,9 +94,10 @@ class GatewayConfig:
         return 3 * self.close_timeout
 
     @property
-    def threads(self) -> int:
-        """Server threads: each open websocket holds one for its whole life."""
-        return self.max_websockets + SPARE_THREADS
+    def open_files(self) -> int:
+        """File descriptors the gateway may need at its limits: one per connection, one more
+        per websocket (its core connection), and some for the process itself."""
+        return self.max_connections + self.max_websockets + 64
 
 
 def normalize_origin(origin: str) -> str:
@@ -99,6 +124,13 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _addresses(text: str) -> list[tuple[str, int]]:
+    addresses = [_address(part.strip()) for part in text.split(",")]
+    if len(set(addresses)) != len(addresses):
+        raise argparse.ArgumentTypeError(f"a core is listed twice in {text!r}")
+    return addresses
+
+
 def _origin(text: str) -> str:
     try:
         return normalize_origin(text)
@@ -119,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"address to listen on (default: {defaults.host})")
     parser.add_argument("--port", type=non_negative(int), default=defaults.port,
                         help=f"HTTP port to listen on, 0 for a free one (default: {defaults.port})")
-    parser.add_argument("--core", type=_address, metavar="HOST:PORT",
-                        default=defaults.core_address,
-                        help="the chat core to relay to (default: 127.0.0.1:9000)")
+    parser.add_argument("--core", type=_addresses, metavar="HOST:PORT[,HOST:PORT...]",
+                        default=[defaults.core_address],
+                        help="the chat core to relay to, or several nodes of one room: new "
+                        "websockets go to each in turn, and to the next when one cannot be "
+                        "reached (default: 127.0.0.1:9000)")
     parser.add_argument("--allow-origin", type=_origin, action="append", default=[],
                         metavar="ORIGIN",
                         help="another origin allowed to open websockets, e.g. "
@@ -136,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
                         default=defaults.max_websockets,
                         help="websockets open at once; more are refused with error "
                         f"unavailable (default: {defaults.max_websockets})")
+    parser.add_argument("--max-websockets-per-ip", type=non_negative(int),
+                        default=defaults.max_websockets_per_ip,
+                        help="websockets open at once from one browser address (behind "
+                        "--trust-forwarded: the forwarded one); more are refused with error "
+                        f"unavailable (default: {defaults.max_websockets_per_ip})")
+    parser.add_argument("--max-connections", type=non_negative(int),
+                        default=defaults.max_connections,
+                        help="HTTP connections at once, websockets included; more wait to be "
+                        f"accepted (default: {defaults.max_connections})")
+    parser.add_argument("--header-timeout", type=non_negative(float),
+                        default=defaults.header_timeout,
+                        help="seconds for a request's headers to arrive, and for an idle "
+                        "keep-alive connection, before it is closed "
+                        f"(default: {defaults.header_timeout:g})")
     parser.add_argument("--max-message-bytes", type=non_negative(int),
                         default=defaults.max_message_bytes,
                         help="a browser frame this long closes its websocket (1009); longer "
@@ -174,17 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> GatewayConfig:
     """Parse the command line; the secret comes from `environ` (None when unset or empty)."""
     args = build_parser().parse_args(argv)
-    core_host, core_port = args.core
+    (core_host, core_port), *more_cores = args.core
     return GatewayConfig(
         host=args.host,
         port=args.port,
         core_host=core_host,
         core_port=core_port,
+        more_cores=tuple(more_cores),
         gateway_secret=environ.get(SECRET_ENV) or None,
         allow_origins=tuple(args.allow_origin),
         trust_forwarded=args.trust_forwarded,
         static_dir=args.static_dir,
         max_websockets=args.max_websockets,
+        max_websockets_per_ip=args.max_websockets_per_ip,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
         max_message_bytes=args.max_message_bytes,
         max_queue_bytes=args.max_queue_bytes,
         connect_timeout=args.connect_timeout,

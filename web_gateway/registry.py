@@ -1,4 +1,4 @@
-"""The open websockets of one gateway: their numbers, the limit, and stopping them all."""
+"""The open websockets of one gateway: their numbers, the limits, their pings, stopping them."""
 
 from __future__ import annotations
 
@@ -6,23 +6,32 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask
 
+from tcp_server.lograte import LogRate
 from web_gateway.config import GatewayConfig
-from web_gateway.relay import CLOSE_GOING_AWAY, CLOSE_TRY_LATER, Close, Ending, Relay
+from web_gateway.cores import CorePool
+from web_gateway.relay import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_LATER, Ending, Relay
 
 log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
-    """A websocket the gateway does not take: full or shutting down."""
+    """A websocket the gateway does not take: full, too many from its address, or stopping."""
 
-    def __init__(self, ending: Ending) -> None:
+    def __init__(self, ending: Ending, *, per_address: bool = False) -> None:
         super().__init__(ending.error)
         self.ending = ending
+        self.per_address = per_address
+
+
+STOPPING = Ending(CLOSE_GOING_AWAY, "the web gateway is shutting down",
+                  "the web gateway is shutting down")
 
 
 class Slot:
@@ -33,50 +42,87 @@ class Slot:
         self._registry = registry
 
     def attach(self, relay: Relay) -> None:
-        """Make the relay reachable by stop_all(); stop it at once if that already ran."""
+        """Make the relay reachable by stop_all() and the pinger; stop it at once if
+        stop_all() already ran."""
         self._registry._attach(self.number, relay)
 
 
 class RelayRegistry:
-    """Every open websocket of one app. Any thread, and a signal handler, may call it."""
+    """Every open websocket of one app. Any thread may call it.
 
-    def __init__(self, max_websockets: int, stop_grace_s: float) -> None:
+    One `gateway-pinger` thread (started with the first websocket, ended by stop_all()) pings
+    every browser each `ping_interval` and drops those silent for `pong_timeout`: one thread
+    for all websockets instead of a timer each.
+    """
+
+    def __init__(
+        self,
+        max_websockets: int,
+        stop_grace_s: float,
+        *,
+        max_per_ip: int = 0,
+        ping_interval: float = 0.0,
+        pong_timeout: float = 0.0,
+    ) -> None:
+        """`max_per_ip` 0: no limit per address; `ping_interval` 0: no pings."""
         self._max = max_websockets
+        self._max_per_ip = max_per_ip
         self._stop_grace_s = stop_grace_s
+        self._ping_interval = ping_interval
+        self._pong_timeout = pong_timeout
         self._numbers = itertools.count(1)
-        # _lock guards _slots, _stopping and _stopper; _idle (on the same lock) is notified
-        # whenever a slot is released, for wait_idle().
+        # _lock guards everything below; _idle (on the same lock) is notified whenever a slot
+        # is released, for wait_idle(), and when stopping, for the pinger.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._slots: dict[int, Relay | None] = {}
+        self._per_ip: Counter[str] = Counter()
+        self._ended = 0  # websockets that have ended so far
         self._stopping = False
         self._stopper: threading.Thread | None = None
+        self._pinger: threading.Thread | None = None
 
     def count(self) -> int:
         with self._lock:
             return len(self._slots)
 
+    def ended_count(self) -> int:
+        """Websockets that have ended since the start (for the worker's memory upkeep)."""
+        with self._lock:
+            return self._ended
+
     @contextlib.contextmanager
-    def slot(self) -> Iterator[Slot]:
-        """A place for one websocket for the duration of the block; raises Refused."""
+    def slot(self, ip: str = "") -> Iterator[Slot]:
+        """A place for one websocket from `ip` for the duration of the block; raises Refused."""
         with self._lock:
             if self._stopping:
-                raise Refused(Ending(
-                    Close(CLOSE_GOING_AWAY, "the web gateway is shutting down"),
-                    "the web gateway is shutting down",
-                ))
+                raise Refused(STOPPING)
             if len(self._slots) >= self._max:
                 raise Refused(Ending(
-                    Close(CLOSE_TRY_LATER, "too many browsers connected"),
+                    CLOSE_TRY_LATER, "too many browsers connected",
                     f"the web gateway is full ({self._max} connections); try again later",
                 ))
+            if self._max_per_ip and self._per_ip[ip] >= self._max_per_ip:
+                raise Refused(Ending(
+                    CLOSE_POLICY, "too many connections from your address",
+                    f"too many connections from your address ({self._max_per_ip} at most); "
+                    "close another tab or try again later",
+                ), per_address=True)
             number = next(self._numbers)
             self._slots[number] = None
+            self._per_ip[ip] += 1
+            if self._pinger is None and self._ping_interval > 0:
+                self._pinger = threading.Thread(target=self._ping, name="gateway-pinger")
+                self._pinger.start()
         try:
             yield Slot(self, number)
         finally:
             with self._lock:
                 del self._slots[number]
+                self._ended += 1
+                self._per_ip[ip] -= 1
+                if not self._per_ip[ip]:
+                    del self._per_ip[ip]
                 self._idle.notify_all()
 
     def _attach(self, number: int, relay: Relay) -> None:
@@ -86,17 +132,28 @@ class RelayRegistry:
         if stopping:
             relay.stop()
 
+    def _ping(self) -> None:
+        while True:
+            with self._idle:
+                if self._idle.wait_for(lambda: self._stopping, self._ping_interval):
+                    return
+                relays = [relay for relay in self._slots.values() if relay is not None]
+            now = time.monotonic()
+            for relay in relays:  # outside the lock: a drop takes the relay's own
+                relay.keep_alive(now, self._pong_timeout)
+
     def stop_all(self) -> None:
         """Refuse new websockets and end every open one (their browsers are told). Idempotent.
 
         A browser that does not read cannot be told: the websockets still open after the
         grace period are cut by a `gateway-stop` thread, so that stopping always ends.
-        Safe from a signal handler: nothing here blocks on I/O.
+        Nothing here blocks on I/O.
         """
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
+            self._idle.notify_all()  # the pinger ends
             relays = [relay for relay in self._slots.values() if relay is not None]
             self._stopper = threading.Thread(target=self._cut_stragglers, name="gateway-stop")
         log.info("stopping %d websockets", len(relays))
@@ -120,12 +177,12 @@ class RelayRegistry:
             return self._idle.wait_for(lambda: not self._slots, timeout)
 
     def wait_stopped(self, timeout: float) -> bool:
-        """After stop_all(): wait for every websocket to end and join the stopper thread."""
+        """After stop_all(): wait for every websocket to end and join the registry's threads."""
         idle = self.wait_idle(timeout)
         with self._lock:
-            stopper = self._stopper
-        if stopper is not None:
-            stopper.join(max(0.0, timeout))
+            threads = [thread for thread in (self._stopper, self._pinger) if thread is not None]
+        for thread in threads:
+            thread.join(max(0.0, timeout))
         return idle
 
 
@@ -134,10 +191,14 @@ EXTENSION = "chat_gateway"
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """What one app instance of the gateway holds: its settings and its open websockets."""
+    """What one app instance of the gateway holds: its settings, its open websockets, the
+    core nodes it relays to, and how often it logs refusals."""
 
     config: GatewayConfig
     relays: RelayRegistry
+    cores: CorePool
+    # Refusals per browser address: at most one line a minute, with the count held back.
+    refusal_log: LogRate = field(default_factory=lambda: LogRate(every=60.0))
 
 
 def gateway_of(app: Flask) -> Gateway:

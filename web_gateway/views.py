@@ -12,18 +12,19 @@ from flask import Blueprint, Response, current_app, g, request, send_from_direct
 from flask_sock import Sock
 
 from tcp_server.display import for_log
+from tcp_server.lograte import held_back
 from web_gateway.config import normalize_origin
 from web_gateway.registry import Gateway, Refused, gateway_of
 from web_gateway.relay import (
     CLOSE_TRY_LATER,
     CORE_UNREACHABLE,
-    Close,
+    RECV_BYTES,
     Ending,
     Relay,
-    WebSocket,
     end_websocket,
     peer_name,
 )
+from web_gateway.websocket import BrowserSocket, refuse_compression
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ bp = Blueprint("gateway", __name__)
 sock = Sock()
 
 NO_SECRET = Ending(
-    Close(CLOSE_TRY_LATER, "the web gateway is not configured"),
+    CLOSE_TRY_LATER, "the web gateway is not configured",
     "the web gateway has no gateway secret (CHAT_GATEWAY_SECRET); ask its operator",
 )
 
@@ -78,6 +79,13 @@ def _security_headers(response: Response) -> Response:
 # --- the websocket -------------------------------------------------------------------------
 
 
+def _log_refusal(ip: str, what: str, *args: object) -> None:
+    """A refused handshake or websocket, at most once a minute per address (with a count)."""
+    if (held := _gateway().refusal_log.allow(ip)) is not None:
+        log.warning("websocket from %s refused: " + what + "%s", ip, *args,
+                    held_back(held, "refusals from this address"))
+
+
 @bp.before_request
 def _check_websocket_handshake() -> Response | None:
     """Refuse a bad handshake before flask-sock accepts it: cross-site origin, bad address."""
@@ -85,9 +93,9 @@ def _check_websocket_handshake() -> Response | None:
         return None
     config = _gateway().config
     origin = request.headers.get("Origin")
-    if not _origin_allowed(origin, config.allow_origins):
-        log.warning("websocket from %s refused: origin %s is not allowed",
-                    request.remote_addr, for_log(origin))
+    local = local_address(request.environ)
+    if not origin_allowed(origin, own_origins(config.host, local) | set(config.allow_origins)):
+        _log_refusal(str(request.remote_addr), "origin %s is not allowed", for_log(origin))
         return Response(
             "websocket refused: this page's origin may not use this chat gateway\n",
             status=403,
@@ -96,22 +104,60 @@ def _check_websocket_handshake() -> Response | None:
     try:
         g.browser = browser_address(request.environ, trust_forwarded=config.trust_forwarded)
     except ValueError as error:
-        log.warning("websocket from %s refused: %s", request.remote_addr, error)
+        _log_refusal(str(request.remote_addr), "%s", error)
         return Response(f"websocket refused: {error}\n", status=400, mimetype="text/plain")
+    refuse_compression(request.environ)
     return None
 
 
-def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    # Browsers always send Origin with a websocket handshake, and a page cannot forge it: a
-    # handshake without one is not from a browser page, and is refused like a foreign one.
+def local_address(environ: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The address the browser's connection reached (the listening socket's own, never a
+    header): from the server's socket in the WSGI environment."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        if (conn := environ.get(key)) is not None:
+            try:
+                host, port = conn.getsockname()[:2]
+            except OSError:
+                return None
+            return str(host), int(port)
+    return None
+
+
+LOCALHOST_FORMS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def own_origins(listen_host: str, local: tuple[str, int] | None) -> set[str]:
+    """The gateway's own origins for a connection that reached `local`: http:// with the
+    port it reached, and as host the configured --host (unless a wildcard), the address the
+    connection reached, or a localhost form. The Host header plays no part: a page of
+    http://evil.example that resolves to this gateway (DNS rebinding) is not among them."""
+    if local is None:
+        return set()
+    ip, port = local
+    hosts = {*LOCALHOST_FORMS, f"[{ip}]" if ":" in ip else ip}
+    if listen_host not in ("", "0.0.0.0", "::"):
+        hosts.add(f"[{listen_host}]" if ":" in listen_host else listen_host)
+    origins = set()
+    for host in hosts:
+        try:
+            origins.add(normalize_origin(f"http://{host}:{port}"))
+        except ValueError:  # a --host that is no URL host: it names no origin
+            continue
+    return origins
+
+
+def origin_allowed(origin: str | None, allowed: set[str]) -> bool:
+    """Whether a handshake's Origin is one of `allowed` (normalized origins).
+
+    Browsers always send Origin with a websocket handshake, and a page cannot forge it: a
+    handshake without one is not from a browser page, and is refused like a foreign one.
+    """
     if origin is None:
         return False
     try:
-        origin = normalize_origin(origin)
-        own = normalize_origin(f"{request.scheme}://{request.host}")
+        return normalize_origin(origin) in allowed
     except ValueError:
         return False
-    return origin == own or origin in allowed
 
 
 def browser_address(environ: Mapping[str, Any], *, trust_forwarded: bool) -> tuple[str, int]:
@@ -138,37 +184,41 @@ def browser_address(environ: Mapping[str, Any], *, trust_forwarded: bool) -> tup
     return ip, port
 
 
-def ws(ws: WebSocket) -> None:
-    """One browser: connect to the core for it, say who it is (proxy), relay until the end."""
+def ws(server: Any) -> None:
+    """One browser: connect to a core for it, say who it is (proxy), relay until the end.
+
+    `server` is simple-websocket's Server after the handshake; BrowserSocket reads it.
+    """
     gateway = _gateway()
     config = gateway.config
-    browser: tuple[str, int] = g.browser
+    peer: tuple[str, int] = g.browser
+    server.sock.settimeout(None)  # the header timeout of the request's socket ends here
+    browser = BrowserSocket(server, max_message_bytes=config.max_message_bytes,
+                            recv_bytes=RECV_BYTES)
     if not config.gateway_secret:
-        end_websocket(ws, NO_SECRET, config.close_timeout)
+        end_websocket(browser, NO_SECRET, config.close_timeout)
         return
     try:
-        with gateway.relays.slot() as slot:
-            core = _connect_core(config.core_address, config.connect_timeout, browser)
+        with gateway.relays.slot(peer[0]) as slot:
+            core = gateway.cores.connect(peer_name(peer))
             if core is None:
-                end_websocket(ws, CORE_UNREACHABLE, config.close_timeout)
+                end_websocket(browser, CORE_UNREACHABLE, config.close_timeout)
                 return
             relay = Relay(
-                ws,
+                browser,
                 core,
-                browser=browser,
+                peer=peer,
                 secret=config.gateway_secret,
                 number=slot.number,
                 max_queue_bytes=config.max_queue_bytes,
                 close_timeout=config.close_timeout,
-                ping_interval=config.ping_interval,
-                pong_timeout=config.pong_timeout,
             )
             slot.attach(relay)
-            _keep_alive(ws.sock)
+            _keep_alive(browser.sock)
             relay.run()
     except Refused as refused:
-        log.warning("websocket from %s refused: %s", peer_name(browser), refused)
-        end_websocket(ws, refused.ending, config.close_timeout)
+        _log_refusal(peer[0], "%s", refused)
+        end_websocket(browser, refused.ending, config.close_timeout)
 
 
 # flask-sock does the handshake (after _check_websocket_handshake) and hands over the socket.
@@ -176,7 +226,7 @@ sock.route("/ws", bp=bp)(ws)
 
 
 # A browser that vanishes without closing (a laptop lid, a lost network) is found by the
-# relay's websocket pings within 30 s; TCP keep-alive probes are the backstop when pings are
+# registry's websocket pings within 30 s; TCP keep-alive probes are the backstop when pings are
 # turned off (--ping-interval 0) and notice it within about 2 minutes.
 KEEPALIVE_IDLE_S = 60
 KEEPALIVE_INTERVAL_S = 10
@@ -185,6 +235,9 @@ KEEPALIVE_PROBES = 6
 
 def _keep_alive(browser: socket.socket) -> None:
     try:
+        # Small frames go out at once: Nagle's algorithm would hold one back until the
+        # browser's delayed ACK of the one before (up to 40 ms).
+        browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         browser.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults apply
             browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
@@ -192,17 +245,3 @@ def _keep_alive(browser: socket.socket) -> None:
             browser.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
     except OSError as error:  # the browser is gone already: the relay will notice at once
         log.debug("cannot enable keep-alive: %s", error)
-
-
-def _connect_core(
-    address: tuple[str, int], timeout: float, browser: tuple[str, int]
-) -> socket.socket | None:
-    try:
-        core = socket.create_connection(address, timeout=timeout)
-    except OSError as error:
-        log.error("websocket from %s: cannot reach the core at %s: %s",
-                  peer_name(browser), peer_name(address), error)
-        return None
-    core.settimeout(None)  # the relay's pumps block; their wake-up path is shutdown()
-    core.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return core

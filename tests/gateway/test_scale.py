@@ -1,4 +1,4 @@
-"""Hundreds of open websockets through the real gateway process (gunicorn, one gthread worker)."""
+"""Hundreds of open websockets through the real gateway process (gunicorn, one gevent worker)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def core() -> Iterator[ChatServer]:
 @pytest.fixture
 def gateway_proc(core: ChatServer) -> Iterator[GatewayProcess]:
     host, port = core.address
-    with gateway_process("--core", f"{host}:{port}") as gateway:
+    with gateway_process("--core", f"{host}:{port}",
+                         "--max-websockets-per-ip", str(BROWSERS + 1)) as gateway:
         yield gateway
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from pathlib import Path
 
 import pytest
+from wsproto.frame_protocol import FrameProtocol
 
 from tcp_server.protocol import ProtocolError
 from tests.support.core import WAIT_S
 from web_gateway.config import SECRET_ENV, config_from_args, normalize_origin
+from web_gateway.cores import CorePool
 from web_gateway.frames import MAX_FRAME_BYTES, error_frame, frame_to_line
 from web_gateway.registry import Refused, RelayRegistry
-from web_gateway.relay import Close, FrameQueue, Idle
-from web_gateway.views import browser_address
+from web_gateway.relay import Pipe
+from web_gateway.views import browser_address, origin_allowed, own_origins
+from web_gateway.websocket import close_frame, text_frame
 
 # --- frames ------------------------------------------------------------------------------------
 
@@ -57,49 +61,72 @@ def test_error_frame_is_a_protocol_error_object() -> None:
     }
 
 
-# --- the frame queue ---------------------------------------------------------------------------
+# --- frames the gateway sends, and reading the browser -----------------------------------------
 
 
-def test_frame_queue_gives_frames_in_order_then_the_close() -> None:
-    queue = FrameQueue(max_bytes=100)
-    assert queue.put("a", 1)
-    assert queue.put("b", 1)
-    assert queue.close([Close(1000, "bye")])
-    assert [queue.take(), queue.take(), queue.take(), queue.take()] == [
-        "a", "b", Close(1000, "bye"), None
-    ]
+def decode_server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each frame a server sent, decoded by wsproto as a client."""
+    decoder = FrameProtocol(client=True, extensions=[])
+    decoder.receive_bytes(data)
+    frames = []
+    for frame in decoder.received_frames():
+        payload = frame.payload
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        elif isinstance(payload, tuple):  # a close frame: (code, reason)
+            code, reason = payload
+            payload = int(code).to_bytes(2, "big") + reason.encode("utf-8")
+        frames.append((int(frame.opcode), bytes(payload)))
+    return frames
 
 
-def test_frame_queue_take_with_a_timeout_gives_idle_when_nothing_comes() -> None:
-    queue = FrameQueue(max_bytes=10)
-    assert queue.take(timeout=0.01) is Idle.IDLE
-    queue.put("a", 1)
-    assert queue.take(timeout=0.01) == "a"
-    queue.close()
-    assert queue.take(timeout=0.01) is None
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536])
+def test_text_frames_of_every_length_class_decode(size: int) -> None:
+    payload = b"x" * size
+    assert decode_server_frames(text_frame(payload)) == [(0x1, payload)]
 
 
-def test_frame_queue_refuses_a_frame_beyond_its_budget() -> None:
-    queue = FrameQueue(max_bytes=10)
-    assert queue.put("x" * 6, 6)
-    assert not queue.put("y" * 5, 5)
-    assert queue.take() == "x" * 6
-    assert queue.put("y" * 5, 5)  # taking frees the budget
+def test_close_frame_cuts_a_long_reason_without_splitting_a_character() -> None:
+    [(opcode, payload)] = decode_server_frames(close_frame(1001, "é" * 100))
+    assert opcode == 0x8
+    assert payload[:2] == b"\x03\xe9"
+    assert len(payload) <= 125
+    payload[2:].decode("utf-8")  # still valid UTF-8
 
 
-def test_frame_queue_takes_one_oversized_frame_when_empty() -> None:
-    queue = FrameQueue(max_bytes=10)
-    assert queue.put("x" * 50, 50)
-    assert not queue.put("y", 1)
+# --- the pipe (one direction of a relay) --------------------------------------------------------
 
 
-def test_frame_queue_first_close_wins_and_discard_empties_it() -> None:
-    queue = FrameQueue(max_bytes=10)
-    queue.put("a", 1)
-    assert queue.close([Close(1001, "first")])
-    assert not queue.close([Close(1000, "second")], discard=True)
-    assert queue.take() is None
-    assert queue.put("late", 4)  # discarded silently after close
+def test_pipe_writes_what_is_queued_in_order_then_the_final_and_ends() -> None:
+    ours, theirs = socket.socketpair()
+    ended = threading.Event()
+    pipe = Pipe("test-pipe", ours, max_bytes=100, on_end=ended.set)
+    with ours, theirs:
+        assert pipe.put(b"a")
+        assert pipe.put(b"b")
+        pipe.thread.start()
+        assert pipe.close(b"!")
+        assert ended.wait(WAIT_S)
+        pipe.thread.join(WAIT_S)
+        theirs.settimeout(WAIT_S)
+        assert theirs.recv(10) == b"ab!"
+
+
+def test_pipe_refuses_beyond_its_budget_and_the_first_close_wins() -> None:
+    ours, theirs = socket.socketpair()
+    pipe = Pipe("test-pipe", ours, max_bytes=10)
+    with ours, theirs:
+        assert pipe.put(b"x" * 6)
+        assert not pipe.put(b"y" * 5)  # the peer does not read: the caller drops it
+        assert pipe.close(discard=True)
+        assert not pipe.close(b"late")
+        assert pipe.put(b"after close")  # discarded silently: the relay is ending
+        pipe.thread.start()
+        pipe.thread.join(WAIT_S)
+        assert not pipe.thread.is_alive()
+        theirs.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            theirs.recv(10)
 
 
 # --- origins and addresses ---------------------------------------------------------------------
@@ -137,6 +164,31 @@ def test_trusted_forwarded_for_gives_its_last_entry_and_port_0() -> None:
     assert browser_address(environ, trust_forwarded=True) == ("2001:db8::7", 0)
 
 
+@pytest.mark.parametrize(
+    ("listen_host", "local", "origin", "allowed"),
+    [
+        ("127.0.0.1", ("127.0.0.1", 8000), "http://127.0.0.1:8000", True),
+        ("127.0.0.1", ("127.0.0.1", 8000), "http://localhost:8000", True),
+        ("127.0.0.1", ("127.0.0.1", 8000), "http://[::1]:8000", True),
+        ("127.0.0.1", ("127.0.0.1", 8000), "http://127.0.0.1:8001", False),
+        ("127.0.0.1", ("127.0.0.1", 8000), "https://127.0.0.1:8000", False),
+        ("127.0.0.1", ("127.0.0.1", 8000), "http://evil.example", False),
+        ("127.0.0.1", ("127.0.0.1", 8000), "http://evil.example:8000", False),
+        # Listening everywhere: the address the connection reached is its own origin.
+        ("0.0.0.0", ("192.168.1.5", 8000), "http://192.168.1.5:8000", True),
+        ("0.0.0.0", ("192.168.1.5", 8000), "http://192.168.1.6:8000", False),
+        ("0.0.0.0", ("10.0.2.15", 8000), "http://127.0.0.1:8000", True),  # a forwarded port
+        ("::", ("::1", 8000), "http://[::1]:8000", True),
+        ("chat.lan", ("192.168.1.5", 80), "http://chat.lan", True),
+        ("chat.lan", ("192.168.1.5", 80), "http://chat.lan:8000", False),
+    ],
+)
+def test_own_origins_come_from_the_listening_address_never_from_host(
+    listen_host: str, local: tuple[str, int], origin: str, allowed: bool
+) -> None:
+    assert origin_allowed(origin, own_origins(listen_host, local)) is allowed
+
+
 def test_forwarded_for_that_is_not_an_address_is_refused() -> None:
     environ = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "1", "HTTP_X_FORWARDED_FOR": "evil"}
     with pytest.raises(ValueError, match="not an IP address"):
@@ -166,8 +218,21 @@ def test_config_flags() -> None:
     assert config.allow_origins == ("https://chat.example.com",)
     assert config.trust_forwarded
     assert config.static_dir == Path("/srv/static")
-    assert config.threads > config.max_websockets
+    assert config.max_websockets == 50
+    assert config.open_files > config.max_connections + config.max_websockets
     assert config.gateway_secret is None
+
+
+def test_config_takes_several_cores_in_order() -> None:
+    config = config_from_args(["--core", "127.0.0.1:9000, 127.0.0.1:9001,[::1]:9002"], {})
+    assert config.core_addresses == (("127.0.0.1", 9000), ("127.0.0.1", 9001), ("::1", 9002))
+    assert config_from_args([], {}).core_addresses == (("127.0.0.1", 9000),)
+
+
+def test_config_limits_per_address_and_connections_by_default() -> None:
+    config = config_from_args([], {})
+    assert (config.max_websockets, config.max_websockets_per_ip) == (5_000, 50)
+    assert (config.max_connections, config.header_timeout) == (10_000, 5.0)
 
 
 def test_config_pings_every_10_s_and_gives_up_after_20_s_by_default() -> None:
@@ -178,6 +243,8 @@ def test_config_pings_every_10_s_and_gives_up_after_20_s_by_default() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--core", "nohost"], ["--core", "h:99999"],
+                                  ["--core", "h:1,h:1"], ["--core", "h:1,"],
+                                  ["--max-websockets-per-ip", "-1"],
                                   ["--allow-origin", "evil"], ["--port", "-1"],
                                   ["--ping-interval", "-1"], ["--pong-timeout", "x"]])
 def test_bad_flags_are_refused(argv: list[str]) -> None:
@@ -216,7 +283,7 @@ def test_a_stopping_registry_refuses_new_websockets() -> None:
     registry.stop_all()
     with pytest.raises(Refused) as refused, registry.slot():
         pass
-    assert refused.value.ending.close.code == 1001
+    assert refused.value.ending.code == 1001
     assert registry.wait_stopped(WAIT_S)
 
 
@@ -225,6 +292,53 @@ def test_the_registry_refuses_beyond_its_limit_and_frees_slots() -> None:
     with registry.slot():
         with pytest.raises(Refused) as refused, registry.slot():
             pass
-        assert refused.value.ending.close.code == 1013
+        assert refused.value.ending.code == 1013
     with registry.slot():
         assert registry.count() == 1
+
+
+def test_the_registry_refuses_an_address_at_its_limit_and_takes_others() -> None:
+    registry = RelayRegistry(max_websockets=10, stop_grace_s=0.05, max_per_ip=2)
+    with registry.slot("10.0.0.1"), registry.slot("10.0.0.1"):
+        with pytest.raises(Refused) as refused, registry.slot("10.0.0.1"):
+            pass
+        assert refused.value.per_address
+        assert refused.value.ending.code == 1008
+        assert "too many connections from your address" in str(refused.value)
+        with registry.slot("10.0.0.2"):  # another address still gets in
+            assert registry.count() == 3
+    with registry.slot("10.0.0.1"):  # slots of an address come back when they close
+        pass
+
+
+# --- the core nodes ----------------------------------------------------------------------------
+
+
+def listening() -> socket.socket:
+    server = socket.create_server(("127.0.0.1", 0))
+    return server
+
+
+def test_core_pool_takes_the_nodes_in_turn() -> None:
+    with listening() as first, listening() as second:
+        pool = CorePool((first.getsockname(), second.getsockname()), connect_timeout=WAIT_S)
+        reached = []
+        for _ in range(4):
+            core = pool.connect("test")
+            assert core is not None
+            with core:
+                reached.append(core.getpeername())
+        assert reached == [first.getsockname(), second.getsockname()] * 2
+
+
+def test_core_pool_skips_a_node_that_is_down_and_says_none_when_all_are() -> None:
+    with listening() as down:
+        down_address = down.getsockname()
+    with listening() as up:
+        pool = CorePool((down_address, up.getsockname()), connect_timeout=WAIT_S)
+        for _ in range(3):
+            core = pool.connect("test")
+            assert core is not None
+            with core:
+                assert core.getpeername() == up.getsockname()
+    assert CorePool((down_address,), connect_timeout=WAIT_S).connect("test") is None
