@@ -188,6 +188,8 @@ class Herd:
                 self.acked_to[event["seq"]] = recipient
         elif kind == "bye":
             peer.bye = True
+            if not peer.welcomed:  # closed before its hello was answered: say why
+                peer.errors.append(f"bye: {event.get('reason')}")
         elif kind == "error":
             peer.errors.append(f"{event.get('code')}: {event.get('message')}")
             if not peer.welcomed:  # a refused hello: the reconnect failed
@@ -445,7 +447,10 @@ def ngircd_registration(clients: int, pin: bool) -> dict[str, Any]:
             run.ngircd_server(Path(workdir)) as (port, _pid):
         command = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--dialect", "irc",
                    "--port", str(port), "--clients", str(clients), "--messages", "0",
-                   "--prefix", "n", "--setup-timeout", "300"]
+                   "--prefix", "n", "--setup-timeout", "300",
+                   # as bench/run.py registers ngIRCd's clients: more in flight would overflow
+                   # its listen backlog of 10 and measure SYN retransmissions
+                   "--parallel", str(run.PARALLEL["ngircd"])]
         if pin:
             command = run.pinned(run.LOADGEN_CPU, command)
         process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE,
