@@ -201,8 +201,13 @@ class Connection:
                     return
         seq = envelope.seq
         if seq:
-            if seq <= self._replayed_upto:
-                return
+            replayed = self._replayed_upto
+            if envelope.first_seq <= replayed:
+                if seq <= replayed:
+                    return
+                rest = envelope.after(replayed)
+                assert rest is not None  # its last seq is above `replayed`
+                envelope = rest
             self._delivered_seq = seq
         if not self._outbox.put(envelope.encoded(self._encoder)):
             self._drop(self._full_reason)
