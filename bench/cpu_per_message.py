@@ -13,6 +13,7 @@ is counted (from the start of the generator: its 100 registrations are included)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -39,8 +40,12 @@ from bench.run import (
 )
 
 
-def one_run(tree: Path, store: str, load_key: str, workdir: Path) -> dict[str, float]:
+def one_run(
+    tree: Path, store: str, load_key: str, workdir: Path, messages: int = 0
+) -> dict[str, float]:
     load = next(load for load in LOADS if load.key == load_key)
+    if messages:
+        load = dataclasses.replace(load, messages=messages)
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="core-data-", dir=workdir)
     command = [
@@ -85,6 +90,8 @@ def main() -> int:
     parser.add_argument("--stores", default="sqlite,memory")
     parser.add_argument("--load", default="1")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=0,
+                        help="messages per run instead of the load's (more: less noise)")
     args = parser.parse_args()
     trees = [(label, Path(path).resolve()) for label, path in
              (item.split("=", 1) for item in args.trees.split(","))]
@@ -98,7 +105,7 @@ def main() -> int:
             for label, tree in trees:
                 for store in args.stores.split(","):
                     started = time.monotonic()
-                    run = one_run(tree, store, args.load, workdir)
+                    run = one_run(tree, store, args.load, workdir, args.messages)
                     key = f"{label}/{store}"
                     us = run["cpu"] / run["delivered"] * 1e6
                     samples.setdefault(key, []).append(us)
