@@ -57,10 +57,10 @@ class Envelope:
     resume's replay.
     """
 
-    __slots__ = ("_encoded", "_parts", "events", "first_seq", "seq")
+    __slots__ = ("_encoded", "_event", "_parts", "first_seq", "seq")
 
     def __init__(self, event: Event) -> None:
-        self.events: tuple[Event, ...] = (event,)
+        self._event = event
         self.seq = self.first_seq = event.seq if isinstance(event, Message) else 0
         self._encoded: dict[type, bytes] = {}
         self._parts: Sequence[Envelope] = ()
@@ -72,12 +72,19 @@ class Envelope:
         if len(parts) == 1:
             return parts[0]
         combined = cls.__new__(cls)
-        combined.events = tuple(event for part in parts for event in part.events)
+        combined._event = parts[0]._event
         combined.seq = parts[-1].seq
         combined.first_seq = parts[0].first_seq
         combined._encoded = {}
         combined._parts = parts
         return combined
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """What it carries, in order (made on demand: a batch is usually only encoded)."""
+        if self._parts:
+            return tuple([event for part in self._parts for event in part.events])
+        return (self._event,)
 
     def after(self, seq: int) -> Envelope | None:
         """The messages of this envelope with a seq above `seq`; None if there are none."""
@@ -92,7 +99,7 @@ class Envelope:
             if self._parts:
                 data = b"".join([part.encoded(codec) for part in self._parts])
             else:
-                data = codec.encode(self.events[0])
+                data = codec.encode(self._event)
             self._encoded[kind] = data
         return data
 
