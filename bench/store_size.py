@@ -50,8 +50,8 @@ def main() -> int:
             nonlocal text_bytes
             done = threading.Semaphore(0)
 
-            def then(result: StoredMessage | StoreError) -> None:
-                done.release()
+            def then(results: list[StoredMessage | StoreError]) -> None:
+                done.release(len(results))
 
             for i in range(per_thread):
                 text = texts[(number * per_thread + i) % len(texts)]

@@ -60,6 +60,7 @@ from tcp_server.registry import (
 from tcp_server.store import (
     MessageStore,
     NewMessage,
+    SendDone,
     SessionId,
     SessionRecord,
     StoredMessage,
@@ -97,7 +98,9 @@ class Session:
         return format_address(self.ip, self.port)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (treat it as immutable all the same): one is built for every message, and a
+# frozen dataclass is built four times slower (bench/README.md, "The cost per message").
+@dataclass(slots=True)
 class Outcome:
     replies: list[Event] = field(default_factory=list)
     close: bool = False
@@ -110,30 +113,41 @@ class Outcome:
 
 
 class PendingSend:
-    """A send that passed the rules: `submit` stores it, and `then` gets its replies (sent,
-    or unavailable) on the store's thread once it is committed and delivered."""
+    """A send that passed the rules: `store` (or `submit`) hands it to the store, and its
+    sender's replies (sent, or unavailable) are `replies(result)` once it is committed and
+    delivered."""
 
     __slots__ = ("_message", "_request", "_store")
 
     def __init__(self, request: Send, message: NewMessage, store: MessageStore) -> None:
         self._request, self._message, self._store = request, message, store
 
-    def submit(self, then: Callable[[list[Event]], None]) -> None:
-        request, message = self._request, self._message
-
-        def answer(result: StoredMessage | StoreError) -> None:
-            if isinstance(result, StoreError):
-                log.error("storing a message failed: %s", result)
-                then([ProtocolError(
-                    ErrorCode.UNAVAILABLE, "the message store failed; try again", request.id
-                ).to_event()])
-            else:
-                then([Sent(to=message.to, ts=message.ts, id=request.id, seq=result.seq)])
-
+    def store(self, then: SendDone) -> StoreError | None:
+        """Hand the message to the store: `then` gets its result on the store's thread, in
+        one list with the results of other sends given the same `then` and committed
+        together, in the order they were stored. A store that refuses it at once (closed)
+        makes this return the error instead, and `then` is not called for it."""
         try:
-            self._store.submit(message, answer)
+            self._store.submit(self._message, then)
         except StoreError as error:
-            answer(error)
+            return error
+        return None
+
+    def replies(self, result: StoredMessage | StoreError) -> list[Event]:
+        """What the sender is answered once the store is done with the message."""
+        if isinstance(result, StoreError):
+            log.error("storing a message failed: %s", result)
+            return [ProtocolError(
+                ErrorCode.UNAVAILABLE, "the message store failed; try again", self._request.id
+            ).to_event()]
+        message = self._message
+        return [Sent(to=message.to, ts=message.ts, id=self._request.id, seq=result.seq)]
+
+    def submit(self, then: Callable[[list[Event]], None]) -> None:
+        """store() for this send alone: `then` gets its replies."""
+        error = self.store(lambda results: then(self.replies(results[0])))
+        if error is not None:
+            then(self.replies(error))
 
 
 class Commands:

@@ -33,9 +33,10 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from tcp_server.commands import Commands, Session
+from tcp_server.commands import Commands, PendingSend, Session
 from tcp_server.config import ServerConfig
 from tcp_server.dialects import DEFAULT_CODEC, Codec, choose_codec, skip_blank
 from tcp_server.flusher import Flusher
@@ -119,7 +120,8 @@ class Connection:
     __slots__ = (
         "__weakref__", "_bucket", "_codec", "_commands", "_config", "_delivered_seq",
         "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox", "_poller",
-        "_replayed_upto", "_sends_in_flight", "_sends_waiter", "_sock", "_state", "session",
+        "_replayed_upto", "_sends", "_sends_in_flight", "_sends_waiter", "_sock", "_state",
+        "session",
     )
 
     def __init__(
@@ -167,9 +169,13 @@ class Connection:
         self._replayed_upto = 0
         self._delivered_seq = 0  # the highest seq queued for the client (the deliverers')
         # Sends handed to the store and not yet answered. The store's thread answers them in
-        # order (_answer_send); any other reply waits until they are, so replies keep the
-        # order of the requests. The reader waiting for them blocks on _sends_waiter (a lock
-        # made for that wait only), released when the count drops to 0.
+        # order, those of one commit at once (_answer_sends); any other reply waits until
+        # they are, so replies keep the order of the requests. The reader waiting for them
+        # blocks on _sends_waiter (a lock made for that wait only), released when the count
+        # drops to 0. _sends holds them oldest first: the reader appends (and takes back one
+        # the store refused at once), the store's thread takes from the left (a deque's
+        # append and popleft are atomic).
+        self._sends: deque[PendingSend] = deque()
         self._sends_in_flight = 0
         self._sends_waiter: threading.Lock | None = None
 
@@ -195,8 +201,13 @@ class Connection:
                     return
         seq = envelope.seq
         if seq:
-            if seq <= self._replayed_upto:
-                return
+            replayed = self._replayed_upto
+            if envelope.first_seq <= replayed:
+                if seq <= replayed:
+                    return
+                rest = envelope.after(replayed)
+                assert rest is not None  # its last seq is above `replayed`
+                envelope = rest
             self._delivered_seq = seq
         if not self._outbox.put(envelope.encoded(self._encoder)):
             self._drop(self._full_reason)
@@ -368,9 +379,7 @@ class Connection:
         try:
             outcome = self._commands.handle(self.session, request)
             if outcome.pending is not None:
-                with self._lock:
-                    self._sends_in_flight += 1
-                outcome.pending.submit(self._answer_send)
+                self._store_send(outcome.pending)
                 return True
             replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
             if replies:
@@ -435,13 +444,29 @@ class Connection:
         if not self._outbox.put(data):
             self._drop(REPLIES_UNREAD)
 
-    def _answer_send(self, replies: list[Event]) -> None:
-        """The store's thread: a send is stored and delivered; queue its replies."""
-        data = b"".join(self._encoder.encode(reply) for reply in replies)
+    def _store_send(self, pending: PendingSend) -> None:
+        with self._lock:
+            self._sends_in_flight += 1
+        self._sends.append(pending)
+        error = pending.store(self._answer_sends)
+        if error is not None:  # refused at once: the store never answers it
+            self._sends.pop()
+            self._answered(pending.replies(error), 1)
+
+    def _answer_sends(self, results: list[StoredMessage | StoreError]) -> None:
+        """The store's thread: the oldest sends in flight are stored and delivered."""
+        sends = self._sends
+        self._answered([reply for result in results
+                        for reply in sends.popleft().replies(result)], len(results))
+
+    def _answered(self, replies: list[Event], count: int) -> None:
+        """Queue the replies to `count` sends at once, then count them as answered."""
+        encode = self._encoder.encode
+        data = b"".join([encode(reply) for reply in replies])
         if not self._outbox.put(data):
             self._drop(REPLIES_UNREAD)
         with self._lock:
-            self._sends_in_flight -= 1
+            self._sends_in_flight -= count
             if not self._sends_in_flight and self._sends_waiter is not None:
                 self._sends_waiter.release()
                 self._sends_waiter = None
@@ -453,7 +478,7 @@ class Connection:
                 return
             waiter = self._sends_waiter = threading.Lock()
             waiter.acquire()
-        waiter.acquire()  # released by _answer_send
+        waiter.acquire()  # released by _answered
 
     def _finish(self) -> None:
         """The reader's last act: end the session, hand the socket to the flusher."""

@@ -76,9 +76,9 @@ class MemoryStore:
         try:
             stored = self.append(message)
         except StoreError as error:
-            then(error)
+            then([error])
         else:
-            then(stored)
+            then([stored])
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str

@@ -124,8 +124,8 @@ class RedisStore:
         done = threading.Event()
         result: list[StoredMessage | StoreError] = []
 
-        def then(outcome: StoredMessage | StoreError) -> None:
-            result.append(outcome)
+        def then(outcomes: list[StoredMessage | StoreError]) -> None:
+            result.extend(outcomes)
             done.set()
 
         self.submit(message, then)
@@ -462,11 +462,11 @@ class RedisStore:
                 raise StoreClosed("the store is closed")
 
 
-_IDLE: Final = _Send("", NewMessage(0.0, "", 0, "", None, ""), lambda result: None)
+_IDLE: Final = _Send("", NewMessage(0.0, "", 0, "", None, ""), lambda results: None)
 
 
 def _answer(send: _Send, result: StoredMessage | StoreError) -> None:
     try:
-        send.then(result)
+        send.then([result])
     except Exception:  # one sender's answer must not stop the writer
         log.exception("redis: answering a sender failed")

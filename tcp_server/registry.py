@@ -55,30 +55,46 @@ class Encoder(Protocol):
 class Envelope:
     """Events on their way to one or many members, encoded once per codec class.
 
-    Usually one event; a batch of presence announcements is one envelope too (`batch`), so
-    that it is queued and sent at once. `seq` is the message's seq (0 for anything but one
-    message): a connection skips a message it has already been sent by a resume's replay.
+    Usually one event; a batch of presence announcements, or the messages of one commit for
+    one member, is one envelope too (`batch`), so that it is queued and sent at once. `seq` is
+    the message's seq, the last one's for a batch of messages (0 for anything else), and
+    `first_seq` the first one's: a connection skips a message it has already been sent by a
+    resume's replay.
     """
 
-    __slots__ = ("_encoded", "_parts", "events", "seq")
+    __slots__ = ("_encoded", "_event", "_parts", "first_seq", "seq")
 
     def __init__(self, event: Event) -> None:
-        self.events: tuple[Event, ...] = (event,)
-        self.seq = event.seq if isinstance(event, Message) else 0
+        self._event = event
+        self.seq = self.first_seq = event.seq if isinstance(event, Message) else 0
         self._encoded: dict[type, bytes] = {}
         self._parts: Sequence[Envelope] = ()
 
     @classmethod
     def batch(cls, parts: Sequence[Envelope]) -> Envelope:
-        """Several envelopes without a seq as one, in order; each part keeps its encodings."""
+        """Several envelopes as one, in order (messages: in seq order); each part keeps its
+        encodings."""
         if len(parts) == 1:
             return parts[0]
         combined = cls.__new__(cls)
-        combined.events = tuple(event for part in parts for event in part.events)
-        combined.seq = 0
+        combined._event = parts[0]._event
+        combined.seq = parts[-1].seq
+        combined.first_seq = parts[0].first_seq
         combined._encoded = {}
         combined._parts = parts
         return combined
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """What it carries, in order (made on demand: a batch is usually only encoded)."""
+        if self._parts:
+            return tuple([event for part in self._parts for event in part.events])
+        return (self._event,)
+
+    def after(self, seq: int) -> Envelope | None:
+        """The messages of this envelope with a seq above `seq`; None if there are none."""
+        parts = [part for part in self._parts or (self,) if part.seq > seq]
+        return Envelope.batch(parts) if parts else None
 
     def encoded(self, codec: Encoder) -> bytes:
         # Encoding depends only on the codec's class, never on per-connection state.
@@ -88,7 +104,7 @@ class Envelope:
             if self._parts:
                 data = b"".join([part.encoded(codec) for part in self._parts])
             else:
-                data = codec.encode(self.events[0])
+                data = codec.encode(self._event)
             self._encoded[kind] = data
         return data
 
@@ -309,7 +325,8 @@ class LocalRoom:
 
     def publish(self, messages: list[StoredMessage]) -> None:
         # One look at the tables for the whole batch (the store commits many at once), then
-        # every delivery outside the lock.
+        # every delivery outside the lock: one per member, with all its messages of the batch
+        # in seq order (one queued write for its connection, not one per message).
         with self._lock:
             online = self._online
             everyone = list(online.values())
@@ -318,17 +335,28 @@ class LocalRoom:
                  else online.get(message.recipient_session))
                 for message in messages
             ]
+        deliveries: dict[Member, list[Envelope]] = {}
         for message, recipients in routes:
             if recipients is None:  # the recipient is away: the store keeps it for a resume
                 continue
             envelope = Envelope(message.event())
             if isinstance(recipients, Member):
-                recipients.deliver(envelope)
+                queued = deliveries.get(recipients)
+                if queued is None:
+                    deliveries[recipients] = [envelope]
+                else:
+                    queued.append(envelope)
                 continue
             sender = message.sender_session
             for member in recipients:
                 if member.session != sender:
-                    member.deliver(envelope)
+                    queued = deliveries.get(member)
+                    if queued is None:
+                        deliveries[member] = [envelope]
+                    else:
+                        queued.append(envelope)
+        for member, envelopes in deliveries.items():
+            member.deliver(Envelope.batch(envelopes))
 
     def __len__(self) -> int:
         with self._lock:

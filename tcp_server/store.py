@@ -93,7 +93,8 @@ class Retention:
     max_days: float = 365.0  # 0: no limit
 
 
-SendDone = Callable[["StoredMessage | StoreError"], None]
+# Results of sends, in the order they were submitted (see MessageStore.submit).
+SendDone = Callable[["list[StoredMessage | StoreError]"], None]
 
 
 class MessageStore(Protocol):
@@ -111,7 +112,11 @@ class MessageStore(Protocol):
     def submit(self, message: NewMessage, then: SendDone) -> None:
         """append() without waiting: `then` gets the stored message (or the StoreError) once
         it is committed and delivered, on the store's thread, in seq order. So a sender goes
-        on reading while its messages are stored, and consecutive ones share a commit."""
+        on reading while its messages are stored, and consecutive ones share a commit.
+
+        `then` gets a list: the results of sends submitted with the same (equal) `then` and
+        committed together may come in one call, in the order they were submitted, so that
+        a sender is answered once per commit, not once per message."""
 
     def open_session(
         self, name: str, token: str, ip: str, port: int, via: str
@@ -679,12 +684,23 @@ class SqliteStore:
         self._finish(batch)
 
     def _finish(self, batch: list[_Job]) -> None:
+        # One call per sender (its `then`) for the whole batch, in submission order: one
+        # encode and one queued write per connection per commit (bench/README.md).
+        answers: dict[SendDone, list[StoredMessage | StoreError]] = {}
         for job in batch:
-            if job.then is not None:
-                try:
-                    job.then(job.error if isinstance(job.error, StoreError) else job.result)
-                except Exception:  # one sender's answer must not stop the store
-                    log.exception("store: answering a sender failed")
+            then = job.then
+            if then is not None:
+                result = job.error if isinstance(job.error, StoreError) else job.result
+                results = answers.get(then)
+                if results is None:
+                    answers[then] = [result]
+                else:
+                    results.append(result)
+        for then, results in answers.items():
+            try:
+                then(results)
+            except Exception:  # one sender's answer must not stop the store
+                log.exception("store: answering a sender failed")
         with self._committed:
             for job in batch:
                 job.finished = True

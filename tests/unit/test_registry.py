@@ -33,19 +33,21 @@ class Inbox:
         self.events: list[Event] = []
         self.seqs: list[int] = []  # the envelope seqs of the messages among them
         self.closed: list[str] = []
+        self.deliveries = 0
         self.session = next(_sessions) if session is None else session
         self.member = Member(
             UserInfo(name, "127.0.0.1", port, "tcp"), self.session, self.deliver, self.closed.append
         )
 
     def deliver(self, envelope: Envelope) -> None:
+        self.deliveries += 1
         self.events.extend(envelope.events)
-        if isinstance(envelope.events[0], Message):
-            self.seqs.append(envelope.seq)
+        self.seqs.extend(event.seq for event in envelope.events if isinstance(event, Message))
 
     def clear(self) -> None:
         self.events.clear()
         self.seqs.clear()
+        self.deliveries = 0
 
     def reconnect(self, port: int = 2000) -> Inbox:
         """A new connection of the same session (what resume hands the room)."""
@@ -323,6 +325,35 @@ def test_publish_skips_the_senders_session_on_its_new_connection_too() -> None:
     assert len(bob.events) == 1
 
 
+def test_publish_gives_each_member_its_messages_of_a_batch_in_one_delivery_in_seq_order(
+) -> None:
+    room = LocalRoom()
+    alice, bob, carol = joined(room, "alice", "bob", "carol")
+    room.publish([stored(1, alice, bob), stored(2, carol, None), stored(3, alice, carol),
+                  stored(4, carol, bob), stored(5, bob, None)])
+    assert (bob.seqs, carol.seqs, alice.seqs) == ([1, 2, 4], [3, 5], [2, 5])
+    assert bob.deliveries == carol.deliveries == alice.deliveries == 1
+    assert [event.text for event in bob.events if isinstance(event, Message)] == ["hi"] * 3
+
+
+def test_a_batch_envelope_spans_its_messages_seqs_and_keeps_those_after_a_seq() -> None:
+    alice, bob = Inbox("alice"), Inbox("bob")
+    parts = [Envelope(stored(seq, alice, bob).event()) for seq in (4, 7, 9)]
+    batch = Envelope.batch(parts)
+    assert (batch.first_seq, batch.seq) == (4, 9)
+    assert Envelope.batch(parts[:1]) is parts[0]
+    rest = batch.after(4)
+    assert rest is not None
+    assert [e.seq for e in rest.events] == [7, 9]
+    assert (rest.first_seq, rest.seq) == (7, 9)
+    assert batch.after(8) is parts[2]
+    assert batch.after(9) is None
+    assert parts[0].after(3) is parts[0]
+    assert parts[0].after(4) is None
+    codec = JsonLinesCodec()
+    assert batch.encoded(codec) == b"".join(part.encoded(codec) for part in parts)
+
+
 def test_publish_of_a_direct_message_reaches_only_the_recipient_session() -> None:
     room = LocalRoom()
     alice, bob, carol = joined(room, "alice", "Bob", "carol")
@@ -425,7 +456,6 @@ class BlockingInbox(Inbox):
         self.entered = threading.Event()
         self.release = threading.Event()
         self.armed = False
-        self.deliveries = 0
 
     def arm(self) -> None:
         self.armed = True
@@ -433,7 +463,6 @@ class BlockingInbox(Inbox):
         self.deliveries = 0
 
     def deliver(self, envelope: Envelope) -> None:
-        self.deliveries += 1
         if self.armed:
             self.armed = False
             self.entered.set()
