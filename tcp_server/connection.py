@@ -120,8 +120,8 @@ class Connection:
     __slots__ = (
         "__weakref__", "_bucket", "_codec", "_commands", "_config", "_delivered_seq",
         "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox", "_poller",
-        "_replayed_upto", "_sends", "_sends_in_flight", "_sends_waiter", "_sock", "_state",
-        "session",
+        "_replayed_upto", "_sends", "_sends_in_flight", "_sends_waiter", "_session_over",
+        "_sock", "_state", "session",
     )
 
     def __init__(
@@ -160,6 +160,7 @@ class Connection:
         # a delivery released from the hold may drop the client, which moves _state.
         self._lock = threading.RLock()
         self._state = Lifecycle.HELLO
+        self._session_over = False  # end_session() has run (guarded by _lock)
         # While registering (see _handle), deliveries wait in _held, so that the welcome and
         # the replay come first; the lock makes the switch to direct delivery atomic.
         self._held: list[Envelope] | None = None
@@ -381,6 +382,13 @@ class Connection:
             if outcome.pending is not None:
                 self._store_send(outcome.pending)
                 return True
+            if outcome.close and self.session.exited:
+                # exit ends the session before its bye goes out (after the answers to the
+                # sends before it): a client that has its bye can take its name, or its
+                # address's place, again at once.
+                if self._sends_in_flight:
+                    self._wait_for_sends()
+                self.end_session()
             replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
             if replies:
                 self._put(replies)
@@ -494,8 +502,13 @@ class Connection:
             log.info("%s disconnected", self.peer)
 
     def end_session(self) -> None:
-        """The connection is over: the session ends, or goes away (resumable). Called once,
-        by the reader, or by the server for a reader that arrived at the ShutdownGate."""
+        """The connection is over: the session ends, or goes away (resumable). Called by the
+        reader (at exit, or at its end), or by the server for a reader that arrived at the
+        ShutdownGate; only the first call does anything."""
+        with self._lock:
+            if self._session_over:
+                return
+            self._session_over = True
         self._commands.disconnect(self.session, self._delivered_seq)
 
     # --- helpers ----------------------------------------------------------------------------

@@ -538,3 +538,13 @@ def test_a_store_failing_in_the_middle_of_a_replay_ends_with_a_bye_and_a_later_r
             last.send(type="hello", name="bob", resume=bob_session, after=first["seq"])
             last.expect("welcome", resumed=True)
             assert [last.expect("message")["seq"] for _ in seqs[1:]] == seqs[1:]
+
+
+def test_after_the_bye_of_an_exit_the_name_is_free_at_once(address: Address) -> None:
+    for _ in range(30):
+        with RawClient(address) as first:
+            first.hello("again")
+            assert first.request("exit")["type"] == "bye"
+        with RawClient(address) as second:  # no wait: the bye means the session has ended
+            assert second.request("hello", name="again")["type"] == "welcome"
+            second.request("exit")
