@@ -33,7 +33,8 @@ MIN_INTERVAL_S = 5.0
 TRIM_EVERY_S = 10.0
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+def find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the allocator is another (it then decides)."""
     try:
         trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator decides
@@ -53,7 +54,7 @@ class Reclaimer:
         self._settle_s = settle_s
         self._min_interval_s = min_interval_s
         self._trim_every_s = trim_every_s
-        self._trim = _find_malloc_trim()
+        self._trim = find_malloc_trim()
         # _changed guards _peak, _count and _stopping; count() notifies it when a reclaim
         # becomes due, stop() to end the thread.
         self._changed = threading.Condition(threading.Lock())

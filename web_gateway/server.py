@@ -16,12 +16,9 @@ would never end on their own.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -32,26 +29,18 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.ggevent import GeventWorker
 
 from tcp_server.protocol import format_address
+from tcp_server.reclaim import find_malloc_trim
 from web_gateway import create_app, gateway_of
 from web_gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: its allocator returns memory by itself
-        return None
-    return trim
-
-
 # After a thousand websockets have come and gone the worker would keep their peak for good:
 # their relays' reference cycles wait for a full collection, and glibc keeps freed memory in
 # its heaps. Every few seconds, if websockets ended meanwhile, both are handed back.
 MALLOC_TRIM_EVERY_S = 5.0
-MALLOC_TRIM = _load_malloc_trim()
+MALLOC_TRIM = find_malloc_trim()
 
 
 def _let_conditions_see_their_lock_is_held() -> None:
