@@ -1,43 +1,48 @@
 """One browser's websocket relayed to one core connection.
 
-Each direction is a `Pipe`: a bounded queue (the core's Outbox) and the one thread that writes
-its socket, taking everything queued as one batch. The relay has two, used the same way:
+Each direction is a `Pipe`: a bounded queue (the core's Outbox) and its socket's writing. The
+relay has two, used the same way:
 
-- up (`relay-up-N`): lines for the core. The request thread reads the browser
+- up: lines for the core. The request thread reads the browser
   (web_gateway.websocket.BrowserSocket), checks each frame (web_gateway.frames) and queues
   its line, or queues the gateway's error object for the browser instead;
-- down (`relay-down-N`): websocket frames for the browser. `relay-core-N` reads the core,
-  splits it into lines with the core's LineBuffer and queues one text frame per line; pongs,
-  pings (RelayRegistry's pinger) and the closing frames go the same way.
+- down: websocket frames for the browser. `relay-core-N` reads the core, splits it into lines
+  with the core's LineBuffer and queues one text frame per line; pongs, pings (RelayRegistry's
+  pinger) and the closing frames go the same way.
 
-So every socket has exactly one writer, and no reader ever blocks on a write: a put() that
-does not fit the budget (`max_queue_bytes`) means the peer stopped reading, and the relay
-drops it: a browser that does not read what it is sent is cut (its user shows away), and a
-core that does not read the browser's requests ends the websocket with `unavailable`. A
-browser that reads is never dropped: its writer keeps emptying the queue.
+Whoever queues writes the socket at once while it takes everything (a non-blocking send: no
+hand-over, no switch); a writer (`relay-up-N`, `relay-down-N`) runs only while the socket
+would block, until it has taken what is queued. So every socket has exactly one writer at any
+moment, and no reader ever blocks on a write: a put() that does not fit the budget
+(`max_queue_bytes`) while the socket takes nothing means the peer stopped reading, and the
+relay drops it: a browser that does not read what it is sent is cut (its user shows away),
+and a core that does not read the browser's requests ends the websocket with `unavailable`.
+A browser that reads is never dropped: its socket keeps taking what is queued.
 
 Under gunicorn's gevent worker these threads are greenlets (the worker monkey-patches
-`threading` and `socket`), so an open websocket costs no system thread at all; in the tests'
-threaded werkzeug server the same code runs on threads.
+`threading` and `socket`), so an open websocket costs two greenlets (its request's and its
+core reader) and no system thread; in the tests' threaded werkzeug server the same code runs
+on threads.
 
-Every wait has a wake-up path: closing a queue wakes its writer, shutting down a socket wakes
-its reader, and a close frame the browser does not answer within `close_timeout` is followed
-by a shutdown of its socket.
+Every wait has a wake-up path: shutting down a socket wakes its reader and its writer, a
+writer gives up what the socket has not taken within `close_timeout` of the close, and a close
+frame the browser does not answer within `close_timeout` is followed by a shutdown of its
+socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from tcp_server.lograte import LogRate
-from tcp_server.outbox import Outbox
+from tcp_server.outbox import Flushed, Outbox, Writing
 from tcp_server.protocol import (
     LineBuffer,
     ProtocolError,
@@ -115,40 +120,142 @@ def end_websocket(browser: BrowserSocket, ending: Ending, close_timeout: float) 
             browser.sock.shutdown(socket.SHUT_RDWR)
 
 
+class NoWaitSocket:
+    """The Outbox's view of a relay socket: a send that never waits for room.
+
+    gevent's socket waits for room (a trip around the event loop) whatever the flags; its raw
+    socket (`_sock`, non-blocking) answers EAGAIN instead, as a plain socket does to
+    MSG_DONTWAIT. Everything else is the socket's own.
+    """
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: bytes, flags: int = 0, /) -> int:
+        raw = getattr(self.sock, "_sock", self.sock)  # looked up each time: close swaps it
+        sent: int = raw.send(data, flags | socket.MSG_DONTWAIT)
+        return sent
+
+    def recv(self, size: int, flags: int = 0, /) -> bytes:
+        return self.sock.recv(size, flags)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def shutdown(self, how: int, /) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Pipe:
-    """One direction of a relay: a bounded queue and the thread that is its socket's only
-    writer. put() never blocks; the writer sends what is queued in one sendall() per batch."""
+    """One direction of a relay: a bounded queue (the core's Outbox) and its socket's writing.
+
+    Whoever queues writes at once, with a non-blocking send, while the socket takes
+    everything: no hand-over to another thread, no switch. Only when the socket would block
+    does a writer (`relay-up-N`, `relay-down-N`: a greenlet under gevent) take over, waiting
+    until the socket has room and writing again, and it ends once the queue is empty. The
+    Outbox's state says who writes (its DUE state is held by one party at a time), so the
+    socket has one writer at any moment. put() never blocks and refuses data over the budget
+    only while the socket is not taking any (the peer stopped reading).
+    """
+
+    __slots__ = ("_close_timeout", "_lock", "_outbox", "_sock", "_writer", "name")
 
     def __init__(self, name: str, sock: socket.socket, max_bytes: int,
-                 on_end: Callable[[], None] | None = None) -> None:
-        """`on_end` runs in the writer after the last batch (or a failed write)."""
+                 close_timeout: float) -> None:
+        """`close_timeout`: after close(), how long what is unsent may wait for room."""
+        self.name = name
         self._sock = sock
-        self._queue = Outbox(max_bytes)
-        self._on_end = on_end
-        self.thread = threading.Thread(target=self._write, name=name)
+        self._close_timeout = close_timeout
+        self._outbox = Outbox(max_bytes, NoWaitSocket(sock), self)
+        # _lock guards _writer, the thread that writes while the socket would block (if any).
+        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
 
     def put(self, data: bytes) -> bool:
-        """Queue `data` for the socket. False: the budget is full (the peer does not read)."""
-        return self._queue.put(data)
+        """Queue `data` and write it if the socket takes it. False: over the budget while the
+        socket takes nothing (the peer does not read); not queued."""
+        return self._outbox.put(data)
 
     def close(self, final: bytes | None = None, *, discard: bool = False) -> bool:
-        """Write what is queued (or drop it: `discard`), then `final`, then end. The first
+        """Write what is queued, then `final`, then end; what the socket has not taken
+        within close_timeout is cut off. `discard`: drop what is queued, and if the socket
+        takes nothing, cut it off now (shut down, which also wakes its reader). The first
         close wins: False for later ones."""
-        return self._queue.close(final, discard=discard)
+        deadline = time.monotonic() + (0.0 if discard else self._close_timeout)
+        if not self._outbox.close(final, discard=discard, deadline=deadline):
+            return False
+        if discard and self._outbox.state is Writing.BLOCKED:
+            self._outbox.cut_off()  # the waiting writer wakes to the shutdown and ends
+        return True
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the writer, if one is running; False if it is still running."""
+        with self._lock:
+            writer = self._writer
+        if writer is None:
+            return True
+        writer.join(timeout)
+        return not writer.is_alive()
+
+    # --- the Outbox's Scheduler: called by put() and close(), outside the Outbox's lock -------
+
+    def schedule(self, outbox: Outbox) -> bool:
+        if self._flush() is Flushed.BLOCKED:
+            with self._lock:
+                if self._writer is not None:  # it is waiting for room, and sees the change
+                    return True
+                writer = self._writer = threading.Thread(target=self._write, name=self.name)
+            writer.start()  # RuntimeError when the system has no thread to spare
+        return True
+
+    def lag(self, change: int) -> None:
+        """Over the budget with a socket that takes data: the one party writing it (another
+        thread, in the threaded test server) empties the queue at once; nothing to do."""
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _flush(self) -> Flushed:
+        while (result := self._outbox.flush()) is Flushed.AGAIN:
+            pass
+        return result
 
     def _write(self) -> None:
+        """The writer while the socket would block: wait for room, write, until it is empty."""
         try:
-            while (batch := self._queue.take()) is not None:
-                self._sock.sendall(batch)
-        except OSError as error:  # the peer is gone: its reader sees it too
-            log.debug("%s: write ended: %r", self.thread.name, error)
-            self._queue.close(discard=True)
+            while True:
+                if self._wait_for_room():
+                    self._outbox.writable()
+                    if self._flush() is Flushed.BLOCKED:
+                        continue
+                elif self._outbox.closed and time.monotonic() >= self._outbox.deadline:
+                    self._outbox.cut_off()  # shuts the socket down: its reader sees the end
+                with self._lock:  # a put() that blocks from now on starts another writer
+                    if self._outbox.state is not Writing.BLOCKED:
+                        self._writer = None
+                        return
         except Exception:
-            log.exception("%s failed", self.thread.name)
-            self._queue.close(discard=True)
-        finally:
-            if self._on_end is not None:
-                self._on_end()
+            log.exception("%s failed", self.name)
+            self._outbox.cut_off()
+            with self._lock:
+                self._writer = None
+
+    def _wait_for_room(self) -> bool:
+        """Wait until the socket can take data, at most until the close deadline (or
+        close_timeout, to look at the deadline of a close that came meanwhile)."""
+        timeout = self._close_timeout
+        if self._outbox.closed:
+            timeout = max(0.0, self._outbox.deadline - time.monotonic())
+        poller = select.poll()  # gevent's under gevent: waits in the event loop
+        try:
+            poller.register(self._sock.fileno(), select.POLLOUT)
+        except (OSError, ValueError):  # closed meanwhile (ValueError: fd -1)
+            return True  # the send fails and ends the outbox
+        return bool(poller.poll(timeout * 1000))
 
 
 class Relay:
@@ -179,10 +286,8 @@ class Relay:
         # Keep-alive, used by the registry's pinger only (and _pong_seen set by the reader).
         self._pong_seen = True
         self._unanswered_since: float | None = None
-        # The core connection ends in _finish(), once the browser is done: up needs no on_end.
-        self._up = Pipe(f"relay-up-{number}", core, max_queue_bytes)
-        self._down = Pipe(f"relay-down-{number}", browser.sock, max_queue_bytes,
-                          self._down_ended)
+        self._up = Pipe(f"relay-up-{number}", core, max_queue_bytes, close_timeout)
+        self._down = Pipe(f"relay-down-{number}", browser.sock, max_queue_bytes, close_timeout)
         self._core_reader = threading.Thread(target=self._read_core, name=f"relay-core-{number}")
         # Kernel send buffers, which Linux grows to megabytes by itself, are capped at the
         # same budget: a peer that does not read holds at most about twice max_queue_bytes.
@@ -235,8 +340,7 @@ class Relay:
         if CONNECTION_LOG_RATE.allow(self.browser[0]) is not None:
             log.info("websocket %d from %s relayed", self.number, self.peer)
         try:
-            for thread in (self._up.thread, self._down.thread, self._core_reader):
-                thread.start()  # RuntimeError when the system has no thread to spare
+            self._core_reader.start()  # RuntimeError when the system has no thread to spare
             self._read_browser()
         except Exception:
             log.exception("websocket %d from %s: unexpected error", self.number, self.peer)
@@ -298,30 +402,29 @@ class Relay:
         # What the browser sent before leaving still reaches the core (a message, an exit);
         # then the core connection ends, and the others see the user away or left.
         self._up.close()
-        self._join(self._up.thread)
+        self._join(self._up)
         self._shutdown(self._core)
         self._join(self._core_reader)
         # The browser's last frames (an ending, a close reply) go out before its socket is
         # shut: a queued ending is written first, and a stuck writer is cut by _join().
         self._down.close(discard=True)  # a no-op when an ending was queued before
-        self._join(self._down.thread)
+        self._join(self._down)
         self._shutdown(self._browser.sock)
         with self._lock:
             self._sockets_closed = True
             self._core.close()
 
-    def _join(self, thread: threading.Thread) -> None:
-        if thread.ident is None:  # never started
+    def _join(self, waited: threading.Thread | Pipe) -> None:
+        """Wait for the core reader, or for a pipe's writer if one is running."""
+        # Each is woken by its queue's close deadline or its socket's shutdown; a second
+        # chance after cutting both sockets bounds the wait even if a peer stopped reading.
+        if _joined(waited, 2 * self._close_timeout):
             return
-        # Each thread is woken by its queue's close or its socket's shutdown; a second chance
-        # after cutting both sockets bounds the wait even if a peer stopped reading.
-        thread.join(2 * self._close_timeout)
-        if thread.is_alive():
-            log.warning("%s is stuck; cutting the connections", thread.name)
-            self.abort("stuck")
-            thread.join(self._close_timeout)
-            if thread.is_alive():
-                log.error("%s did not stop", thread.name)
+        log.warning("websocket %d: %s is stuck; cutting the connections", self.number,
+                    waited.name)
+        self.abort("stuck")
+        if not _joined(waited, self._close_timeout):
+            log.error("websocket %d: %s did not stop", self.number, waited.name)
 
     # --- relay-core-N: reads the core, one frame per line --------------------------------
 
@@ -350,15 +453,13 @@ class Relay:
     def _core_ended(self) -> None:
         if self._browser_done.is_set():
             self._down.close()
-        elif self._close_browser(BYE if self._exit_sent else CORE_CLOSED):
+            return
+        if self._close_browser(BYE if self._exit_sent else CORE_CLOSED):
             log.info("websocket %d from %s: the core closed the connection",
                      self.number, self.peer)
-
-    # --- the writers' ends ----------------------------------------------------------------
-
-    def _down_ended(self) -> None:
-        # After our close frame the browser answers with its own, which ends the request
-        # thread's reading; one that does not answer is cut after close_timeout.
+        # The browser has been sent its ending (here, or by stop() or abort(), which also
+        # ended the core connection): it answers with its close frame, which ends the request
+        # thread's reading; one that does not answer within close_timeout is cut.
         if not self._browser_done.wait(self._close_timeout):
             self._shutdown(self._browser.sock)
 
@@ -373,3 +474,13 @@ class Relay:
         with self._lock, contextlib.suppress(OSError):  # OSError: not connected any more
             if not self._sockets_closed:
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _joined(waited: threading.Thread | Pipe, timeout: float) -> bool:
+    """Wait at most `timeout` for a thread (never started: at once) or a pipe's writer."""
+    if isinstance(waited, Pipe):
+        return waited.join(timeout)
+    if waited.ident is None:
+        return True
+    waited.join(timeout)
+    return not waited.is_alive()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -97,36 +98,87 @@ def test_close_frame_cuts_a_long_reason_without_splitting_a_character() -> None:
 # --- the pipe (one direction of a relay) --------------------------------------------------------
 
 
-def test_pipe_writes_what_is_queued_in_order_then_the_final_and_ends() -> None:
+def _fill(sock: socket.socket) -> int:
+    """Fill `sock`'s send buffer (and its peer's receive buffer); the bytes it took."""
+    sock.setblocking(False)
+    taken = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            taken += sock.send(b"f" * 65_536)
+    sock.setblocking(True)
+    return taken
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    sock.settimeout(WAIT_S)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"end of stream after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def test_pipe_writes_at_once_while_the_socket_takes_everything() -> None:
     ours, theirs = socket.socketpair()
-    ended = threading.Event()
-    pipe = Pipe("test-pipe", ours, max_bytes=100, on_end=ended.set)
+    pipe = Pipe("test-pipe", ours, max_bytes=100, close_timeout=WAIT_S)
+    threads = threading.active_count()
     with ours, theirs:
         assert pipe.put(b"a")
         assert pipe.put(b"b")
-        pipe.thread.start()
+        assert _read_exactly(theirs, 2) == b"ab"  # written by put() itself
         assert pipe.close(b"!")
-        assert ended.wait(WAIT_S)
-        pipe.thread.join(WAIT_S)
-        theirs.settimeout(WAIT_S)
-        assert theirs.recv(10) == b"ab!"
+        assert _read_exactly(theirs, 1) == b"!"
+        assert pipe.join(0)
+        assert threading.active_count() == threads  # no writer was needed
 
 
-def test_pipe_refuses_beyond_its_budget_and_the_first_close_wins() -> None:
+def test_pipe_hands_over_to_a_writer_while_the_socket_is_full_and_keeps_the_order() -> None:
     ours, theirs = socket.socketpair()
-    pipe = Pipe("test-pipe", ours, max_bytes=10)
     with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pipe = Pipe("test-pipe", ours, max_bytes=1_000_000, close_timeout=WAIT_S)
+        taken = _fill(ours)
+        chunks = [str(index).encode() * 100 for index in range(200)]
+        for chunk in chunks:
+            assert pipe.put(chunk)  # over the kernel's buffer: queued, a writer waits
+        assert not pipe.join(0.05)  # the writer waits for room
+        expected = b"f" * taken + b"".join(chunks)
+        assert _read_exactly(theirs, len(expected)) == expected
+        assert pipe.join(WAIT_S)  # empty: the writer has ended
+        assert pipe.put(b"later")  # written at once again
+        assert _read_exactly(theirs, 5) == b"later"
+
+
+def test_pipe_refuses_beyond_its_budget_only_while_the_socket_takes_nothing() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pipe = Pipe("test-pipe", ours, max_bytes=10, close_timeout=WAIT_S)
+        assert pipe.put(b"x" * 50)  # over the budget, but the socket takes it
+        _fill(ours)
         assert pipe.put(b"x" * 6)
         assert not pipe.put(b"y" * 5)  # the peer does not read: the caller drops it
         assert pipe.close(discard=True)
         assert not pipe.close(b"late")
         assert pipe.put(b"after close")  # discarded silently: the relay is ending
-        pipe.thread.start()
-        pipe.thread.join(WAIT_S)
-        assert not pipe.thread.is_alive()
-        theirs.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            theirs.recv(10)
+        assert pipe.join(WAIT_S)
+
+
+def test_a_closed_pipe_whose_peer_does_not_read_is_cut_at_its_deadline() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pipe = Pipe("test-pipe", ours, max_bytes=1_000_000, close_timeout=0.2)
+        taken = _fill(ours)
+        assert pipe.put(b"z" * 10_000)
+        assert pipe.close(b"bye")
+        assert pipe.join(WAIT_S)  # cut off after 0.2 s, not waiting for ever
+        theirs.settimeout(WAIT_S)
+        received = 0
+        while chunk := theirs.recv(65_536):  # the shutdown ends the stream
+            received += len(chunk)
+        assert taken <= received < taken + 10_003
 
 
 # --- origins and addresses ---------------------------------------------------------------------
