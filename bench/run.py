@@ -411,6 +411,12 @@ def measure(system: str, load: Load, workdir: Path) -> dict[str, Any]:
         parallel = load.parallel or PARALLEL[system]
         result = run_load(load, dialect, port, samplers, parallel, more_ports)
         result["server_cpu_seconds"] = sum(cpu_seconds(pid) for pid in pids)
+        if system == "gateway":
+            # Each on its own (start-up included): the gunicorn worker is the arbiter's child,
+            # which the sum above does not count.
+            result["core_cpu_seconds"] = cpu_seconds(pids[0])
+            result["gateway_cpu_seconds"] = sum(cpu_seconds(pid) for pid in _family(pids[1]))
+            result["server_cpu_seconds"] += result["gateway_cpu_seconds"] - cpu_seconds(pids[1])
         result["parallel_registrations"] = parallel
         result["wall_seconds"] = time.monotonic() - started
     result["server_peak_rss_kib"] = sum(s.peak_rss_kib for s in samplers)
@@ -708,6 +714,7 @@ def main() -> int:
                 summary = {k: result.get(k) for k in (
                     "registered", "register_seconds", "delivered_per_s", "lost", "latency_ms",
                     "server_peak_rss_kib", "server_peak_threads", "kib_per_client",
+                    "core_cpu_seconds", "gateway_cpu_seconds",
                     "wall_seconds", "settled_seconds",
                 ) if k in result}
                 print(f"  {json.dumps(summary)}", flush=True)
