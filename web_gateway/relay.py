@@ -393,8 +393,8 @@ class Relay:
         if lines and not self._up.put(lines[0] if len(lines) == 1 else b"".join(lines)):
             log.warning("websocket %d from %s: the core is not reading; closing",
                         self.number, self.peer)
+            self.stop(CORE_STALLED)  # first: the browser is told why before the core ends
             self._up.close(discard=True)
-            self.stop(CORE_STALLED)
 
     def _finish(self) -> None:
         self._browser_done.set()

@@ -22,18 +22,17 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from wsproto import WSConnection
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-
 # Frame opcodes (RFC 6455, section 5.2).
+OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
 OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
 
 CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_INVALID_DATA: Final = 1007
 CLOSE_TOO_BIG: Final = 1009
-PARSE_FAILURE_CODES: Final = frozenset({CLOSE_PROTOCOL_ERROR, 1007, CLOSE_TOO_BIG})
 MAX_CLOSE_REASON_BYTES: Final = 123  # a control frame carries at most 125 bytes
 
 
@@ -98,7 +97,7 @@ def close_frame(code: int, reason: str) -> bytes:
 class Received:
     """What one read from the browser brought."""
 
-    messages: list[str | bytes] = field(default_factory=list)
+    messages: list[str | bytes] = field(default_factory=list)  # text as str, binary as bytes
     replies: list[bytes] = field(default_factory=list)  # pongs, for the browser's writer
     pong: bool = False  # the browser answered a ping
     # The websocket ends: the close frame to send back (None if the browser's own close
@@ -111,19 +110,181 @@ class Received:
     drain: bool = False
 
 
+class FrameDecoder:
+    """The browser's websocket frames (RFC 6455, section 5) as the gateway's `Received`:
+    sans-I/O, for a server that negotiated no extension.
+
+    Every frame must be masked and have no reserved bit set (a compressed frame is refused,
+    never inflated); control frames are short and whole; a message's fragments follow each
+    other; text is valid UTF-8; lengths use their shortest form. A frame that breaks a rule
+    ends the websocket with 1002 (1007 for text that is not UTF-8), and one that would make
+    a message longer than `max_message_bytes` with 1009 as soon as its header is read, before
+    its payload is held. After the close (the browser's or ours) nothing more is decoded.
+    """
+
+    __slots__ = ("_buf", "_close_sent", "_done", "_max", "_part_bytes", "_parts", "_text")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._max = max_message_bytes
+        # Bytes of a frame not complete yet: a bytearray, so that a frame arriving a byte at
+        # a time is appended to, not copied whole each time.
+        self._buf = bytearray()
+        self._parts: list[bytes] = []  # the fragments of an unfinished message
+        self._part_bytes = 0
+        self._text: bool | None = None  # the unfinished message's kind, None between messages
+        self._close_sent = False
+        self._done = False
+
+    def note_close_sent(self) -> None:
+        """Our close frame is on its way: the browser's next close only answers it."""
+        self._close_sent = True
+
+    def feed(self, data: bytes) -> Received:
+        got = Received()
+        if self._done:
+            return got
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= 2:
+                first, second = buf[pos], buf[pos + 1]
+                size = second & 0x7F
+                head = pos + 2
+                if size == 126:
+                    if end - head < 2:
+                        break
+                    size = int.from_bytes(buf[head:head + 2])
+                    head += 2
+                    if size < 126:
+                        raise _Refused(CLOSE_PROTOCOL_ERROR, "length not in its shortest form")
+                elif size == 127:
+                    if end - head < 8:
+                        break
+                    size = int.from_bytes(buf[head:head + 8])
+                    head += 8
+                    if size < 65_536 or size >> 63:
+                        raise _Refused(CLOSE_PROTOCOL_ERROR, "length not in its shortest form")
+                opcode = first & 0x0F
+                self._check_header(first, second, opcode, size)
+                if end - head < 4 + size:
+                    break
+                payload = _unmask(buf[head + 4:head + 4 + size], buf[head:head + 4])
+                pos = head + 4 + size
+                if self._frame(first & 0x80, opcode, payload, got):
+                    self._done = True
+                    break
+        except _Refused as refused:
+            self._done = True
+            got.closing = got.drain = True
+            got.close_reply = close_frame(refused.code, refused.reason)
+        if self._done:
+            self._buf = bytearray()
+        elif buf is self._buf:
+            del buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(buf[pos:])
+        return got
+
+    def _check_header(self, first: int, second: int, opcode: int, size: int) -> None:
+        if first & 0x70:
+            raise _Refused(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was agreed)")
+        if not second & 0x80:
+            raise _Refused(CLOSE_PROTOCOL_ERROR, "a client frame must be masked")
+        if opcode >= OP_CLOSE:
+            if opcode > OP_PONG:
+                raise _Refused(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            if not first & 0x80 or size > 125:
+                raise _Refused(CLOSE_PROTOCOL_ERROR, "control frames are whole and short")
+            return
+        if opcode > OP_BINARY:
+            raise _Refused(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if (opcode == OP_CONTINUATION) != (self._text is not None):
+            raise _Refused(CLOSE_PROTOCOL_ERROR, "fragments out of order")
+        if self._part_bytes + size > self._max:
+            raise _Refused(CLOSE_TOO_BIG, "message too big")
+
+    def _frame(self, fin: int, opcode: int, payload: bytes, got: Received) -> bool:
+        """One whole frame; True when it ends the websocket."""
+        if opcode == OP_PING:
+            got.replies.append(_frame(OP_PONG, payload))
+        elif opcode == OP_PONG:
+            got.pong = True
+        elif opcode == OP_CLOSE:
+            code = _close_code(payload)
+            got.closing = True
+            if not self._close_sent:  # the browser began the close: answer it
+                got.close_reply = close_frame(_reply_code(code), "")
+            return True
+        elif fin and self._text is None:  # a whole message in one frame: the usual case
+            got.messages.append(_text(payload) if opcode == OP_TEXT else payload)
+        else:
+            if self._text is None:
+                self._text = opcode == OP_TEXT
+            self._parts.append(payload)
+            self._part_bytes += len(payload)
+            if fin:
+                data = b"".join(self._parts)
+                got.messages.append(_text(data) if self._text else data)
+                self._parts.clear()
+                self._part_bytes = 0
+                self._text = None
+        return False
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+    size = len(payload)
+    if not size:
+        return b""
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload) ^ int.from_bytes(key)).to_bytes(size)
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+
+
+VALID_CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,
+                                      1012, 1013, 1014})
+
+
+def _close_code(payload: bytes) -> int:
+    """The code of a browser's close frame (1005: none given); raises _Refused if invalid."""
+    if not payload:
+        return 1005
+    if len(payload) == 1:
+        raise _Refused(CLOSE_PROTOCOL_ERROR, "a close frame's code has two bytes")
+    code = int.from_bytes(payload[:2])
+    if code not in VALID_CLOSE_CODES and not 3000 <= code < 5000:
+        raise _Refused(CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent")
+    _text(payload[2:])  # the reason must be UTF-8
+    return code
+
+
 class BrowserSocket:
     """Reads one browser's websocket after simple-websocket's handshake; one reader only."""
 
     def __init__(self, server: Any, *, max_message_bytes: int, recv_bytes: int) -> None:
         """`server` is the simple_websocket.Server flask-sock hands the route."""
         self.sock: socket.socket = server.sock
-        self._codec: WSConnection = server.ws
         self._server = server
-        self._max_message_bytes = max_message_bytes
+        # From here on the gateway reads and writes the socket: simple-websocket's wsproto
+        # connection and event, used for the handshake only, would just take memory.
+        server.ws = server.event = None
+        self._frames = FrameDecoder(max_message_bytes)
         self._recv_bytes = recv_bytes
-        self._parts: list[str | bytes] = []  # the fragments of an unfinished message
-        self._part_bytes = 0
-        self._close_sent = False
 
     def detach(self) -> None:
         """Tell flask-sock the websocket is over, so that it sends no close frame of its own:
@@ -132,7 +293,7 @@ class BrowserSocket:
 
     def note_close_sent(self) -> None:
         """The relay has queued its close frame: the browser's next close only answers it."""
-        self._close_sent = True
+        self._frames.note_close_sent()
 
     def read(self) -> Received:
         """Block for the next bytes from the browser and decode them.
@@ -140,31 +301,9 @@ class BrowserSocket:
         Raises OSError when the connection is broken; returns `closing` at its end.
         """
         data = self.sock.recv(self._recv_bytes)
-        got = Received()
         if not data:
-            got.closing = True
-            return got
-        self._codec.receive_data(data)
-        for event in self._codec.events():
-            if isinstance(event, TextMessage | BytesMessage):
-                part = event.data if isinstance(event.data, str) else bytes(event.data)
-                if not self._add_part(part, event.message_finished, got):
-                    got.closing = got.drain = True
-                    got.close_reply = close_frame(CLOSE_TOO_BIG, "message too big")
-                    return got
-            elif isinstance(event, Ping):
-                got.replies.append(_frame(OP_PONG, bytes(event.payload)))
-            elif isinstance(event, Pong):
-                got.pong = True
-            elif isinstance(event, CloseConnection):
-                got.closing = True
-                # wsproto reports a frame it cannot parse (a compressed one, invalid UTF-8)
-                # as a close with these codes: that close is ours to send.
-                got.drain = event.code in PARSE_FAILURE_CODES
-                if not self._close_sent:  # the browser began the close: answer it
-                    got.close_reply = close_frame(_reply_code(event.code), "")
-                return got
-        return got
+            return Received(closing=True)
+        return self._frames.feed(data)
 
     def drain(self) -> None:
         """Read and discard until the browser closes the connection or it is cut; raises
@@ -172,31 +311,8 @@ class BrowserSocket:
         while self.sock.recv(self._recv_bytes):
             pass
 
-    def _add_part(self, data: str | bytes, finished: bool, got: Received) -> bool:
-        size = len(data)  # characters for text: a cheap bound, UTF-8 is at most 4 times it
-        self._part_bytes += size
-        if self._part_bytes > self._max_message_bytes:
-            return False
-        if finished and not self._parts:
-            got.messages.append(data)
-        else:
-            self._parts.append(data)
-            if finished:  # a message's fragments are all text or all binary
-                texts = [part for part in self._parts if isinstance(part, str)]
-                blobs = [part for part in self._parts if isinstance(part, bytes)]
-                got.messages.append("".join(texts) if texts else b"".join(blobs))
-                self._parts.clear()
-        if finished:
-            self._part_bytes = 0
-        return True
-
 
 def _reply_code(code: int) -> int:
-    # The close reply echoes the browser's code (RFC 6455, 5.5.1); codes that may not be sent
-    # on the wire (1005 "no status", 1006 "abnormal", and wsproto's parse failures are sent
-    # as themselves) become a normal close or a protocol error.
-    if code in (1005, 1006):
-        return 1000
-    if code == 1015 or not (1000 <= code < 5000):
-        return CLOSE_PROTOCOL_ERROR
-    return code
+    # The close reply echoes the browser's code (RFC 6455, 5.5.1); 1005 ("no status") may not
+    # be sent on the wire and becomes a normal close.
+    return 1000 if code == 1005 else code

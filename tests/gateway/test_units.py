@@ -19,7 +19,7 @@ from web_gateway.frames import MAX_FRAME_BYTES, error_frame, frame_to_line
 from web_gateway.registry import Refused, RelayRegistry
 from web_gateway.relay import Pipe
 from web_gateway.views import browser_address, origin_allowed, own_origins
-from web_gateway.websocket import close_frame, text_frame
+from web_gateway.websocket import FrameDecoder, Received, close_frame, text_frame
 
 # --- frames ------------------------------------------------------------------------------------
 
@@ -394,3 +394,118 @@ def test_core_pool_skips_a_node_that_is_down_and_says_none_when_all_are() -> Non
             with core:
                 assert core.getpeername() == up.getsockname()
     assert CorePool((down_address,), connect_timeout=WAIT_S).connect("test") is None
+
+
+# --- the browser's frames (FrameDecoder) -------------------------------------------------------
+
+
+def _client(payload: bytes, opcode: int = 0x1, *, fin: bool = True, masked: bool = True,
+            rsv: int = 0, size_form: int | None = None) -> bytes:
+    """A frame as a browser sends it; `size_form` 126/127 forces a longer length field."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    size = len(payload)
+    form = size_form or (size if size < 126 else 126 if size < 65_536 else 127)
+    head = bytes([first, (0x80 if masked else 0) | form])
+    if form == 126:
+        head += size.to_bytes(2)
+    elif form == 127:
+        head += size.to_bytes(8)
+    if not masked:
+        return head + payload
+    mask = b"\x12\x34\x56\x78"
+    return head + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def _feed_all(decoder: FrameDecoder, *chunks: bytes) -> Received:
+    """Everything the chunks brought, as one Received."""
+    total = Received()
+    for chunk in chunks:
+        got = decoder.feed(chunk)
+        total.messages += got.messages
+        total.replies += got.replies
+        total.pong = total.pong or got.pong
+        total.closing = total.closing or got.closing
+        total.drain = total.drain or got.drain
+        total.close_reply = got.close_reply or total.close_reply
+    return total
+
+
+STREAM = b"".join([
+    _client("héllo".encode()),
+    _client(b"p", 0x9),
+    _client(b"ab", 0x1, fin=False),
+    _client(b"q", 0xA),  # a control frame between fragments is allowed
+    _client(b"cd", 0x0),
+    _client(b"\x00\x01", 0x2),
+    _client(b"x" * 200),
+    _client(b"\x03\xe8bye", 0x8),
+    _client(b"after the close"),
+])
+
+
+def test_frames_split_at_every_byte_decode_the_same() -> None:
+    for split in range(len(STREAM) + 1):
+        got = _feed_all(FrameDecoder(1_000), STREAM[:split], STREAM[split:])
+        assert got.messages == ["héllo", "abcd", b"\x00\x01", "x" * 200], split
+        assert got.replies == [b"\x8a\x01p"]  # the pong, with the ping's payload
+        assert got.pong
+        assert got.closing
+        assert not got.drain
+        assert got.close_reply == close_frame(1000, "")
+
+
+def test_a_long_frame_a_byte_at_a_time_and_a_64_bit_length() -> None:
+    long_text = "y" * 70_000
+    stream = _client(b"z" * 1_000) + _client(long_text.encode())
+    decoder = FrameDecoder(100_000)
+    got = _feed_all(decoder, *(stream[index:index + 1] for index in range(1_010)),
+                    stream[1_010:])
+    assert got.messages == ["z" * 1_000, long_text]
+
+
+def test_the_close_reply_is_not_sent_when_we_began_the_close() -> None:
+    decoder = FrameDecoder(1_000)
+    decoder.note_close_sent()
+    got = decoder.feed(_client(b"\x03\xe9", 0x8))
+    assert got.closing
+    assert got.close_reply is None
+
+
+@pytest.mark.parametrize(
+    ("stream", "code"),
+    [
+        (_client(b"{}", rsv=0x40), 1002),  # compressed (permessage-deflate was not agreed)
+        (_client(b"{}", masked=False), 1002),
+        (_client(b"{}", 0x3), 1002),  # an unknown data opcode
+        (_client(b"", 0xB), 1002),  # an unknown control opcode
+        (_client(b"cd", 0x0), 1002),  # a continuation with no message begun
+        (_client(b"ab", fin=False) + _client(b"cd"), 1002),  # a new message inside one
+        (_client(b"p", 0x9, fin=False), 1002),  # a fragmented control frame
+        (_client(b"p" * 126, 0x9), 1002),  # a control frame over 125 bytes
+        (_client(b"{}", size_form=126), 1002),  # lengths in their shortest form only
+        (_client(b"x" * 200, size_form=127), 1002),
+        (_client(b"\xff\xfe"), 1007),  # text that is not UTF-8
+        (_client(b"ab\xc3", fin=False) + _client(b"\x28", 0x0), 1007),
+        (_client(b"\x03", 0x8), 1002),  # a close code of one byte
+        (_client(b"\x03\xed", 0x8), 1002),  # 1005 may not be sent
+        (_client(b"\x03\xe8\xff", 0x8), 1007),  # a close reason that is not UTF-8
+        (_client(b"x" * 600, fin=False) + _client(b"x" * 600, 0x0), 1009),
+    ],
+)
+def test_frames_that_break_the_rules_end_the_websocket(stream: bytes, code: int) -> None:
+    decoder = FrameDecoder(1_000)
+    got = decoder.feed(stream)
+    assert got.closing
+    assert got.drain
+    assert got.close_reply is not None
+    assert got.close_reply[2:4] == code.to_bytes(2)
+    later = decoder.feed(_client(b'{"type":"list"}'))
+    assert not later.messages
+    assert not later.closing
+
+
+def test_a_frame_over_the_limit_is_refused_from_its_header_alone() -> None:
+    header = _client(b"x" * 2_000)[:8]  # 2 + 2 length bytes + 4 mask bytes, no payload
+    got = FrameDecoder(1_000).feed(header)
+    assert got.close_reply is not None
+    assert got.close_reply[2:4] == (1009).to_bytes(2)
