@@ -56,6 +56,7 @@ from web_gateway.websocket import BrowserSocket, close_frame, ping_frame, text_f
 log = logging.getLogger(__name__)
 
 RECV_BYTES: Final = 65_536
+NEWLINE: Final = 0x0A
 # Lines from the core may be longer than a request line: a users list of 1,000 users is about
 # 100 KB. This only bounds memory against a broken core; no real line comes near it.
 MAX_CORE_LINE_BYTES: Final = 16 * 1_048_576
@@ -432,15 +433,15 @@ class Relay:
         lines = LineBuffer(MAX_CORE_LINE_BYTES)
         try:
             while data := self._core.recv(RECV_BYTES):
-                frames = []
-                for line in lines.feed(data):
-                    if isinstance(line, ProtocolError):
-                        log.error("websocket %d: the core sent an over-long line; skipped",
-                                  self.number)
-                        continue
-                    frames.append(text_frame(line))  # the core's lines are UTF-8 JSON
+                if data[-1] == NEWLINE and not lines.in_line and b"\r" not in data:
+                    # The usual read: whole lines, none over the limit (a read is far
+                    # shorter), so the LineBuffer would return them as they are.
+                    frames = [text_frame(line) for line in data[:-1].split(b"\n")]
+                else:
+                    frames = self._frames_of(lines.feed(data))
                 # Every line of one read in one put: one write to the browser for them all.
-                if frames and not self._down.put(b"".join(frames)):
+                if frames and not self._down.put(
+                        frames[0] if len(frames) == 1 else b"".join(frames)):
                     self.abort("the browser is not reading what it is sent")
                     return
         except OSError as error:
@@ -449,6 +450,15 @@ class Relay:
             log.exception("websocket %d: core reader failed", self.number)
         finally:
             self._core_ended()
+
+    def _frames_of(self, lines: list[bytes | ProtocolError]) -> list[bytes]:
+        frames = []
+        for line in lines:
+            if isinstance(line, ProtocolError):
+                log.error("websocket %d: the core sent an over-long line; skipped", self.number)
+                continue
+            frames.append(text_frame(line))  # the core's lines are UTF-8 JSON
+        return frames
 
     def _core_ended(self) -> None:
         if self._browser_done.is_set():

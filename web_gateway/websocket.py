@@ -70,7 +70,7 @@ class NoReaderThread:
 def _frame(opcode: int, payload: bytes) -> bytes:
     size = len(payload)
     if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, size)
+        head = bytes((0x80 | opcode, size))
     elif size < 65_536:
         head = struct.pack("!BBH", 0x80 | opcode, 126, size)
     else:
