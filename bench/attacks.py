@@ -212,9 +212,15 @@ def attack_cost(root: Path, core_port: int) -> list[str]:
                        f"{base['VmRSS']:,} KB at 0)")
         out.append(f"5,000 open: {page_and_websocket(gw)}")
         stack.close()
-        time.sleep(12)  # the worker's memory upkeep runs every 5 s
+        # The worker's memory upkeep runs every 5 s, once websockets have ended: RSS as they go.
+        samples = []
+        for _ in range(6):
+            time.sleep(2)
+            samples.append(f"{gw.memory()['VmRSS'] // 1024} MB")
         after = gw.memory()
-        out.append(f"after all closed: {after['Threads']} threads, RSS {after['VmRSS']:,} KB")
+        out.append(f"after all closed: every 2 s {', '.join(samples)}; then {after['Threads']} "
+                   f"threads, RSS {after['VmRSS']:,} KB ({after['VmRSS'] / base['VmRSS']:.2f}x "
+                   "fresh)")
     return out
 
 
