@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from wsproto.frame_protocol import FrameProtocol
 
 from tcp_server.protocol import ProtocolError
 from tests.support.core import WAIT_S
+from tests.support.process import ROOT
 from web_gateway.config import SECRET_ENV, config_from_args, normalize_origin
 from web_gateway.cores import CorePool
 from web_gateway.frames import MAX_FRAME_BYTES, error_frame, frame_to_line
@@ -148,6 +151,23 @@ def test_pipe_hands_over_to_a_writer_while_the_socket_is_full_and_keeps_the_orde
         assert pipe.join(WAIT_S)  # empty: the writer has ended
         assert pipe.put(b"later")  # written at once again
         assert _read_exactly(theirs, 5) == b"later"
+
+
+def test_the_pipes_hand_over_and_cut_off_under_gevent_too() -> None:
+    """gunicorn's worker runs the pipes on gevent's sockets and greenlets: the same tests,
+    in a process that gevent monkey-patched first (as the worker does)."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from tests.gateway import test_units as t\n"
+        "t.test_pipe_writes_at_once_while_the_socket_takes_everything()\n"
+        "t.test_pipe_hands_over_to_a_writer_while_the_socket_is_full_and_keeps_the_order()\n"
+        "t.test_pipe_refuses_beyond_its_budget_only_while_the_socket_takes_nothing()\n"
+        "t.test_a_closed_pipe_whose_peer_does_not_read_is_cut_at_its_deadline()\n"
+        "print('all passed')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=6 * WAIT_S, check=False)
+    assert result.stdout.strip() == "all passed", result.stderr[-3000:]
 
 
 def test_pipe_refuses_beyond_its_budget_only_while_the_socket_takes_nothing() -> None:
