@@ -211,7 +211,13 @@ class Pipe:
                 if self._writer is not None:  # it is waiting for room, and sees the change
                     return True
                 writer = self._writer = threading.Thread(target=self._write, name=self.name)
-            writer.start()  # RuntimeError when the system has no thread to spare
+            try:
+                writer.start()
+            except RuntimeError:  # the system has no thread to spare: nothing will write
+                with self._lock:
+                    self._writer = None
+                self._outbox.cut_off()
+                raise
         return True
 
     def lag(self, change: int) -> None:

@@ -3,10 +3,11 @@
 gunicorn's gevent worker monkey-patches `socket` and `threading` before it loads the app, so
 each connection, and each relay's core reader (and a writer while a socket is full:
 web_gateway.relay), is a greenlet of a few kilobytes instead of a system thread: thousands of
-idle websockets and half-sent requests cost little, and a page still opens among them. A request's head must arrive within
-`--header-timeout` (gunicorn's keepalive setting bounds the read of every request head, the
-first included), so half-sent requests are cut. Nothing in the process blocks outside gevent:
-the relay's sockets and locks are the patched ones, and tcp_server is imported for its codec.
+idle websockets and half-sent requests cost little, and a page still opens among them. A
+request's head must arrive within `--header-timeout` (gunicorn's keepalive setting bounds
+the read of every request head, the first included), so half-sent requests are cut. Nothing
+in the process blocks outside gevent: the relay's sockets and locks are the patched ones, and
+tcp_server is imported for its codec.
 
 On SIGTERM (graceful) and SIGINT/SIGQUIT (quick) the worker first ends every websocket itself
 (each browser gets an error object and a close frame, each core connection is closed so that
