@@ -4,12 +4,14 @@
 implementation (the standard library's sqlite3, WAL). A store kept in Redis (streams for
 history, a counter for the seq) is a second implementation of the same interface.
 
-SQLite allows one writer at a time, so one thread owns the writing connection (see
-`SqliteStore`): every change is a job on its queue, and it commits the jobs it finds waiting
-in one transaction (group commit). A message is handed to `on_commit` (the room, which
-delivers it) only after its commit, in seq order, and only then is its sender answered: no seq
-is ever seen and then lost, and every connection receives messages in seq order. Readers use
-a small pool of their own connections and never wait for the writer (WAL).
+SQLite allows one writer at a time, so one thread at a time holds the writing connection (see
+`SqliteStore`): every change is a job on one queue, and whoever commits takes every job it
+finds waiting into one transaction (group commit). That is usually the thread that queued a
+job itself (a connection's reader), not a writer thread woken for it: a hand-over to another
+thread per message is a futex wake-up and a GIL transfer. A message is handed to `on_commit`
+(the room, which delivers it) only after its commit, in seq order, and only then is its sender
+answered: no seq is ever seen and then lost, and every connection receives messages in seq
+order. Readers use a small pool of their own connections and never wait for the writer (WAL).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,9 @@ REPLAY_PAGE: Final = 500
 PRUNE_EVERY_S: Final = 60.0
 PRUNE_CHUNK: Final = 10_000
 MAX_JOBS_PER_COMMIT: Final = 1_000
+# A thread that queued a job commits what is queued, at most this many batches, then leaves
+# the rest to the writer thread: a reader must not be kept from its own client for long.
+LEADER_MAX_BATCHES: Final = 4
 CHECKPOINT_EVERY_S: Final = 1.0
 SEARCH_SCAN: Final = 10_000  # matches looked through per search, newest first
 MAX_CONVERSATIONS: Final = 200  # listed by conversations()
@@ -239,7 +245,8 @@ def search_words(q: str) -> list[str]:
 
 
 class _Job:
-    """One change for the writer thread; its submitter waits for `finished`.
+    """One change for whoever commits next (see SqliteStore); its submitter waits for
+    `finished`.
 
     No Event per job (creating one is a fifth of the server's time per message): a send is
     answered through `then` and nobody waits for it; a submitter that does wait makes a lock
@@ -288,9 +295,14 @@ class StoreClosed(StoreError):
 class SqliteStore:
     """The embedded store: one SQLite file in `data_dir`.
 
-    Threads: the writer thread owns `_writer_db` and runs every job (group commit); reading
-    methods borrow one of a few read connections from `_readers`. `_last_seq` and
-    `_pruned_upto` are written only by the writer thread (under `_lock`, read by anyone).
+    Threads: the one holding `_committing` uses `_writer_db` and runs the queued jobs (group
+    commit). A thread queueing a job tries to take it (`_drain`): if another thread holds it,
+    that one commits the job, as it looks at the queue again after each batch and after it
+    lets `_committing` go. So usually the submitting reader commits, with no hand-over to
+    another thread; a leader stops after LEADER_MAX_BATCHES and wakes the writer thread to go
+    on, which also prunes. Reading methods borrow one of a few read connections from
+    `_readers`. `_last_seq` and `_pruned_upto` are written only under `_committing` (and
+    `_lock`, read by anyone).
     """
 
     def __init__(
@@ -318,16 +330,20 @@ class SqliteStore:
         for reader in self._all_readers:
             self._readers.put(reader.cursor())
         self._writer_cursor = self._writer_db.cursor()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Jobs not yet committed, oldest first: appended under _lock (after the closed check),
+        # taken only by the holder of _committing (deque append and popleft are atomic).
+        self._jobs: deque[_Job] = deque()
+        self._committing = threading.Lock()
         self._committed = threading.Condition(threading.Lock())  # see _Job
         self._closed = False
-        self._next_prune = 0.0
+        # The writer thread's wake-up: a leader that left jobs queued, or close().
+        self._writer_due = threading.Event()
+        self._writer_stop = False
         # Daemon threads, unlike the rest of the core's: a store someone forgot to close must
         # not keep a process from exiting, and a kill at any point is safe (a transaction
         # commits whole or not at all, and nothing uncommitted was acknowledged).
         self._writer = threading.Thread(target=self._write_loop, name="store-writer",
                                         daemon=True)
-        self._writer.start()
         # Checkpoints (copying the WAL into the database, with an fsync) would stall the
         # writer, and every sender waiting on it, for milliseconds: a thread of their own
         # does them, beside the writer (WAL allows it), once a second.
@@ -337,6 +353,7 @@ class SqliteStore:
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
                                               name="store-checkpoint", daemon=True)
         self._checkpointer.start()
+        self._writer.start()  # after the last use of _writer_db here: it prunes at once
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -496,8 +513,30 @@ class SqliteStore:
         with self._lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
-            self._jobs.put(job)
+            self._jobs.append(job)
+        self._drain(LEADER_MAX_BATCHES)
         return job
+
+    def _drain(self, max_batches: int | None) -> None:
+        """Commit what is queued if no other thread is committing (that one will).
+
+        Why nothing is left behind: a job is queued before its thread tries _committing; if
+        that fails, the holder, after it lets go, looks at the queue again (the loop's
+        condition) and commits it or leaves it to a thread that did get _committing.
+        """
+        jobs = self._jobs
+        while jobs and self._committing.acquire(blocking=False):
+            try:
+                batches = 0
+                while jobs:
+                    if max_batches is not None and batches >= max_batches:
+                        self._writer_due.set()  # the writer goes on; this reader goes back
+                        return
+                    count = min(len(jobs), MAX_JOBS_PER_COMMIT)  # only we take: it only grows
+                    self._commit([jobs.popleft() for _ in range(count)])
+                    batches += 1
+            finally:
+                self._committing.release()
 
     def _submit(self, action: Callable[[sqlite3.Cursor], Any] | NewMessage) -> Any:
         return self._queue(action).wait()
@@ -592,8 +631,9 @@ class SqliteStore:
             if self._closed:
                 return
             self._closed = True
-            self._jobs.put(None)
-        self._writer.join()
+        self._writer_stop = True
+        self._writer_due.set()
+        self._writer.join()  # it commits whatever is still queued first
         self._stopping.set()
         self._checkpointer.join()
         with contextlib.suppress(sqlite3.Error):  # a clean file for backups and the next start
@@ -611,29 +651,25 @@ class SqliteStore:
     # --- the writer thread --------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        running = True
-        while running:
-            batch: list[_Job] = []
-            try:
-                first = self._jobs.get(timeout=PRUNE_EVERY_S)
-            except queue.Empty:  # idle: a chance to prune
-                first = _NO_JOB
-            if first is None:
-                running = False
-            elif first is not _NO_JOB:
-                batch.append(first)
-            while running and len(batch) < MAX_JOBS_PER_COMMIT:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    running = False
-                else:
-                    batch.append(job)
-            if batch:
-                self._commit(batch)
-            self._maybe_prune()
+        """Commit what a leader left queued; prune now and then; at close, the last jobs."""
+        next_prune = 0.0
+        while True:
+            self._writer_due.wait(max(0.0, next_prune - time.monotonic()))
+            self._writer_due.clear()
+            stopping = self._writer_stop
+            with self._committing:  # waits for a leader's batch: its jobs come first
+                while self._jobs:
+                    count = min(len(self._jobs), MAX_JOBS_PER_COMMIT)
+                    self._commit([self._jobs.popleft() for _ in range(count)])
+                if time.monotonic() >= next_prune and not stopping:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    try:
+                        self._prune()
+                    except sqlite3.Error as error:
+                        log.error("store: pruning failed: %s", error)
+            if stopping:
+                return
+            self._drain(None)  # queued while we held _committing, by threads that left it to us
 
     def _commit(self, batch: list[_Job]) -> None:
         db = self._writer_cursor
@@ -707,18 +743,13 @@ class SqliteStore:
                 if job.waiter is not None:
                     job.waiter.release()
 
-    def _maybe_prune(self) -> None:
-        now = time.monotonic()
-        if now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_EVERY_S
-        try:
-            self.prune()
-        except sqlite3.Error as error:
-            log.error("store: pruning failed: %s", error)
-
     def prune(self) -> int:
-        """Apply retention (writer thread, or a test with the writer idle); rows deleted."""
+        """Apply retention now (the writer thread does it once every PRUNE_EVERY_S); returns
+        the rows deleted."""
+        with self._committing:
+            return self._prune()
+
+    def _prune(self) -> int:
         db = self._writer_cursor
         upto = self._pruned_upto
         if self._retention.max_messages:
@@ -743,8 +774,6 @@ class SqliteStore:
             log.info("store: retention deleted %d messages (up to seq %d)", deleted, upto)
         return deleted
 
-
-_NO_JOB: Final = _Job(lambda db: None, threading.Condition())
 
 _INSERT_MESSAGE: Final = """INSERT INTO messages (seq, ts, sender, sender_key, sender_session,
     recipient, recipient_key, recipient_session, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
