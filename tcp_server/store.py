@@ -44,6 +44,10 @@ MAX_JOBS_PER_COMMIT: Final = 1_000
 # the rest to the writer thread: a reader must not be kept from its own client for long.
 LEADER_MAX_BATCHES: Final = 4
 CHECKPOINT_EVERY_S: Final = 1.0
+# Messages are indexed for search in their own transactions, after their commit (see
+# _index_now): this long after the first unindexed one, at most INDEX_CHUNK rows at a time.
+INDEX_DELAY_S: Final = 0.05
+INDEX_CHUNK: Final = 2_000
 SEARCH_SCAN: Final = 10_000  # matches looked through per search, newest first
 MAX_CONVERSATIONS: Final = 200  # listed by conversations()
 SECONDS_PER_DAY: Final = 86_400
@@ -303,6 +307,13 @@ class SqliteStore:
     on, which also prunes. Reading methods borrow one of a few read connections from
     `_readers`. `_last_seq` and `_pruned_upto` are written only under `_committing` (and
     `_lock`, read by anyone).
+
+    Search: committing a message does not index it (a search index written in every commit
+    was most of a small commit's cost: bench/README.md, "The cost per message"). The writer
+    thread indexes what was committed since the last time, INDEX_DELAY_S after the first
+    unindexed commit, in transactions of its own; `search` first indexes everything committed
+    (under `_committing`), so it finds every message committed before it began. What a kill
+    left unindexed is indexed at the next start (`indexed_upto` in the meta table).
     """
 
     def __init__(
@@ -321,8 +332,17 @@ class SqliteStore:
         with self._writer_db:
             self._writer_db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._last_seq = self._meta("last_seq")
         self._pruned_upto = self._meta("pruned_upto")
+        # Not written by every commit (a page written per commit): the highest seq ever given
+        # is in the table, or was pruned (up to pruned_upto), or is meta's last_seq (written
+        # when the index catches up, and at close) if both were deleted.
+        (highest,) = self._writer_db.execute("SELECT max(seq) FROM messages").fetchone()
+        self._last_seq = max(self._meta("last_seq"), self._pruned_upto, int(highest or 0))
+        # A database from before the index had its own transactions was indexed in full.
+        indexed = self._writer_db.execute(
+            "SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()
+        self._indexed_upto = int(indexed[0]) if indexed else self._meta("last_seq")
+        self._index_due: float | None = None  # when the writer indexes (guarded by _lock)
         # Each connection is used through one cursor of its own, for good: sqlite3 (3.11) keeps
         # a weak reference to every cursor a connection makes, piling up with one per query.
         self._readers: queue.SimpleQueue[sqlite3.Cursor] = queue.SimpleQueue()
@@ -330,6 +350,8 @@ class SqliteStore:
         for reader in self._all_readers:
             self._readers.put(reader.cursor())
         self._writer_cursor = self._writer_db.cursor()
+        while self._index_now():  # what a kill left unindexed
+            pass
         # Jobs not yet committed, oldest first: appended under _lock (after the closed check),
         # taken only by the holder of _committing (deque append and popleft are atomic).
         self._jobs: deque[_Job] = deque()
@@ -452,6 +474,7 @@ class SqliteStore:
     def search(self, session: SessionId, words: Sequence[str], limit: int) -> list[StoredMessage]:
         if not words:
             return []
+        self._catch_up_index()
         columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
         with self._reading() as db:
             rows = db.execute(
@@ -654,13 +677,20 @@ class SqliteStore:
         """Commit what a leader left queued; prune now and then; at close, the last jobs."""
         next_prune = 0.0
         while True:
-            self._writer_due.wait(max(0.0, next_prune - time.monotonic()))
+            with self._lock:
+                index_due = self._index_due
+            wake = next_prune if index_due is None else min(next_prune, index_due)
+            self._writer_due.wait(max(0.0, wake - time.monotonic()))
             self._writer_due.clear()
             stopping = self._writer_stop
             with self._committing:  # waits for a leader's batch: its jobs come first
                 while self._jobs:
                     count = min(len(self._jobs), MAX_JOBS_PER_COMMIT)
                     self._commit([self._jobs.popleft() for _ in range(count)])
+                with self._lock:
+                    index_due = self._index_due
+                if stopping or (index_due is not None and time.monotonic() >= index_due):
+                    self._index_in_chunks(stopping)
                 if time.monotonic() >= next_prune and not stopping:
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                     try:
@@ -670,6 +700,59 @@ class SqliteStore:
             if stopping:
                 return
             self._drain(None)  # queued while we held _committing, by threads that left it to us
+
+    def _index_in_chunks(self, everything: bool) -> None:
+        """Index what was committed (holding _committing), a chunk at a time; unless
+        `everything`, only INDEX_CHUNK rows at once: the rest a moment later."""
+        retry_in: float | None = None
+        try:
+            more = self._index_now()
+            while more and everything:
+                more = self._index_now()
+            if more:  # the next chunk as soon as the jobs queued meanwhile are committed
+                retry_in = 0.0
+        except sqlite3.Error as error:  # tried again later (and by any search first)
+            log.error("store: indexing for search failed: %s", error)
+            retry_in = CHECKPOINT_EVERY_S
+        with self._lock:  # None: the next commit sets it
+            self._index_due = None if retry_in is None else time.monotonic() + retry_in
+
+    def _index_now(self) -> bool:
+        """Index up to INDEX_CHUNK committed messages for search (under _committing, or
+        before the threads start); True if more are left."""
+        upto = min(self._last_seq, self._indexed_upto + INDEX_CHUNK)
+        if upto <= self._indexed_upto:
+            return False
+        db = self._writer_cursor
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # In one statement: a fifth of the cost of a trigger row by row (bench/README.md).
+            db.execute(
+                "INSERT INTO messages_fts (rowid, text) SELECT seq, text FROM messages "
+                "WHERE seq > ? AND seq <= ?", (self._indexed_upto, upto),
+            )
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           [("indexed_upto", upto), ("last_seq", self._last_seq)])
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self._indexed_upto = upto
+        return upto < self._last_seq
+
+    def _catch_up_index(self) -> None:
+        """Index every message committed so far (for search: it must find them all)."""
+        if self._indexed_upto >= self.last_seq():
+            return
+        try:
+            with self._committing:
+                while self._index_now():
+                    pass
+        except sqlite3.Error as error:
+            raise StoreError(f"the message store failed: {error}") from error
+        finally:
+            self._drain(LEADER_MAX_BATCHES)  # what was queued meanwhile, left to us
 
     def _commit(self, batch: list[_Job]) -> None:
         db = self._writer_cursor
@@ -692,15 +775,6 @@ class SqliteStore:
                 job.result = action(db)
             if rows:
                 db.executemany(_INSERT_MESSAGE, rows)
-            if stored:
-                # Indexed for search in the same transaction, in one statement: a fifth of
-                # the cost of a trigger row by row (bench/README.md).
-                db.execute(
-                    "INSERT INTO messages_fts (rowid, text) SELECT seq, text FROM messages "
-                    "WHERE seq > ?", (first_seq,),
-                )
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)",
-                           (seq,))
             db.execute("COMMIT")
         except Exception as error:  # noqa: BLE001 - any failure fails this batch, not the store
             log.error("store: commit of %d changes failed: %r", len(batch), error)
@@ -712,6 +786,11 @@ class SqliteStore:
             return
         with self._lock:
             self._last_seq = seq
+            index_due = seq > first_seq and self._index_due is None
+            if index_due:
+                self._index_due = time.monotonic() + INDEX_DELAY_S
+        if index_due:
+            self._writer_due.set()  # it learns when to index
         if stored:
             try:
                 self._on_commit(stored)
@@ -750,6 +829,9 @@ class SqliteStore:
             return self._prune()
 
     def _prune(self) -> int:
+        # The delete trigger takes rows out of the search index: they must be in it first.
+        while self._index_now():
+            pass
         db = self._writer_cursor
         upto = self._pruned_upto
         if self._retention.max_messages:
