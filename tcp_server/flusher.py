@@ -175,9 +175,10 @@ class Flusher:
         return (not blocked and not self._lingering) or time.monotonic() >= stop_deadline
 
     def _drain_wake_ups(self) -> None:
+        # One read, not a loop until EAGAIN: a wake-up is sent only to a sleeping flusher, so
+        # one or two bytes wait here; any sent after this read wake the next select() at once.
         with contextlib.suppress(BlockingIOError):
-            while self._wake_reader.recv(4_096):
-                pass
+            self._wake_reader.recv(4_096)
 
     def _flush_all(self, due: list[Outbox]) -> list[Outbox]:
         """Flush each once; returns those to flush again (more was queued meanwhile)."""

@@ -4,12 +4,14 @@
 implementation (the standard library's sqlite3, WAL). A store kept in Redis (streams for
 history, a counter for the seq) is a second implementation of the same interface.
 
-SQLite allows one writer at a time, so one thread owns the writing connection (see
-`SqliteStore`): every change is a job on its queue, and it commits the jobs it finds waiting
-in one transaction (group commit). A message is handed to `on_commit` (the room, which
-delivers it) only after its commit, in seq order, and only then is its sender answered: no seq
-is ever seen and then lost, and every connection receives messages in seq order. Readers use
-a small pool of their own connections and never wait for the writer (WAL).
+SQLite allows one writer at a time, so one thread at a time holds the writing connection (see
+`SqliteStore`): every change is a job on one queue, and whoever commits takes every job it
+finds waiting into one transaction (group commit). That is usually the thread that queued a
+job itself (a connection's reader), not a writer thread woken for it: a hand-over to another
+thread per message is a futex wake-up and a GIL transfer. A message is handed to `on_commit`
+(the room, which delivers it) only after its commit, in seq order, and only then is its sender
+answered: no seq is ever seen and then lost, and every connection receives messages in seq
+order. Readers use a small pool of their own connections and never wait for the writer (WAL).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +40,14 @@ REPLAY_PAGE: Final = 500
 PRUNE_EVERY_S: Final = 60.0
 PRUNE_CHUNK: Final = 10_000
 MAX_JOBS_PER_COMMIT: Final = 1_000
+# A thread that queued a job commits what is queued, at most this many batches, then leaves
+# the rest to the writer thread: a reader must not be kept from its own client for long.
+LEADER_MAX_BATCHES: Final = 4
 CHECKPOINT_EVERY_S: Final = 1.0
+# Messages are indexed for search in their own transactions, after their commit (see
+# _index_now): this long after the first unindexed one, at most INDEX_CHUNK rows at a time.
+INDEX_DELAY_S: Final = 0.05
+INDEX_CHUNK: Final = 2_000
 SEARCH_SCAN: Final = 10_000  # matches looked through per search, newest first
 MAX_CONVERSATIONS: Final = 200  # listed by conversations()
 SECONDS_PER_DAY: Final = 86_400
@@ -239,7 +249,8 @@ def search_words(q: str) -> list[str]:
 
 
 class _Job:
-    """One change for the writer thread; its submitter waits for `finished`.
+    """One change for whoever commits next (see SqliteStore); its submitter waits for
+    `finished`.
 
     No Event per job (creating one is a fifth of the server's time per message): a send is
     answered through `then` and nobody waits for it; a submitter that does wait makes a lock
@@ -288,9 +299,21 @@ class StoreClosed(StoreError):
 class SqliteStore:
     """The embedded store: one SQLite file in `data_dir`.
 
-    Threads: the writer thread owns `_writer_db` and runs every job (group commit); reading
-    methods borrow one of a few read connections from `_readers`. `_last_seq` and
-    `_pruned_upto` are written only by the writer thread (under `_lock`, read by anyone).
+    Threads: the one holding `_committing` uses `_writer_db` and runs the queued jobs (group
+    commit). A thread queueing a job tries to take it (`_drain`): if another thread holds it,
+    that one commits the job, as it looks at the queue again after each batch and after it
+    lets `_committing` go. So usually the submitting reader commits, with no hand-over to
+    another thread; a leader stops after LEADER_MAX_BATCHES and wakes the writer thread to go
+    on, which also prunes. Reading methods borrow one of a few read connections from
+    `_readers`. `_last_seq` and `_pruned_upto` are written only under `_committing` (and
+    `_lock`, read by anyone).
+
+    Search: committing a message does not index it (a search index written in every commit
+    was most of a small commit's cost: bench/README.md, "The cost per message"). The writer
+    thread indexes what was committed since the last time, INDEX_DELAY_S after the first
+    unindexed commit, in transactions of its own; `search` first indexes everything committed
+    (under `_committing`), so it finds every message committed before it began. What a kill
+    left unindexed is indexed at the next start (`indexed_upto` in the meta table).
     """
 
     def __init__(
@@ -309,8 +332,17 @@ class SqliteStore:
         with self._writer_db:
             self._writer_db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._last_seq = self._meta("last_seq")
         self._pruned_upto = self._meta("pruned_upto")
+        # Not written by every commit (a page written per commit): the highest seq ever given
+        # is in the table, or was pruned (up to pruned_upto), or is meta's last_seq (written
+        # when the index catches up, and at close) if both were deleted.
+        (highest,) = self._writer_db.execute("SELECT max(seq) FROM messages").fetchone()
+        self._last_seq = max(self._meta("last_seq"), self._pruned_upto, int(highest or 0))
+        # A database from before the index had its own transactions was indexed in full.
+        indexed = self._writer_db.execute(
+            "SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()
+        self._indexed_upto = int(indexed[0]) if indexed else self._meta("last_seq")
+        self._index_due: float | None = None  # when the writer indexes (guarded by _lock)
         # Each connection is used through one cursor of its own, for good: sqlite3 (3.11) keeps
         # a weak reference to every cursor a connection makes, piling up with one per query.
         self._readers: queue.SimpleQueue[sqlite3.Cursor] = queue.SimpleQueue()
@@ -318,16 +350,22 @@ class SqliteStore:
         for reader in self._all_readers:
             self._readers.put(reader.cursor())
         self._writer_cursor = self._writer_db.cursor()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        while self._index_now():  # what a kill left unindexed
+            pass
+        # Jobs not yet committed, oldest first: appended under _lock (after the closed check),
+        # taken only by the holder of _committing (deque append and popleft are atomic).
+        self._jobs: deque[_Job] = deque()
+        self._committing = threading.Lock()
         self._committed = threading.Condition(threading.Lock())  # see _Job
         self._closed = False
-        self._next_prune = 0.0
+        # The writer thread's wake-up: a leader that left jobs queued, or close().
+        self._writer_due = threading.Event()
+        self._writer_stop = False
         # Daemon threads, unlike the rest of the core's: a store someone forgot to close must
         # not keep a process from exiting, and a kill at any point is safe (a transaction
         # commits whole or not at all, and nothing uncommitted was acknowledged).
         self._writer = threading.Thread(target=self._write_loop, name="store-writer",
                                         daemon=True)
-        self._writer.start()
         # Checkpoints (copying the WAL into the database, with an fsync) would stall the
         # writer, and every sender waiting on it, for milliseconds: a thread of their own
         # does them, beside the writer (WAL allows it), once a second.
@@ -337,6 +375,7 @@ class SqliteStore:
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
                                               name="store-checkpoint", daemon=True)
         self._checkpointer.start()
+        self._writer.start()  # after the last use of _writer_db here: it prunes at once
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -435,6 +474,7 @@ class SqliteStore:
     def search(self, session: SessionId, words: Sequence[str], limit: int) -> list[StoredMessage]:
         if not words:
             return []
+        self._catch_up_index()
         columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
         with self._reading() as db:
             rows = db.execute(
@@ -496,8 +536,30 @@ class SqliteStore:
         with self._lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
-            self._jobs.put(job)
+            self._jobs.append(job)
+        self._drain(LEADER_MAX_BATCHES)
         return job
+
+    def _drain(self, max_batches: int | None) -> None:
+        """Commit what is queued if no other thread is committing (that one will).
+
+        Why nothing is left behind: a job is queued before its thread tries _committing; if
+        that fails, the holder, after it lets go, looks at the queue again (the loop's
+        condition) and commits it or leaves it to a thread that did get _committing.
+        """
+        jobs = self._jobs
+        while jobs and self._committing.acquire(blocking=False):
+            try:
+                batches = 0
+                while jobs:
+                    if max_batches is not None and batches >= max_batches:
+                        self._writer_due.set()  # the writer goes on; this reader goes back
+                        return
+                    count = min(len(jobs), MAX_JOBS_PER_COMMIT)  # only we take: it only grows
+                    self._commit([jobs.popleft() for _ in range(count)])
+                    batches += 1
+            finally:
+                self._committing.release()
 
     def _submit(self, action: Callable[[sqlite3.Cursor], Any] | NewMessage) -> Any:
         return self._queue(action).wait()
@@ -592,8 +654,9 @@ class SqliteStore:
             if self._closed:
                 return
             self._closed = True
-            self._jobs.put(None)
-        self._writer.join()
+        self._writer_stop = True
+        self._writer_due.set()
+        self._writer.join()  # it commits whatever is still queued first
         self._stopping.set()
         self._checkpointer.join()
         with contextlib.suppress(sqlite3.Error):  # a clean file for backups and the next start
@@ -611,29 +674,85 @@ class SqliteStore:
     # --- the writer thread --------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        running = True
-        while running:
-            batch: list[_Job] = []
-            try:
-                first = self._jobs.get(timeout=PRUNE_EVERY_S)
-            except queue.Empty:  # idle: a chance to prune
-                first = _NO_JOB
-            if first is None:
-                running = False
-            elif first is not _NO_JOB:
-                batch.append(first)
-            while running and len(batch) < MAX_JOBS_PER_COMMIT:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    running = False
-                else:
-                    batch.append(job)
-            if batch:
-                self._commit(batch)
-            self._maybe_prune()
+        """Commit what a leader left queued; prune now and then; at close, the last jobs."""
+        next_prune = 0.0
+        while True:
+            with self._lock:
+                index_due = self._index_due
+            wake = next_prune if index_due is None else min(next_prune, index_due)
+            self._writer_due.wait(max(0.0, wake - time.monotonic()))
+            self._writer_due.clear()
+            stopping = self._writer_stop
+            with self._committing:  # waits for a leader's batch: its jobs come first
+                while self._jobs:
+                    count = min(len(self._jobs), MAX_JOBS_PER_COMMIT)
+                    self._commit([self._jobs.popleft() for _ in range(count)])
+                with self._lock:
+                    index_due = self._index_due
+                if stopping or (index_due is not None and time.monotonic() >= index_due):
+                    self._index_in_chunks(stopping)
+                if time.monotonic() >= next_prune and not stopping:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    try:
+                        self._prune()
+                    except sqlite3.Error as error:
+                        log.error("store: pruning failed: %s", error)
+            if stopping:
+                return
+            self._drain(None)  # queued while we held _committing, by threads that left it to us
+
+    def _index_in_chunks(self, everything: bool) -> None:
+        """Index what was committed (holding _committing), a chunk at a time; unless
+        `everything`, only INDEX_CHUNK rows at once: the rest a moment later."""
+        retry_in: float | None = None
+        try:
+            more = self._index_now()
+            while more and everything:
+                more = self._index_now()
+            if more:  # the next chunk as soon as the jobs queued meanwhile are committed
+                retry_in = 0.0
+        except sqlite3.Error as error:  # tried again later (and by any search first)
+            log.error("store: indexing for search failed: %s", error)
+            retry_in = CHECKPOINT_EVERY_S
+        with self._lock:  # None: the next commit sets it
+            self._index_due = None if retry_in is None else time.monotonic() + retry_in
+
+    def _index_now(self) -> bool:
+        """Index up to INDEX_CHUNK committed messages for search (under _committing, or
+        before the threads start); True if more are left."""
+        upto = min(self._last_seq, self._indexed_upto + INDEX_CHUNK)
+        if upto <= self._indexed_upto:
+            return False
+        db = self._writer_cursor
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # In one statement: a fifth of the cost of a trigger row by row (bench/README.md).
+            db.execute(
+                "INSERT INTO messages_fts (rowid, text) SELECT seq, text FROM messages "
+                "WHERE seq > ? AND seq <= ?", (self._indexed_upto, upto),
+            )
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           [("indexed_upto", upto), ("last_seq", self._last_seq)])
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self._indexed_upto = upto
+        return upto < self._last_seq
+
+    def _catch_up_index(self) -> None:
+        """Index every message committed so far (for search: it must find them all)."""
+        if self._indexed_upto >= self.last_seq():
+            return
+        try:
+            with self._committing:
+                while self._index_now():
+                    pass
+        except sqlite3.Error as error:
+            raise StoreError(f"the message store failed: {error}") from error
+        finally:
+            self._drain(LEADER_MAX_BATCHES)  # what was queued meanwhile, left to us
 
     def _commit(self, batch: list[_Job]) -> None:
         db = self._writer_cursor
@@ -656,15 +775,6 @@ class SqliteStore:
                 job.result = action(db)
             if rows:
                 db.executemany(_INSERT_MESSAGE, rows)
-            if stored:
-                # Indexed for search in the same transaction, in one statement: a fifth of
-                # the cost of a trigger row by row (bench/README.md).
-                db.execute(
-                    "INSERT INTO messages_fts (rowid, text) SELECT seq, text FROM messages "
-                    "WHERE seq > ?", (first_seq,),
-                )
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)",
-                           (seq,))
             db.execute("COMMIT")
         except Exception as error:  # noqa: BLE001 - any failure fails this batch, not the store
             log.error("store: commit of %d changes failed: %r", len(batch), error)
@@ -676,6 +786,11 @@ class SqliteStore:
             return
         with self._lock:
             self._last_seq = seq
+            index_due = seq > first_seq and self._index_due is None
+            if index_due:
+                self._index_due = time.monotonic() + INDEX_DELAY_S
+        if index_due:
+            self._writer_due.set()  # it learns when to index
         if stored:
             try:
                 self._on_commit(stored)
@@ -707,18 +822,16 @@ class SqliteStore:
                 if job.waiter is not None:
                     job.waiter.release()
 
-    def _maybe_prune(self) -> None:
-        now = time.monotonic()
-        if now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_EVERY_S
-        try:
-            self.prune()
-        except sqlite3.Error as error:
-            log.error("store: pruning failed: %s", error)
-
     def prune(self) -> int:
-        """Apply retention (writer thread, or a test with the writer idle); rows deleted."""
+        """Apply retention now (the writer thread does it once every PRUNE_EVERY_S); returns
+        the rows deleted."""
+        with self._committing:
+            return self._prune()
+
+    def _prune(self) -> int:
+        # The delete trigger takes rows out of the search index: they must be in it first.
+        while self._index_now():
+            pass
         db = self._writer_cursor
         upto = self._pruned_upto
         if self._retention.max_messages:
@@ -743,8 +856,6 @@ class SqliteStore:
             log.info("store: retention deleted %d messages (up to seq %d)", deleted, upto)
         return deleted
 
-
-_NO_JOB: Final = _Job(lambda db: None, threading.Condition())
 
 _INSERT_MESSAGE: Final = """INSERT INTO messages (seq, ts, sender, sender_key, sender_session,
     recipient, recipient_key, recipient_session, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import shutil
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -707,6 +711,114 @@ def test_seq_is_never_reused_after_everything_was_pruned_and_reopened(tmp_path: 
         assert say(second, alice, ts=10.0 * SECONDS_PER_DAY).seq == 4
     finally:
         second.close()
+
+
+# --- the search index, written after the commit --------------------------------------------
+
+
+def _indexed_upto(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path / store_module.DB_FILE)) as db, db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _fts_integrity_check(path: Path) -> None:
+    # Raises if the index is corrupt.
+    with contextlib.closing(sqlite3.connect(path / store_module.DB_FILE)) as db, db:
+        db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+
+
+@pytest.fixture
+def index_never_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer thread does not index by itself (only search, prune and close do)."""
+    monkeypatch.setattr(store_module, "INDEX_DELAY_S", 3_600.0)
+
+
+@pytest.mark.usefixtures("index_never_due")
+def test_search_finds_a_message_committed_but_not_yet_indexed(tmp_path: Path) -> None:
+    opened = SqliteStore(tmp_path)
+    try:
+        alice = session(opened, "alice")
+        say(opened, alice, "first words")
+        assert _indexed_upto(tmp_path) == 0  # the commit did not index it
+        assert found(opened, alice, "first") == ["first words"]
+        say(opened, alice, "second words")
+        assert found(opened, alice, "words") == ["second words", "first words"]
+    finally:
+        opened.close()
+
+
+def test_the_writer_indexes_committed_messages_soon_after_their_commit(tmp_path: Path) -> None:
+    opened = SqliteStore(tmp_path)
+    try:
+        alice = session(opened, "alice")
+        for n in range(5):
+            say(opened, alice, f"word{n}")
+        deadline = time.monotonic() + 5.0
+        while _indexed_upto(tmp_path) < 5 and time.monotonic() < deadline:
+            time.sleep(store_module.INDEX_DELAY_S)
+        assert _indexed_upto(tmp_path) == 5
+    finally:
+        opened.close()
+
+
+@pytest.mark.usefixtures("index_never_due")
+def test_what_a_kill_left_unindexed_is_indexed_at_the_next_start(tmp_path: Path) -> None:
+    keep = Retention(max_messages=0, max_days=0)
+    opened = SqliteStore(tmp_path, retention=keep)
+    killed = tmp_path / "killed"
+    try:
+        alice = session(opened, "alice")
+        for word in ["apple", "banana", "cherry"]:
+            say(opened, alice, word)
+        # The files as a SIGKILL leaves them: committed (in the WAL), not indexed.
+        killed.mkdir()
+        for path in tmp_path.iterdir():
+            if path.is_file():
+                shutil.copy(path, killed / path.name)
+    finally:
+        opened.close()
+    assert _indexed_upto(killed) == 0
+    reopened = SqliteStore(killed, retention=keep)
+    try:
+        assert _indexed_upto(killed) == 3
+        assert found(reopened, alice, "banana") == ["banana"]
+        assert reopened.last_seq() == 3
+        _fts_integrity_check(killed)
+    finally:
+        reopened.close()
+
+
+@pytest.mark.usefixtures("index_never_due")
+def test_pruning_messages_not_yet_indexed_keeps_the_index_sound(tmp_path: Path) -> None:
+    opened = SqliteStore(tmp_path, retention=Retention(max_messages=2, max_days=0))
+    try:
+        alice = session(opened, "alice")
+        for word in ["apple", "banana", "cherry", "damson"]:
+            say(opened, alice, word)
+        assert opened.prune() == 2
+        assert found(opened, alice, "apple") == []
+        assert found(opened, alice, "damson") == ["damson"]
+        _fts_integrity_check(tmp_path)
+    finally:
+        opened.close()
+
+
+def test_last_seq_survives_a_restart_without_a_meta_write_per_commit(tmp_path: Path) -> None:
+    opened = SqliteStore(tmp_path)
+    alice = session(opened, "alice")
+    for _ in range(4):
+        say(opened, alice)
+    opened.close()
+    # As if killed before the index (which writes last_seq) caught up.
+    with contextlib.closing(sqlite3.connect(tmp_path / store_module.DB_FILE)) as db, db:
+        db.execute("DELETE FROM meta WHERE key = 'last_seq'")
+    reopened = SqliteStore(tmp_path)
+    try:
+        assert reopened.last_seq() == 4
+        assert say(reopened, alice).seq == 5
+    finally:
+        reopened.close()
 
 
 # --- closing ---------------------------------------------------------------------------------
