@@ -122,15 +122,17 @@ class FrameDecoder:
     its payload is held. After the close (the browser's or ours) nothing more is decoded.
     """
 
-    __slots__ = ("_buf", "_close_sent", "_done", "_max", "_part_bytes", "_parts", "_text")
+    __slots__ = ("_buf", "_close_sent", "_done", "_max", "_parts", "_text")
 
     def __init__(self, max_message_bytes: int) -> None:
         self._max = max_message_bytes
         # Bytes of a frame not complete yet: a bytearray, so that a frame arriving a byte at
         # a time is appended to, not copied whole each time.
         self._buf = bytearray()
-        self._parts: list[bytes] = []  # the fragments of an unfinished message
-        self._part_bytes = 0
+        # The fragments of an unfinished message, joined as they come: one bytearray, not a
+        # list of them, so that what a message holds is its size, whatever the fragments'
+        # (an empty fragment adds nothing to the size, and must add no list entry either).
+        self._parts = bytearray()
         self._text: bool | None = None  # the unfinished message's kind, None between messages
         self._close_sent = False
         self._done = False
@@ -203,7 +205,7 @@ class FrameDecoder:
             raise _Refused(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if (opcode == OP_CONTINUATION) != (self._text is not None):
             raise _Refused(CLOSE_PROTOCOL_ERROR, "fragments out of order")
-        if self._part_bytes + size > self._max:
+        if len(self._parts) + size > self._max:
             raise _Refused(CLOSE_TOO_BIG, "message too big")
 
     def _frame(self, fin: int, opcode: int, payload: bytes, got: Received) -> bool:
@@ -223,13 +225,11 @@ class FrameDecoder:
         else:
             if self._text is None:
                 self._text = opcode == OP_TEXT
-            self._parts.append(payload)
-            self._part_bytes += len(payload)
+            self._parts += payload
             if fin:
-                data = b"".join(self._parts)
+                data = bytes(self._parts)
                 got.messages.append(_text(data) if self._text else data)
-                self._parts.clear()
-                self._part_bytes = 0
+                self._parts = bytearray()
                 self._text = None
         return False
 
