@@ -374,9 +374,9 @@ class Relay:
                 if got.close_reply is not None:
                     self._browser.note_close_sent()
                     self._down.close(got.close_reply)
-                if got.drain:  # until the browser stops, or _down_ended() cuts it
+                if got.drain:  # until the browser closes too, at most close_timeout
                     try:
-                        self._browser.drain()
+                        self._browser.drain(self._close_timeout)
                     except OSError as error:
                         log.debug("websocket %d: browser drain ended: %r", self.number, error)
                 return

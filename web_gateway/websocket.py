@@ -16,8 +16,10 @@ gigabytes before any size check sees it, and chat lines are short.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -305,11 +307,19 @@ class BrowserSocket:
             return Received(closing=True)
         return self._frames.feed(data)
 
-    def drain(self) -> None:
-        """Read and discard until the browser closes the connection or it is cut; raises
-        OSError when it is broken."""
-        while self.sock.recv(self._recv_bytes):
-            pass
+    def drain(self, timeout: float) -> None:
+        """Read and discard until the browser closes the connection, for at most `timeout`
+        seconds in all (however it trickles); raises OSError when it is broken or the time
+        is up (TimeoutError)."""
+        # A poll, not a socket timeout: the relay's writer may be sending the close frame on
+        # this socket, and a timeout would make its sends wait (threads) too.
+        deadline = time.monotonic() + timeout
+        poller = select.poll()  # gevent's under gevent: waits in the event loop
+        poller.register(self.sock.fileno(), select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if poller.poll(left * 1000) and not self.sock.recv(self._recv_bytes):
+                return
+        raise TimeoutError("the browser did not close in time")
 
 
 def _reply_code(code: int) -> int:

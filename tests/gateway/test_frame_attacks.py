@@ -4,9 +4,19 @@ that the gateway ends it cleanly."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import replace
 
+import pytest
+
+from tcp_server.server import ChatServer
+from tests.gateway.rawws import client_frame, handshake, read_until_closed, server_close_code
+from tests.support.core import WAIT_S, wait_until
+from tests.support.gateway import InProcessGateway, running_gateway
+from web_gateway.config import GatewayConfig
 from web_gateway.websocket import FrameDecoder
 
 MASK = b"\x12\x34\x56\x78"
@@ -67,3 +77,46 @@ def test_fragments_still_count_against_the_message_limit() -> None:
     got = decoder.feed(fragment(b"x", fin=True))
     assert got.close_reply is not None
     assert got.close_reply[2:4] == (1009).to_bytes(2)
+
+
+# --- against a gateway ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet_gateway(gateway_config: GatewayConfig) -> Iterator[InProcessGateway]:
+    """A gateway that sends no pings: only the websocket's own limits end a connection."""
+    with running_gateway(replace(gateway_config, ping_interval=0.0)) as gateway:
+        yield gateway
+
+
+def joined(port: int, origin: str, name: str) -> socket.socket:
+    sock, head = handshake(port, origin=origin)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.sendall(client_frame(f'{{"type":"hello","name":"{name}"}}'.encode()))
+    data = b""
+    while b"welcome" not in data:
+        chunk = sock.recv(65_536)
+        assert chunk, "closed before the welcome"
+        data += chunk
+    return sock
+
+
+def test_a_silent_browser_after_a_protocol_error_is_cut_and_leaves_the_room(
+    core: ChatServer, quiet_gateway: InProcessGateway
+) -> None:
+    """After refusing a frame (1002) the gateway reads on for the browser's close; a browser
+    that then says nothing more is cut within the close timeout, not kept (with its user
+    online in the room) until a pong timeout or forever."""
+    with joined(quiet_gateway.port, quiet_gateway.origin, "mallory") as sock:
+        wait_until(lambda: core.connection_count() == 1, what="the user to join")
+        sock.sendall(struct.pack("!BB", 0x81, 2) + b"{}")  # not masked
+        data = read_until_closed(sock, timeout=WAIT_S)
+        assert server_close_code(data) == 1002
+        sock.settimeout(0.1)
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            pytest.fail(f"the connection is still open {WAIT_S} s after the 1002")
+        wait_until(lambda: core.connection_count() == 0, what="the user to leave the room")
