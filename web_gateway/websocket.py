@@ -287,6 +287,7 @@ class BrowserSocket:
         server.ws = server.event = None
         self._frames = FrameDecoder(max_message_bytes)
         self._recv_bytes = recv_bytes
+        self.filled = False  # the last read filled its buffer: more is likely waiting
 
     def detach(self) -> None:
         """Tell flask-sock the websocket is over, so that it sends no close frame of its own:
@@ -303,6 +304,7 @@ class BrowserSocket:
         Raises OSError when the connection is broken; returns `closing` at its end.
         """
         data = self.sock.recv(self._recv_bytes)
+        self.filled = len(data) == self._recv_bytes
         if not data:
             return Received(closing=True)
         return self._frames.feed(data)

@@ -4,20 +4,32 @@ that the gateway ends it cleanly."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 import struct
+import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from tcp_server.server import ChatServer
-from tests.gateway.rawws import client_frame, handshake, read_until_closed, server_close_code
+from tests.gateway.rawws import (
+    client_frame,
+    handshake,
+    read_until_closed,
+    server_close_code,
+)
 from tests.support.core import WAIT_S, wait_until
-from tests.support.gateway import InProcessGateway, running_gateway
+from tests.support.gateway import InProcessGateway, WsClient, gateway_process, running_gateway
 from web_gateway.config import GatewayConfig
 from web_gateway.websocket import FrameDecoder
+
+log = logging.getLogger(__name__)
 
 MASK = b"\x12\x34\x56\x78"
 
@@ -120,3 +132,64 @@ def test_a_silent_browser_after_a_protocol_error_is_cut_and_leaves_the_room(
         except TimeoutError:
             pytest.fail(f"the connection is still open {WAIT_S} s after the 1002")
         wait_until(lambda: core.connection_count() == 0, what="the user to leave the room")
+
+
+# --- floods against the real gateway process (gunicorn, one gevent worker) ---------------------
+
+FLOODS = {
+    "pings, whose pongs it reads": client_frame(b"", 0x9),
+    "pongs": client_frame(b"", 0xA),
+    "empty text frames, whose errors it reads": client_frame(b""),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flood", FLOODS)
+def test_a_flood_of_tiny_frames_does_not_stall_the_other_websockets(
+    core: ChatServer, static_dir: Path, flood: str
+) -> None:
+    """A gevent socket's recv() does not go through the event loop while data waits: a
+    browser sending tiny frames faster than the gateway decodes them kept its reader running
+    and froze every other websocket of the worker (no reply within 5 s)."""
+    host, port = core.address
+    burst = FLOODS[flood] * 20_000
+    stop = threading.Event()
+    with gateway_process("--core", f"{host}:{port}", static_dir=static_dir) as gateway, \
+            WsClient(gateway.url, gateway.origin) as bob:
+        bob.hello("bob")
+        sock, head = handshake(gateway.port, origin=gateway.origin, source="127.0.0.2")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+        sent = [0]
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    sock.sendall(burst)
+                    sent[0] += len(burst)
+
+        def read() -> None:  # what the flood brings back is read, so it is never dropped
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and sock.recv(1 << 20):
+                    pass
+
+        threads = [threading.Thread(target=send, name="test-flood-send"),
+                   threading.Thread(target=read, name="test-flood-read")]
+        try:
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: sent[0] >= 4 * len(burst), what="the flood to be under way")
+            times = []
+            for _ in range(5):
+                started = time.monotonic()
+                assert bob.request("list")["type"] == "users"  # within WAIT_S, or it raises
+                times.append(time.monotonic() - started)
+            log.warning("a list's round trip during a flood of %s: %s ms", flood,
+                        ", ".join(f"{seconds * 1_000:.1f}" for seconds in times))
+        finally:
+            stop.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            for thread in threads:
+                thread.join(WAIT_S)
+            sock.close()
