@@ -213,17 +213,18 @@ class Pipe:
 
     def schedule(self, outbox: Outbox) -> bool:
         if self._flush() is Flushed.BLOCKED:
+            # Started under the lock: join() must never see a writer not started yet (under
+            # gevent start() switches to other greenlets, a relay's _finish() among them).
             with self._lock:
                 if self._writer is not None:  # it is waiting for room, and sees the change
                     return True
-                writer = self._writer = threading.Thread(target=self._write, name=self.name)
-            try:
-                writer.start()
-            except RuntimeError:  # the system has no thread to spare: nothing will write
-                with self._lock:
-                    self._writer = None
-                self._outbox.cut_off()
-                raise
+                writer = threading.Thread(target=self._write, name=self.name)
+                try:
+                    writer.start()
+                except RuntimeError:  # the system has no thread to spare: nothing will write
+                    self._outbox.cut_off()
+                    raise
+                self._writer = writer
         return True
 
     def lag(self, change: int) -> None:

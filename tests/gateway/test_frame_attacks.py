@@ -5,9 +5,12 @@ that the gateway ends it cleanly."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -24,10 +27,13 @@ from tests.gateway.rawws import (
     read_until_closed,
     server_close_code,
 )
+from tests.gateway.test_units import _fill
 from tests.support.core import WAIT_S, wait_until
 from tests.support.gateway import InProcessGateway, WsClient, gateway_process, running_gateway
+from tests.support.process import ROOT
 from web_gateway.config import GatewayConfig
-from web_gateway.websocket import FrameDecoder
+from web_gateway.relay import RECV_BYTES, Pipe, Relay
+from web_gateway.websocket import BrowserSocket, FrameDecoder
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +199,140 @@ def test_a_flood_of_tiny_frames_does_not_stall_the_other_websockets(
             for thread in threads:
                 thread.join(WAIT_S)
             sock.close()
+
+
+# --- relays opened and closed many times: nothing is left behind ----------------------------
+
+
+class _HandshakeDone:
+    """What BrowserSocket takes from simple-websocket after the handshake."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.ws: object = None
+        self.event: object = None
+        self.connected = True
+
+
+RELAY_ENDINGS = ("browser-closes", "core-closes", "bad-frame-then-silent", "stop",
+                 "deaf-browser-vanishes", "deaf-browser-then-stop", "deaf-browser-core-closes")
+
+
+def relay_once(number: int, ending: str) -> None:
+    """One relay over socket pairs, a request relayed, then ended the way `ending` says."""
+    browser_end, browser = socket.socketpair()
+    core_end, core = socket.socketpair()
+    relay = Relay(
+        BrowserSocket(_HandshakeDone(browser_end), max_message_bytes=1 << 20,
+                      recv_bytes=RECV_BYTES),
+        core_end, peer=("127.0.0.9", 5), secret="s", number=number, max_queue_bytes=65_536,
+        close_timeout=0.05)
+    request = threading.Thread(target=relay.run, name=f"test-request-{number}")
+    with browser, core, browser_end:
+        request.start()
+        core.settimeout(WAIT_S)
+        browser.sendall(client_frame(b'{"type":"list"}'))
+        data = b""
+        while b'"list"' not in data:
+            chunk = core.recv(65_536)
+            assert chunk, "the core connection ended"
+            data += chunk
+        if ending == "browser-closes":
+            browser.sendall(client_frame(b"\x03\xe8", 0x8))
+        elif ending == "core-closes":
+            core.shutdown(socket.SHUT_RDWR)
+        elif ending == "bad-frame-then-silent":
+            browser.sendall(struct.pack("!BB", 0x81, 2) + b"{}")  # not masked
+        elif ending == "stop":
+            relay.stop()
+        else:  # the core sends more than a browser that reads nothing can take in
+            line = b'{"type":"message","text":"' + b"x" * 16_000 + b'"}\n'
+            for _ in range(100):  # until a writer waits for room (the kernel's buffer is full)
+                core.sendall(line)
+                with contextlib.suppress(AssertionError):
+                    wait_until(lambda: not relay._down.join(0), timeout=0.02)
+                    break
+            assert not relay._down.join(0), "the browser's socket took everything"
+            if ending == "deaf-browser-vanishes":
+                browser.shutdown(socket.SHUT_RDWR)
+            elif ending == "deaf-browser-then-stop":
+                relay.stop()
+            else:
+                core.shutdown(socket.SHUT_RDWR)
+        request.join(WAIT_S)
+        assert not request.is_alive(), f"the relay did not end ({ending})"
+
+
+def live_workers() -> int:
+    """Greenlets under gevent, threads otherwise."""
+    if sys.modules.get("gevent.monkey") is None:
+        return threading.active_count()
+    import greenlet
+
+    gc.collect()
+    return sum(isinstance(obj, greenlet.greenlet) for obj in gc.get_objects())
+
+
+@pytest.mark.parametrize("ending", RELAY_ENDINGS)
+def test_relays_opened_and_ended_leave_nothing_behind(ending: str) -> None:
+    relay_once(0, ending)
+    gc.collect()
+    workers, objects = live_workers(), len(gc.get_objects())
+    for number in range(1, 11):
+        relay_once(number, ending)
+    gc.collect()
+    assert live_workers() == workers
+    assert len(gc.get_objects()) < objects + 200  # a few stray ints and frames, no relays
+
+
+@pytest.mark.slow
+def test_relays_opened_and_ended_leave_no_greenlet_under_gevent() -> None:
+    """The same, in a process that gevent monkey-patched first (as gunicorn's worker)."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from tests.gateway import test_frame_attacks as t\n"
+        f"for ending in {RELAY_ENDINGS!r}:\n"
+        "    t.test_relays_opened_and_ended_leave_nothing_behind(ending)\n"
+        "print('all passed')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=12 * WAIT_S, check=False)
+    assert result.stdout.strip() == "all passed", result.stderr[-3000:]
+
+
+def pipe_joined_while_its_writer_starts() -> bool | RuntimeError:
+    """Under gevent a writer's start() switches to the other greenlets: one joining the pipe
+    then (a relay's _finish) must wait for the writer, not fail on a thread not started."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        pipe = Pipe("test-pipe", ours, max_bytes=1_000_000, close_timeout=WAIT_S)
+        _fill(ours)
+        ready = threading.Event()
+        outcome: list[bool | RuntimeError] = []
+
+        def join() -> None:
+            ready.wait(WAIT_S)
+            try:
+                outcome.append(pipe.join(0.01))
+            except RuntimeError as error:
+                outcome.append(error)
+
+        joiner = threading.Thread(target=join, name="test-joiner")
+        joiner.start()
+        ready.set()  # the joiner runs at the next switch: the writer's start()
+        assert pipe.put(b"x" * 1_000)  # the socket is full: a writer starts
+        joiner.join(WAIT_S)
+        pipe.close(discard=True)
+        assert pipe.join(WAIT_S)
+        return outcome[0]
+
+
+def test_a_pipe_joined_while_its_writer_starts_waits_for_it_under_gevent() -> None:
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from tests.gateway import test_frame_attacks as t\n"
+        "print(t.pipe_joined_while_its_writer_starts())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=6 * WAIT_S, check=False)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr[-3000:]
