@@ -97,6 +97,68 @@ def test_fragments_still_count_against_the_message_limit() -> None:
     assert got.close_reply[2:4] == (1009).to_bytes(2)
 
 
+# --- the RFC's corners, as a hostile browser tries them ----------------------------------------
+
+
+def long_header(opcode: int, size: int) -> bytes:
+    """A frame's head with a 64-bit length (any value, the top bit too) and a mask: no payload."""
+    return bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8) + MASK
+
+
+@pytest.mark.parametrize(("size", "code"), [
+    (1 << 63, 1002),  # the top bit of a 64-bit length must be 0
+    ((1 << 64) - 1, 1002),
+    (2_000_000, 1009),  # over the limit: refused before any of its payload is held
+])
+def test_a_64_bit_length_is_judged_from_the_header_alone(size: int, code: int) -> None:
+    got = FrameDecoder(1_000_000).feed(long_header(0x1, size))
+    assert got.close_reply is not None
+    assert got.close_reply[2:4] == code.to_bytes(2)
+
+
+def test_a_character_split_across_fragments_is_valid_text() -> None:
+    text = "é€😀".encode()
+    stream = (fragment(text[:1], 0x1) + fragment(text[1:4]) + fragment(b"", 0x9, fin=True)
+              + fragment(text[4:], fin=True))
+    for split in range(len(stream) + 1):
+        decoder = FrameDecoder(100)
+        first, second = decoder.feed(stream[:split]), decoder.feed(stream[split:])
+        assert first.messages + second.messages == ["é€😀"], split
+        assert len(first.replies + second.replies) == 1  # the ping between the fragments
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65_535])
+def test_a_close_code_that_may_not_be_sent_is_a_protocol_error(code: int) -> None:
+    got = FrameDecoder(100).feed(fragment(code.to_bytes(2) + b"why", 0x8, fin=True))
+    assert got.close_reply is not None
+    assert got.close_reply[2:4] == (1002).to_bytes(2)
+    assert got.drain
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999])
+def test_a_valid_close_code_is_answered_with_the_same(code: int) -> None:
+    got = FrameDecoder(100).feed(fragment(code.to_bytes(2) + "fin é".encode(), 0x8, fin=True))
+    assert got.closing
+    assert not got.drain
+    assert got.close_reply is not None
+    assert got.close_reply[2:4] == code.to_bytes(2)
+
+
+def test_nothing_after_the_browsers_close_is_answered() -> None:
+    got = FrameDecoder(100).feed(fragment(b"", 0x8, fin=True) + fragment(b"p", 0x9, fin=True)
+                                 + fragment(b"{}", 0x1, fin=True))
+    assert got.closing
+    assert not got.replies
+    assert not got.messages
+    assert got.close_reply is not None
+    assert got.close_reply[2:4] == (1000).to_bytes(2)  # no code given: a normal close
+
+
+def test_a_ping_flood_in_one_read_is_answered_pong_for_ping() -> None:
+    got = FrameDecoder(100).feed(fragment(b"ab", 0x9, fin=True) * 10_000)
+    assert got.replies == [b"\x8a\x02ab"] * 10_000
+
+
 # --- against a gateway ----------------------------------------------------------------------
 
 
