@@ -202,6 +202,27 @@ def test_a_silent_browser_after_a_protocol_error_is_cut_and_leaves_the_room(
         wait_until(lambda: core.connection_count() == 0, what="the user to leave the room")
 
 
+def test_a_browser_dripping_a_frame_byte_by_byte_is_cut_by_the_pong_timeout(
+    core: ChatServer, gateway_config: GatewayConfig
+) -> None:
+    """After the handshake the header timeout no longer applies: a browser that sends a frame
+    a byte at a time holds at most that frame (bounded by the message limit) and, unable to
+    answer a ping in the middle of a frame, is cut when the pong timeout runs out."""
+    config = replace(gateway_config, ping_interval=0.2, pong_timeout=0.6)
+    with running_gateway(config) as gateway, joined(gateway.port, gateway.origin, "drip") as sock:
+        frame = client_frame(b'{"type":"list"}' + b" " * 200)
+        sent = 0
+        with contextlib.suppress(OSError):  # cut: a reset or a broken pipe
+            while sent < len(frame):
+                sock.sendall(frame[sent:sent + 1])
+                sent += 1
+                with contextlib.suppress(AssertionError):  # a byte each 0.1 s, or the end
+                    wait_until(lambda: core.connection_count() == 0, timeout=0.1)
+                    break
+        assert sent < len(frame), "the whole frame went through"
+        wait_until(lambda: core.connection_count() == 0, what="the dripping browser to be cut")
+
+
 # --- floods against the real gateway process (gunicorn, one gevent worker) ---------------------
 
 FLOODS = {
