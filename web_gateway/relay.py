@@ -36,8 +36,10 @@ import contextlib
 import logging
 import select
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -60,6 +62,10 @@ NEWLINE: Final = 0x0A
 # Lines from the core may be longer than a request line: a users list of 1,000 users is about
 # 100 KB. This only bounds memory against a broken core; no real line comes near it.
 MAX_CORE_LINE_BYTES: Final = 16 * 1_048_576
+# A read of 64 KB can hold 10,000 tiny frames, 60 ms of checking them (bad ones, each with
+# its error object): the reader lets the others run after this many (about 2 ms; see
+# turn_taker), so that a flood of them from one browser does not stall every other one.
+FRAMES_PER_TURN: Final = 256
 
 # Websocket close codes (RFC 6455, section 7.4.1) the gateway uses.
 CLOSE_NORMAL: Final = 1000  # the browser sent exit and the core said bye
@@ -207,17 +213,18 @@ class Pipe:
 
     def schedule(self, outbox: Outbox) -> bool:
         if self._flush() is Flushed.BLOCKED:
+            # Started under the lock: join() must never see a writer not started yet (under
+            # gevent start() switches to other greenlets, a relay's _finish() among them).
             with self._lock:
                 if self._writer is not None:  # it is waiting for room, and sees the change
                     return True
-                writer = self._writer = threading.Thread(target=self._write, name=self.name)
-            try:
-                writer.start()
-            except RuntimeError:  # the system has no thread to spare: nothing will write
-                with self._lock:
-                    self._writer = None
-                self._outbox.cut_off()
-                raise
+                writer = threading.Thread(target=self._write, name=self.name)
+                try:
+                    writer.start()
+                except RuntimeError:  # the system has no thread to spare: nothing will write
+                    self._outbox.cut_off()
+                    raise
+                self._writer = writer
         return True
 
     def lag(self, change: int) -> None:
@@ -296,6 +303,7 @@ class Relay:
         self._up = Pipe(f"relay-up-{number}", core, max_queue_bytes, close_timeout)
         self._down = Pipe(f"relay-down-{number}", browser.sock, max_queue_bytes, close_timeout)
         self._core_reader = threading.Thread(target=self._read_core, name=f"relay-core-{number}")
+        self._take_turn = turn_taker()
         # Kernel send buffers, which Linux grows to megabytes by itself, are capped at the
         # same budget: a peer that does not read holds at most about twice max_queue_bytes.
         for sock in (core, browser.sock):
@@ -364,9 +372,9 @@ class Relay:
             except OSError as error:
                 log.debug("websocket %d: browser read ended: %r", self.number, error)
                 return
-            for reply in got.replies:
-                if not self._down.put(reply):
-                    self.abort("the browser is not reading what it is sent")
+            # Every pong of a read in one put: one write, not one per ping of a flood.
+            if got.replies and not self._down.put(b"".join(got.replies)):
+                self.abort("the browser is not reading what it is sent")
             if got.pong:
                 self._pong_seen = True
             self._relay_frames(got.messages)
@@ -374,28 +382,35 @@ class Relay:
                 if got.close_reply is not None:
                     self._browser.note_close_sent()
                     self._down.close(got.close_reply)
-                if got.drain:  # until the browser stops, or _down_ended() cuts it
+                if got.drain:  # until the browser closes too, at most close_timeout
                     try:
-                        self._browser.drain()
+                        self._browser.drain(self._close_timeout)
                     except OSError as error:
                         log.debug("websocket %d: browser drain ended: %r", self.number, error)
                 return
+            if self._browser.filled:
+                self._take_turn()
 
     def _relay_frames(self, frames: list[str | bytes]) -> None:
         lines: list[bytes] = []
-        for frame in frames:
+        refusals: list[bytes] = []
+        for index, frame in enumerate(frames, 1):
+            if not index % FRAMES_PER_TURN:  # a read of thousands of tiny frames: share
+                self._take_turn()
             try:
                 upstream = frame_to_line(frame)
             except ProtocolError as error:
                 log.debug("websocket %d from %s: refused %s: %s",
                           self.number, self.peer, error.code, error.message)
                 reply = error_frame(error.code, error.message).encode("utf-8")
-                if not self._down.put(text_frame(reply)):
-                    self.abort("the browser is not reading what it is sent")
+                refusals.append(text_frame(reply))
                 continue
             if upstream.type == "exit":
                 self._exit_sent = True
             lines.append(upstream.line)
+        # The errors of a read in one put too: a flood of bad frames costs one write a read.
+        if refusals and not self._down.put(b"".join(refusals)):
+            self.abort("the browser is not reading what it is sent")
         # One write for every frame at hand: a system call per batch instead of per frame.
         if lines and not self._up.put(lines[0] if len(lines) == 1 else b"".join(lines)):
             log.warning("websocket %d from %s: the core is not reading; closing",
@@ -450,6 +465,8 @@ class Relay:
                         frames[0] if len(frames) == 1 else b"".join(frames)):
                     self.abort("the browser is not reading what it is sent")
                     return
+                if len(data) == RECV_BYTES:
+                    self._take_turn()
         except OSError as error:
             log.debug("websocket %d: core read ended: %r", self.number, error)
         except Exception:
@@ -490,6 +507,31 @@ class Relay:
         with self._lock, contextlib.suppress(OSError):  # OSError: not connected any more
             if not self._sockets_closed:
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def turn_taker() -> Callable[[], None]:
+    """How a reader whose read filled its buffer lets the others run before reading again.
+
+    A gevent socket's recv() returns at once while data is waiting, without a trip through
+    the event loop: a reader whose peer keeps it busy (a flood of pings, pongs or bad frames,
+    faster than the gateway decodes them) would never let another greenlet run, and one
+    browser would freeze every websocket and page of the worker. A read that filled its
+    buffer says that more is waiting; the reader then waits for gevent's event loop to be
+    idle (gevent.idle: every other ready greenlet and socket is served first; sleep(0) is
+    not enough, it may run the same greenlet again before the loop polls the sockets). With
+    threads (the threaded test server) the scheduler shares the time already.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        import gevent  # only under gevent's worker: the threaded server has no use for it
+
+        idle: Callable[[], None] = gevent.idle
+        return idle
+    return _no_turn
+
+
+def _no_turn() -> None:
+    """Threads are preempted: nothing to give up."""
 
 
 def _joined(waited: threading.Thread | Pipe, timeout: float) -> bool:

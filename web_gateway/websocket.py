@@ -16,8 +16,10 @@ gigabytes before any size check sees it, and chat lines are short.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -122,15 +124,17 @@ class FrameDecoder:
     its payload is held. After the close (the browser's or ours) nothing more is decoded.
     """
 
-    __slots__ = ("_buf", "_close_sent", "_done", "_max", "_part_bytes", "_parts", "_text")
+    __slots__ = ("_buf", "_close_sent", "_done", "_max", "_parts", "_text")
 
     def __init__(self, max_message_bytes: int) -> None:
         self._max = max_message_bytes
         # Bytes of a frame not complete yet: a bytearray, so that a frame arriving a byte at
         # a time is appended to, not copied whole each time.
         self._buf = bytearray()
-        self._parts: list[bytes] = []  # the fragments of an unfinished message
-        self._part_bytes = 0
+        # The fragments of an unfinished message, joined as they come: one bytearray, not a
+        # list of them, so that what a message holds is its size, whatever the fragments'
+        # (an empty fragment adds nothing to the size, and must add no list entry either).
+        self._parts = bytearray()
         self._text: bool | None = None  # the unfinished message's kind, None between messages
         self._close_sent = False
         self._done = False
@@ -203,7 +207,7 @@ class FrameDecoder:
             raise _Refused(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if (opcode == OP_CONTINUATION) != (self._text is not None):
             raise _Refused(CLOSE_PROTOCOL_ERROR, "fragments out of order")
-        if self._part_bytes + size > self._max:
+        if len(self._parts) + size > self._max:
             raise _Refused(CLOSE_TOO_BIG, "message too big")
 
     def _frame(self, fin: int, opcode: int, payload: bytes, got: Received) -> bool:
@@ -223,13 +227,11 @@ class FrameDecoder:
         else:
             if self._text is None:
                 self._text = opcode == OP_TEXT
-            self._parts.append(payload)
-            self._part_bytes += len(payload)
+            self._parts += payload
             if fin:
-                data = b"".join(self._parts)
+                data = bytes(self._parts)
                 got.messages.append(_text(data) if self._text else data)
-                self._parts.clear()
-                self._part_bytes = 0
+                self._parts = bytearray()
                 self._text = None
         return False
 
@@ -285,6 +287,7 @@ class BrowserSocket:
         server.ws = server.event = None
         self._frames = FrameDecoder(max_message_bytes)
         self._recv_bytes = recv_bytes
+        self.filled = False  # the last read filled its buffer: more is likely waiting
 
     def detach(self) -> None:
         """Tell flask-sock the websocket is over, so that it sends no close frame of its own:
@@ -301,15 +304,24 @@ class BrowserSocket:
         Raises OSError when the connection is broken; returns `closing` at its end.
         """
         data = self.sock.recv(self._recv_bytes)
+        self.filled = len(data) == self._recv_bytes
         if not data:
             return Received(closing=True)
         return self._frames.feed(data)
 
-    def drain(self) -> None:
-        """Read and discard until the browser closes the connection or it is cut; raises
-        OSError when it is broken."""
-        while self.sock.recv(self._recv_bytes):
-            pass
+    def drain(self, timeout: float) -> None:
+        """Read and discard until the browser closes the connection, for at most `timeout`
+        seconds in all (however it trickles); raises OSError when it is broken or the time
+        is up (TimeoutError)."""
+        # A poll, not a socket timeout: the relay's writer may be sending the close frame on
+        # this socket, and a timeout would make its sends wait (threads) too.
+        deadline = time.monotonic() + timeout
+        poller = select.poll()  # gevent's under gevent: waits in the event loop
+        poller.register(self.sock.fileno(), select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if poller.poll(left * 1000) and not self.sock.recv(self._recv_bytes):
+                return
+        raise TimeoutError("the browser did not close in time")
 
 
 def _reply_code(code: int) -> int:
