@@ -92,6 +92,7 @@ class ChatServer:
             raise
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._stop_reason = "server shutting down"
+        self._stop_asked = 0.0  # time.monotonic() of the last stop(), for the log
         # _lock guards _threads; _all_gone (its condition) is notified when it becomes empty.
         self._lock = threading.Lock()
         self._all_gone = threading.Condition(self._lock)
@@ -138,6 +139,7 @@ class ChatServer:
     def stop(self, reason: str = "server shutting down") -> None:
         """Ask serve_forever() to finish. Safe from any thread and from signal handlers."""
         self._stop_reason = reason
+        self._stop_asked = time.monotonic()
         with contextlib.suppress(OSError):  # already stopped and closed: nothing to wake
             self._wake_writer.send(b"\0")
 
@@ -274,8 +276,9 @@ class ChatServer:
         """
         with self._lock:
             connections = list(self._threads)
-        log.info("closing %d connections: %s", len(connections), reason)
         started = time.monotonic()
+        log.info("closing %d connections: %s (%.2f s after the stop was asked)",
+                 len(connections), reason, started - (self._stop_asked or started))
         deadline = started + self._config.shutdown_timeout
         self.room.shutdown()
         quiet_by = started + self._config.shutdown_timeout / 2
@@ -303,9 +306,11 @@ class ChatServer:
             log.error("%d readers did not stop: %s", len(names), ", ".join(names[:10]))
         byes_s = time.monotonic() - started
         self._flusher.stop(deadline, self._config.close_timeout)
-        log.info("closed %d connections in %.2f s (readers stopped at %.2f s, sessions away "
-                 "at %.2f s, byes queued and readers ended at %.2f s)", len(connections),
-                 time.monotonic() - started, readers_s, sessions_s, byes_s)
+        took = time.monotonic() - started
+        log.log(logging.WARNING if took > self._config.shutdown_timeout else logging.INFO,
+                "closed %d connections in %.2f s (readers stopped at %.2f s, sessions away "
+                "at %.2f s, byes queued and readers ended at %.2f s)", len(connections),
+                took, readers_s, sessions_s, byes_s)
 
     def _end_sessions(self, connections: list[Connection], deadline: float) -> None:
         """End the sessions of stopped connections (away, resumable) in one write of the
