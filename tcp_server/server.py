@@ -270,9 +270,9 @@ class ChatServer:
         First every reader finishes the request in hand, arrives at the gate and ends (see
         ShutdownGate), so that each message already acknowledged with "sent" is in its
         recipients' outboxes; then their sessions end (away, resumable, unannounced: the room is
-        quiet; the store records them all in one write); then the byes are
-        queued, and the flusher writes them all with one deadline. No thread is joined one by
-        one, and no lock or condition is waited on by every reader at once.
+        quiet; the store records them all in one write, while the byes are queued and the
+        flusher writes them all with one deadline). No reader thread is joined one by one,
+        and no lock or condition is waited on by every reader at once.
         """
         with self._lock:
             connections = list(self._threads)
@@ -295,8 +295,8 @@ class ChatServer:
             log.warning("readers still busy after %.2f s; closing them",
                         time.monotonic() - started)
         readers_s = time.monotonic() - started
-        self._end_sessions(self._gate.open(), started + self._config.shutdown_timeout * 3 / 4)
-        sessions_s = time.monotonic() - started
+        # Not before the byes: the listener is closed, nobody can resume meanwhile.
+        ender = self._end_sessions(self._gate.open())
         for connection in connections:
             connection.close(reason, flush_deadline=deadline)
         # Readers still busy (a replay, a store that is slow) see the close and end.
@@ -306,27 +306,37 @@ class ChatServer:
             log.error("%d readers did not stop: %s", len(names), ", ".join(names[:10]))
         byes_s = time.monotonic() - started
         self._flusher.stop(deadline, self._config.close_timeout)
+        sessions_s = self._sessions_ended(ender, until=deadline, started=started)
         took = time.monotonic() - started
         log.log(logging.WARNING if took > self._config.shutdown_timeout else logging.INFO,
-                "closed %d connections in %.2f s (readers stopped at %.2f s, sessions away "
-                "at %.2f s, byes queued and readers ended at %.2f s)", len(connections),
-                took, readers_s, sessions_s, byes_s)
+                "closed %d connections in %.2f s (readers stopped at %.2f s, byes queued and "
+                "readers ended at %.2f s, sessions away by %s)", len(connections),
+                took, readers_s, byes_s, sessions_s)
 
-    def _end_sessions(self, connections: list[Connection], deadline: float) -> None:
-        """End the sessions of stopped connections (away, resumable) in one write of the
-        store, by a thread of its own so that a slow store cannot hold the shutdown past
-        `deadline`: what is not recorded then is restored as away at the next start."""
+    def _end_sessions(self, connections: list[Connection]) -> threading.Thread | None:
+        """Start ending the sessions of stopped connections (away, resumable) in one write of
+        the store, by a thread of its own (see _sessions_ended)."""
         taken = [session for connection in connections
                  if (session := connection.take_session()) is not None]
         if not taken:
-            return
+            return None
         ender = threading.Thread(target=self._commands.disconnect_many, args=(taken,),
-                                 name="end-sessions", daemon=True)
+                                 name=f"end-sessions-{len(taken)}", daemon=True)
         ender.start()
-        ender.join(max(0.0, deadline - time.monotonic()))
+        return ender
+
+    def _sessions_ended(self, ender: threading.Thread | None, until: float,
+                        started: float) -> str:
+        """Wait for `ender` until `until` (a slow store cannot hold the shutdown): what is not
+        recorded then is restored as away at the next start. Says when it ended, for the log."""
+        if ender is None:
+            return "-"
+        ender.join(max(0.0, until - time.monotonic()))
         if ender.is_alive():
-            log.warning("%d sessions not recorded as away in time (restored at the next start)",
-                        len(taken))
+            log.warning("%s sessions not recorded as away in time (restored at the next start)",
+                        ender.name.rsplit("-", 1)[1])
+            return "-"
+        return f"{time.monotonic() - started:.2f} s"
 
 
 def _start_with_stack(thread: threading.Thread, stack_bytes: int) -> None:
