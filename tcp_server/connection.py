@@ -196,15 +196,9 @@ class Connection:
             with self._lock:
                 if self._held is not None:
                     self._held.append(envelope)
-                    # Only messages count against the budget here. Presence is one shared
-                    # batch for every member (a reference held, not a copy), and a client that
-                    # has not been sent its welcome yet is not "not reading": 10,000 resuming
-                    # at once after a restart announce 1 MiB of `back` to the first ones
-                    # while they register (909 of them were dropped for it).
-                    if envelope.seq:
-                        self._held_bytes += len(envelope.encoded(self._encoder))
-                        if self._held_bytes > self._config.max_outbox_bytes:
-                            self._drop(self._full_reason)
+                    self._held_bytes += len(envelope.encoded(self._encoder))
+                    if self._held_bytes > self._config.max_outbox_bytes:
+                        self._drop(self._full_reason)
                     return
         seq = envelope.seq
         if seq:
