@@ -341,11 +341,13 @@ def raise_open_files_limit() -> None:
 
 
 def plan(count: int, senders: int, per_sender: int) -> list[tuple[int, int]]:
-    """(sender, recipient) pairs: direct messages spread over every client."""
+    """(sender, recipient) pairs: direct messages spread over every client, already from each
+    sender's first message (a stop that comes at once acknowledges one per sender: before,
+    with 20 per sender and 1,000 clients, none of the firsts went to an away client)."""
     pairs = []
     for sender in range(min(senders, count)):
         for number in range(per_sender):
-            recipient = (sender * per_sender + number) * 7919 % count
+            recipient = (sender * 7919 + number * 104_729 + 1) % count
             if recipient == sender:
                 recipient = (recipient + 1) % count
             pairs.append((sender, recipient))
