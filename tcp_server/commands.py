@@ -174,6 +174,10 @@ class Commands:
         self._max_per_address = max_per_address  # sessions registered from one address; 0: any
         self._away_lock = threading.Lock()
         self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
+        # The last seq queued to each away session's ended connection, known here before the
+        # room says "away" and before the store has it: a resume that others' `away` prompted
+        # (a plain-text client has no `after`) must not replay what that connection had.
+        self._delivered_when_away: dict[SessionId, int] = {}  # guarded by _away_lock
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -241,9 +245,14 @@ class Commands:
             if session.exited or self._resume_grace <= 0:
                 self._leave(session, member, record)
                 continue
+            with self._away_lock:
+                self._delivered_when_away[record.id] = delivered_seq
             away = self._room.away(member)
             if away is not None:  # None: taken over by another connection
                 going.append((session, away, delivered_seq))
+            else:
+                with self._away_lock:
+                    self._delivered_when_away.pop(record.id, None)
         if not going:
             return
         since = self._clock()
@@ -274,6 +283,8 @@ class Commands:
         with self._away_lock:
             self._away[away.session] = away
             oldest = self._away.popitem(last=False)[1] if len(self._away) > self._max_away else None
+            if oldest is not None:
+                self._delivered_when_away.pop(oldest.session, None)
         if oldest is not None:
             log.warning("more than %d sessions away: %s's ends early", self._max_away,
                         oldest.info.name)
@@ -283,6 +294,7 @@ class Commands:
         with self._away_lock:
             if self._away.get(away.session) is away:
                 del self._away[away.session]
+                self._delivered_when_away.pop(away.session, None)
 
     def _expire(self, away: Member) -> None:
         self._not_away(away)
@@ -432,9 +444,10 @@ class Commands:
             previous.close(RESUMED_ELSEWHERE)
         with self._away_lock:
             self._away.pop(record.id, None)
+            delivered = max(record.delivered_seq, self._delivered_when_away.pop(record.id, 0))
         self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
-        after = request.after if request.after is not None else record.delivered_seq
+        after = request.after if request.after is not None else delivered
         if session.logged:
             log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)
         welcome = Welcome(

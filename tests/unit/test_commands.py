@@ -388,6 +388,33 @@ def test_resume_of_an_away_session_welcomes_back_and_replays_what_it_missed(
     assert room.announced[-1] == Back("Alice")
 
 
+def test_a_resume_without_after_while_the_disconnect_is_recorded_replays_only_what_was_missed(
+    commands: Commands, room: FakeRoom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain-text client resumes without `after`: the server's record of what its last
+    # connection had queued decides. Others learn "away" from room.away(); a resume they
+    # prompt can come before the store has recorded that connection's delivered seq.
+    alice = Peer()
+    welcome = commands.handle(alice.session, Hello(name="alice")).replies[0]
+    assert isinstance(welcome, Welcome)
+    bob = registered(commands, "bob", "127.0.0.2")
+    sent(commands.handle(bob.session, Send(to="alice", text="seen live")))
+    resumed: list[Outcome] = []
+    room_away = room.away
+
+    def away_then_resume_at_once(member: Member) -> Member | None:
+        away = room_away(member)
+        resumed.append(commands.handle(Peer("127.0.0.3", 7000).session,
+                                       Hello(name="alice", resume=welcome.session)))
+        return away
+
+    monkeypatch.setattr(room, "away", away_then_resume_at_once)
+    commands.disconnect(alice.session, delivered_seq=1)
+    (outcome,) = resumed
+    assert isinstance(outcome.replies[0], Welcome)
+    assert [m.text for page in outcome.replay for m in page] == []
+
+
 def test_resume_of_an_online_session_closes_the_connection_that_held_it(
     commands: Commands,
 ) -> None:
