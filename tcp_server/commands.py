@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tcp_server.grace import Deadlines
@@ -184,7 +184,7 @@ class Commands:
     def start(self) -> None:
         """Restore the sessions that were open when the server last stopped, as away."""
         now = self._clock()
-        restored: list[tuple[Member, float, SessionRecord]] = []
+        restored = 0
         for record in self._store.open_sessions():
             since = record.away_since if record.away_since is not None else now
             left_s = since + self._resume_grace - now
@@ -198,17 +198,12 @@ class Commands:
             except NameTakenError:
                 self._store.end_session(record.id)
                 continue
-            restored.append((away, left_s, record))
-        # Recorded in one write (one commit for 10,000 sessions, not 10,000 commits): only the
-        # sessions the stop could not record as away get their grace's start.
-        self._store.set_away_many([(record.id, now, record.delivered_seq)
-                                   for _, _, record in restored if record.away_since is None])
-        started = time.monotonic()
-        for away, left_s, _ in restored:
-            self._graces.schedule(away, started + left_s)
+            self._store.set_away(record.id, since, record.delivered_seq)
+            self._graces.schedule(away, time.monotonic() + left_s)
             self._note_away(away)
+            restored += 1
         if restored:
-            log.info("restored %d sessions as away", len(restored))
+            log.info("restored %d sessions as away", restored)
         self._graces.start()
 
     def stop(self) -> None:
@@ -232,52 +227,34 @@ class Commands:
     def disconnect(self, session: Session, delivered_seq: int) -> None:
         """The connection is ending. Its session ends (left) after exit or with no grace;
         otherwise it goes away and ends when the grace runs out unless resumed."""
-        self.disconnect_many([(session, delivered_seq)])
+        try:
+            self._disconnect(session, delivered_seq)
+        except StoreError as error:  # a stopping server that could not wait for this one
+            log.error("%s: the store did not record the end of its session: %s",
+                      session.peer, error)
 
-    def disconnect_many(self, sessions: Sequence[tuple[Session, int]]) -> None:
-        """disconnect() for many connections (session, delivered_seq) at once: those going
-        away are recorded in one write of the store (a server stopping with 10,000)."""
-        going: list[tuple[Session, Member, int]] = []
-        for session, delivered_seq in sessions:
-            member, record = session.member, session.record
-            if member is None or record is None:
-                continue
-            if session.exited or self._resume_grace <= 0:
-                self._leave(session, member, record)
-                continue
-            with self._away_lock:
-                self._delivered_when_away[record.id] = delivered_seq
-            away = self._room.away(member)
-            if away is not None:  # None: taken over by another connection
-                going.append((session, away, delivered_seq))
-            else:
-                with self._away_lock:
-                    self._delivered_when_away.pop(record.id, None)
-        if not going:
+    def _disconnect(self, session: Session, delivered_seq: int) -> None:
+        member, record = session.member, session.record
+        if member is None or record is None:
             return
-        since = self._clock()
-        try:
-            self._store.set_away_many([(away.session, since, delivered_seq)
-                                       for _, away, delivered_seq in going])
-        except StoreError as error:  # a stopping server that could not wait for these
-            # They are away all the same; the next start restores them from what is stored.
-            log.error("the store did not record %d sessions as away: %s", len(going), error)
-        deadline = time.monotonic() + self._resume_grace
-        for session, away, _ in going:
-            self._graces.schedule(away, deadline)
-            if session.logged:
-                log.info("%s disconnected; %s is away", session.peer, away.info.name)
-            self._note_away(away)
-
-    def _leave(self, session: Session, member: Member, record: SessionRecord) -> None:
-        try:
+        if session.exited or self._resume_grace <= 0:
             if self._room.leave(member):
                 self._store.end_session(record.id)
                 if session.logged:
                     log.info("%s left as %s", session.peer, member.info.name)
-        except StoreError as error:
-            log.error("%s: the store did not record the end of its session: %s",
-                      session.peer, error)
+            return
+        with self._away_lock:
+            self._delivered_when_away[record.id] = delivered_seq
+        away = self._room.away(member)
+        if away is None:  # taken over by another connection, or the server is stopping
+            with self._away_lock:
+                self._delivered_when_away.pop(record.id, None)
+            return
+        self._store.set_away(record.id, self._clock(), delivered_seq)
+        self._graces.schedule(away, time.monotonic() + self._resume_grace)
+        if session.logged:
+            log.info("%s disconnected; %s is away", session.peer, member.info.name)
+        self._note_away(away)
 
     def _note_away(self, away: Member) -> None:
         with self._away_lock:
