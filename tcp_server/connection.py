@@ -512,13 +512,21 @@ class Connection:
 
     def end_session(self) -> None:
         """The connection is over: the session ends, or goes away (resumable). Called by the
-        reader (at exit, or at its end), or by the server for a reader that arrived at the
-        ShutdownGate; only the first call does anything."""
+        reader (at exit, or at its end); only the first call (of this and take_session)
+        does anything."""
+        taken = self.take_session()
+        if taken is not None:
+            self._commands.disconnect(*taken)
+
+    def take_session(self) -> tuple[Session, int] | None:
+        """The session and the last seq queued for it, for the server to end with many others
+        at once (Commands.disconnect_many) when the reader arrived at the ShutdownGate; None
+        if it was taken or ended already."""
         with self._lock:
             if self._session_over:
-                return
+                return None
             self._session_over = True
-        self._commands.disconnect(self.session, self._delivered_seq)
+        return self.session, self._delivered_seq
 
     # --- helpers ----------------------------------------------------------------------------
 
