@@ -20,8 +20,9 @@ Three orderings are kept here:
 - A send is answered by the store's thread once its message is committed and delivered; the
   reader goes on with the next request meanwhile, and any other reply waits for the sends
   before it, so replies come in the order of the requests.
-- While a hello registers (and, for a resume, replays what the session missed), deliveries
-  from others are held, then released after the welcome and the replay.
+- While a hello registers (and, for a resume, replays what the session missed), messages
+  from others are held, then released after the welcome and the replay; presence changes
+  meanwhile are not delivered (the client asks `list` after its welcome).
 - A message already sent by the replay is never delivered again (`_replayed_upto`).
 """
 
@@ -196,6 +197,11 @@ class Connection:
         if self._held is not None:
             with self._lock:
                 if self._held is not None:
+                    if not envelope.seq:
+                        # Presence from before the welcome: the client learns the room from
+                        # `list` after it (docs/protocol.md). Held, 10,000 clients resuming
+                        # at once would owe each registering client ~1 MB of `back` lines.
+                        return
                     self._held.append(envelope)
                     self._held_bytes += len(envelope.encoded(self._encoder))
                     if self._held_bytes > self._config.max_outbox_bytes:
