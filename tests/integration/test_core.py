@@ -487,6 +487,34 @@ def test_welcome_comes_before_what_races_the_registration_and_list_shows_who_rac
         thread.join(5)
 
 
+class JoinAfterSnapshotRoom(LocalRoom):
+    """A room in which someone registers right after a `list`'s snapshot is taken, before
+    the reply is out: the race of a list and a join, made certain."""
+
+    def users(self) -> tuple[UserInfo, ...]:
+        snapshot = super().users()
+        if not any(user.name == "latecomer" for user in snapshot):
+            self.join(Member(UserInfo("latecomer", "127.0.0.9", 9, "tcp"), 99_998, _ignore))
+        return snapshot
+
+
+def test_a_change_after_a_lists_snapshot_comes_after_the_list() -> None:
+    # Else a client keeping its list from events (docs/protocol.md) applies the `joined`,
+    # then replaces its list by the reply without the newcomer, and never shows them.
+    server = ChatServer(ServerConfig(host="127.0.0.1", port=0), room=JoinAfterSnapshotRoom())
+    thread = threading.Thread(target=server.serve_forever, name="test-snapshot-server")
+    thread.start()
+    try:
+        with RawClient(server.address) as alice:
+            alice.hello("alice")
+            alice.send(type="list")
+            assert [user["name"] for user in alice.expect("users")["users"]] == ["alice"]
+            alice.expect("joined", name="latecomer")
+    finally:
+        server.stop()
+        thread.join(5)
+
+
 def test_a_hello_waiting_for_a_starved_reader_counts_though_its_deadline_passed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
