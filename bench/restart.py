@@ -39,13 +39,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tcp_server.protocol import name_key  # noqa: E402 - after the path is set
 from tcp_server.reclaim import TRIM_EVERY_S  # noqa: E402 - after the path is set
 
 RECV_BYTES = 262_144
 SEQ_RE = re.compile(rb'"seq":(\d+)')
 # Lines the herd only counts (tens of millions of them for 10,000 clients): no JSON parsing.
-COUNTED = {b'{"type":"back"': "back", b'{"type":"joined"': "joined",
+COUNTED = {b'{"type":"back"': "back", b'{"type":"joined"': "joined",  # the most common first
            b'{"type":"left"': "left", b'{"type":"away"': "away"}
+COUNTED_AFTER_NEWLINE = {b"\n" + prefix: kind for prefix, kind in COUNTED.items()}
 
 
 @dataclass(eq=False)
@@ -67,15 +69,23 @@ class Peer:
     closed: bool = False
     errors: list[str] = field(default_factory=list)
     acked: dict[int, int] = field(default_factory=dict)  # request id -> recipient index
+    # With Herd(keep_lists=True): who is online as this client knows it (name -> status),
+    # kept as docs/protocol.md says: the `users` reply after the welcome, then the events.
+    users: dict[str, str] | None = None
 
 
 class Herd:
     """N clients of one core, driven from one thread."""
 
-    def __init__(self, address: tuple[str, int], count: int, prefix: str = "h") -> None:
+    def __init__(self, address: tuple[str, int], count: int, prefix: str = "h",
+                 keep_lists: bool = False) -> None:
         self.address = address
+        # Every client asks `list` with its hello and keeps it from the presence events (each
+        # line parsed: for the test at 1,000 clients; the bench at 10,000 only counts them).
+        self.keep_lists = keep_lists
         self.peers = [Peer(index, f"{prefix}{index}") for index in range(count)]
         self.selector = selectors.DefaultSelector()
+        self._buffer = bytearray(RECV_BYTES)  # every read lands here (see _read)
         self.acked_to: dict[int, int] = {}  # seq -> recipient index, from `sent`
         self.on_welcome: Callable[[Peer], None] = lambda peer: None
         # Peers connecting whose hello is not answered yet (welcomed or closed settles one).
@@ -92,6 +102,7 @@ class Herd:
             raise ConnectionError(os.strerror(code))
         peer.sock, peer.buffer, peer.closed, peer.bye = sock, b"", False, False
         peer.welcomed = peer.resumed = False
+        peer.users = None
         self.selector.register(sock, selectors.EVENT_WRITE, peer)
 
     def close(self, peer: Peer) -> None:
@@ -127,7 +138,11 @@ class Herd:
             remaining = deadline - now
             if remaining <= 0:
                 return False
-            for key, events in self.selector.select(min(remaining, 0.2)):
+            ready = self.selector.select(min(remaining, 0.2))
+            # Peers waiting for their welcome first: in a storm one pass over the others reads
+            # hundreds of megabytes, and a welcome read a pass late would count as a slow resume.
+            ready.sort(key=lambda item: item[0].data.welcomed)
+            for key, events in ready:
                 peer: Peer = key.data
                 if events & selectors.EVENT_WRITE and peer.sock is not None:
                     self._connected(peer, hello)
@@ -143,33 +158,69 @@ class Herd:
             return
         self.selector.modify(peer.sock, selectors.EVENT_READ, peer)
         self.send(peer, hello(peer))
+        if self.keep_lists:
+            self.send(peer, {"type": "list"})
 
     def _read(self, peer: Peer) -> None:
+        """Read what one socket has. 10,000 clients resuming receive 50 million presence
+        lines (5.6 GB): they are counted in place in one reused buffer (bytearray.count), never
+        copied or split one by one, so that this herd reads faster than the server writes
+        (before: a 256 KiB bytes object per read, two more copies and a Python loop per line,
+        and the herd, not the server, was the limit of the storm)."""
         assert peer.sock is not None
+        buf = self._buffer
         try:
-            data = peer.sock.recv(RECV_BYTES)
+            size = peer.sock.recv_into(buf)
         except BlockingIOError:
             return
         except OSError as error:
             peer.errors.append(f"recv: {error}")
             self.close(peer)
             return
-        if not data:
+        if not size:
             self.close(peer)
             return
-        lines = (peer.buffer + data).split(b"\n")
-        peer.buffer = lines.pop()
-        for line in lines:
-            self._line(peer, line)
+        first = buf.find(b"\n", 0, size)
+        if first < 0:
+            peer.buffer += bytes(buf[:size])
+            return
+        head, peer.buffer = peer.buffer + bytes(buf[:first]), b""
+        if head:
+            self._line(peer, head)
+        last = buf.rfind(b"\n", 0, size)
+        if self.keep_lists:
+            if last > first:
+                for line in bytes(buf[first + 1:last]).split(b"\n"):
+                    self._line(peer, line)
+            peer.buffer = bytes(buf[last + 1:size])
+            return
+        # The whole lines after the first newline, up to the last one.
+        lines = buf.count(b"\n", first + 1, last + 1)
+        counted = 0
+        # `back` first: when every line is one (the storm), the other kinds cannot be there.
+        for prefix, kind in COUNTED_AFTER_NEWLINE.items():
+            count = buf.count(prefix, first, last)
+            if count:
+                peer.counts[kind] = peer.counts.get(kind, 0) + count
+                counted += count
+                if counted == lines:
+                    break
+        if counted != lines:
+            for line in bytes(buf[first + 1:last]).split(b"\n"):
+                if line[:line.find(b'"', 9) + 1] not in COUNTED:
+                    self._line(peer, line)
+        peer.buffer = bytes(buf[last + 1:size])
 
     def _line(self, peer: Peer, line: bytes) -> None:
-        kind = COUNTED.get(line[:line.find(b'"', 9) + 1]) if line.startswith(b'{"type":"') else None
-        if kind is not None:
+        kind = COUNTED.get(line[:line.find(b'"', 9) + 1])
+        if kind is not None and not self.keep_lists:
             peer.counts[kind] = peer.counts.get(kind, 0) + 1
             return
         event = json.loads(line)
         kind = event["type"]
         peer.counts[kind] = peer.counts.get(kind, 0) + 1
+        if self.keep_lists:
+            self._keep_list(peer, event)
         if kind == "message":
             seq = event["seq"]
             if seq in peer.seqs:
@@ -194,6 +245,18 @@ class Herd:
             peer.errors.append(f"{event.get('code')}: {event.get('message')}")
             if not peer.welcomed:  # a refused hello: the reconnect failed
                 self.close(peer)
+
+    @staticmethod
+    def _keep_list(peer: Peer, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "users":
+            peer.users = {name_key(user["name"]): user["status"] for user in event["users"]}
+        elif peer.users is None or kind not in ("joined", "back", "away", "left"):
+            return  # before the list reply: the reply says it all
+        elif kind == "left":
+            peer.users.pop(name_key(event["name"]), None)
+        else:
+            peer.users[name_key(event["name"])] = "away" if kind == "away" else "online"
 
     # --- phases -----------------------------------------------------------------------------
 
@@ -323,8 +386,10 @@ def plan(count: int, senders: int, per_sender: int) -> list[tuple[int, int]]:
 def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
                 in_flight_s: float = 0.0, timeout_s: float = 300.0,
                 pin: list[str] | None = None, workdir: Path | None = None,
-                profile: Path | None = None) -> dict[str, Any]:
-    """The whole scenario against one core; returns the figures."""
+                profile: Path | None = None, keep_lists: bool = False) -> dict[str, Any]:
+    """The whole scenario against one core; returns the figures. `keep_lists`: every client
+    keeps the list of users from `list` and the events, and `lists_wrong` counts the clients
+    whose list is not everyone online once the storm is over."""
     raise_open_files_limit()
     pin = pin or []
     with contextlib.ExitStack() as stack:
@@ -336,7 +401,7 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
         result: dict[str, Any] = {"clients": clients, "python": sys.version.split()[0]}
 
         core = stack.enter_context(stopping(start_core(port, data_dir, clients, log, pin)))
-        herd = Herd(("127.0.0.1", port), clients)
+        herd = Herd(("127.0.0.1", port), clients, keep_lists=keep_lists)
         stack.callback(herd.close_all)
         result["register_s"] = herd.connect(
             herd.peers, lambda peer: {"type": "hello", "name": peer.name}, 64, timeout_s)
@@ -428,6 +493,9 @@ def run_restart(clients: int, senders: int = 100, per_sender: int = 20,
         result["duplicates"] = sum(peer.duplicates for peer in herd.peers)
         for kind in ("back", "left", "joined", "away"):
             result[f"{kind}_events"] = sum(peer.counts.get(kind, 0) for peer in herd.peers)
+        if keep_lists:
+            everyone = {name_key(peer.name): "online" for peer in herd.peers}
+            result["lists_wrong"] = sum(peer.users != everyone for peer in herd.peers)
         # Once the storm is over, and the core's periodic trim of freed memory has run.
         time.sleep(TRIM_EVERY_S + 1)
         result["rss_after_storm_kib"] = rss_kib(core.pid)
@@ -509,12 +577,14 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--profile", type=Path,
                         help="run the restarted core under py-spy, raw samples to this file")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the data directory and the core's log here")
     args = parser.parse_args()
     server_pin = [] if args.no_pin else ["taskset", "-c", "0"]
     if server_pin:
         os.sched_setaffinity(0, {1})  # the herd on the other CPU, as bench/run.py's loadgen
     ours = run_restart(args.clients, args.senders, args.per_sender, pin=server_pin,
-                       profile=args.profile)
+                       profile=args.profile, workdir=args.workdir)
     ngircd = None if args.no_ngircd else ngircd_registration(args.clients, bool(server_pin))
     print(json.dumps({"core": ours, "ngircd": ngircd}))
     print(table(ours, ngircd), file=sys.stderr)

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tcp_server.grace import Deadlines
@@ -227,34 +227,52 @@ class Commands:
     def disconnect(self, session: Session, delivered_seq: int) -> None:
         """The connection is ending. Its session ends (left) after exit or with no grace;
         otherwise it goes away and ends when the grace runs out unless resumed."""
-        try:
-            self._disconnect(session, delivered_seq)
-        except StoreError as error:  # a stopping server that could not wait for this one
-            log.error("%s: the store did not record the end of its session: %s",
-                      session.peer, error)
+        self.disconnect_many([(session, delivered_seq)])
 
-    def _disconnect(self, session: Session, delivered_seq: int) -> None:
-        member, record = session.member, session.record
-        if member is None or record is None:
+    def disconnect_many(self, sessions: Sequence[tuple[Session, int]]) -> None:
+        """disconnect() for many connections (session, delivered_seq) at once: those going
+        away are recorded in one write of the store (a server stopping with 10,000)."""
+        going: list[tuple[Session, Member, int]] = []
+        for session, delivered_seq in sessions:
+            member, record = session.member, session.record
+            if member is None or record is None:
+                continue
+            if session.exited or self._resume_grace <= 0:
+                self._leave(session, member, record)
+                continue
+            with self._away_lock:
+                self._delivered_when_away[record.id] = delivered_seq
+            away = self._room.away(member)
+            if away is None:  # taken over by another connection, or the server is stopping
+                with self._away_lock:
+                    self._delivered_when_away.pop(record.id, None)
+                continue
+            going.append((session, away, delivered_seq))
+        if not going:
             return
-        if session.exited or self._resume_grace <= 0:
+        since = self._clock()
+        try:
+            self._store.set_away_many([(away.session, since, delivered_seq)
+                                       for _, away, delivered_seq in going])
+        except StoreError as error:  # a stopping server that could not wait for these
+            # They are away all the same; the next start restores them from what is stored.
+            log.error("the store did not record %d sessions as away: %s", len(going), error)
+        deadline = time.monotonic() + self._resume_grace
+        for session, away, _ in going:
+            self._graces.schedule(away, deadline)
+            if session.logged:
+                log.info("%s disconnected; %s is away", session.peer, away.info.name)
+            self._note_away(away)
+
+    def _leave(self, session: Session, member: Member, record: SessionRecord) -> None:
+        try:
             if self._room.leave(member):
                 self._store.end_session(record.id)
                 if session.logged:
                     log.info("%s left as %s", session.peer, member.info.name)
-            return
-        with self._away_lock:
-            self._delivered_when_away[record.id] = delivered_seq
-        away = self._room.away(member)
-        if away is None:  # taken over by another connection, or the server is stopping
-            with self._away_lock:
-                self._delivered_when_away.pop(record.id, None)
-            return
-        self._store.set_away(record.id, self._clock(), delivered_seq)
-        self._graces.schedule(away, time.monotonic() + self._resume_grace)
-        if session.logged:
-            log.info("%s disconnected; %s is away", session.peer, member.info.name)
-        self._note_away(away)
+        except StoreError as error:
+            log.error("%s: the store did not record the end of its session: %s",
+                      session.peer, error)
 
     def _note_away(self, away: Member) -> None:
         with self._away_lock:

@@ -20,8 +20,10 @@ Three orderings are kept here:
 - A send is answered by the store's thread once its message is committed and delivered; the
   reader goes on with the next request meanwhile, and any other reply waits for the sends
   before it, so replies come in the order of the requests.
-- While a hello registers (and, for a resume, replays what the session missed), deliveries
-  from others are held, then released after the welcome and the replay.
+- While a hello registers (and, for a resume, replays what the session missed), messages
+  from others are held, then released after the welcome and the replay; presence changes
+  meanwhile are not delivered (the client asks `list` after its welcome). While a `list` is
+  answered, everything from others is held until the `users` reply is queued.
 - A message already sent by the replay is never delivered again (`_replayed_upto`).
 """
 
@@ -48,6 +50,7 @@ from tcp_server.protocol import (
     Event,
     Exit,
     Hello,
+    ListUsers,
     ProtocolError,
     Request,
 )
@@ -120,8 +123,8 @@ class Connection:
     __slots__ = (
         "__weakref__", "_bucket", "_codec", "_commands", "_config", "_delivered_seq",
         "_flusher", "_gate", "_held", "_held_bytes", "_lock", "_logged", "_outbox", "_poller",
-        "_read_more", "_replayed_upto", "_sends", "_sends_in_flight", "_sends_waiter",
-        "_session_over", "_sock", "_state", "session",
+        "_read_more", "_registering", "_replayed_upto", "_sends", "_sends_in_flight",
+        "_sends_waiter", "_session_over", "_sock", "_state", "session",
     )
 
     def __init__(
@@ -166,6 +169,7 @@ class Connection:
         # the replay come first; the lock makes the switch to direct delivery atomic.
         self._held: list[Envelope] | None = None
         self._held_bytes = 0
+        self._registering = False  # holding for a hello: presence is not held but dropped
         # Messages with a seq up to this one were sent by the replay: a late live delivery of
         # one of them is skipped. Written by the reader before it ends the hold.
         self._replayed_upto = 0
@@ -196,6 +200,11 @@ class Connection:
         if self._held is not None:
             with self._lock:
                 if self._held is not None:
+                    if not envelope.seq and self._registering:
+                        # Presence from before the welcome: the client learns the room from
+                        # `list` after it (docs/protocol.md). Held, 10,000 clients resuming
+                        # at once would owe each registering client ~1 MB of `back` lines.
+                        return
                     self._held.append(envelope)
                     self._held_bytes += len(envelope.encoded(self._encoder))
                     if self._held_bytes > self._config.max_outbox_bytes:
@@ -381,11 +390,14 @@ class Connection:
             )
             return True
         registering = isinstance(request, Hello) and self.session.member is None
-        if registering:
-            # Others deliver to a new member as soon as the room lists it: hold their events
-            # until the welcome and the replay are queued, so that those always come first.
+        # Others deliver to a new member as soon as the room lists it: hold their events until
+        # the welcome and the replay are queued, so that those always come first. While a list
+        # is answered, too: a change made after its snapshot must not reach the client before
+        # the list does (a client keeping the list from events would lose it).
+        holding = registering or isinstance(request, ListUsers)
+        if holding:
             with self._lock:
-                self._held, self._held_bytes = [], 0
+                self._held, self._held_bytes, self._registering = [], 0, registering
         try:
             outcome = self._commands.handle(self.session, request)
             if outcome.pending is not None:
@@ -405,10 +417,10 @@ class Connection:
             for event in outcome.after_replay:
                 self._reply(event)
         finally:
-            if registering:
+            if holding:
                 self._release_held()
-                if self.session.member is not None:
-                    self._advance(Lifecycle.REGISTERED)
+            if registering and self.session.member is not None:
+                self._advance(Lifecycle.REGISTERED)
         return not outcome.close
 
     def _replay(self, pages: Iterable[list[StoredMessage]]) -> None:
@@ -512,13 +524,21 @@ class Connection:
 
     def end_session(self) -> None:
         """The connection is over: the session ends, or goes away (resumable). Called by the
-        reader (at exit, or at its end), or by the server for a reader that arrived at the
-        ShutdownGate; only the first call does anything."""
+        reader (at exit, or at its end); only the first call (of this and take_session)
+        does anything."""
+        taken = self.take_session()
+        if taken is not None:
+            self._commands.disconnect(*taken)
+
+    def take_session(self) -> tuple[Session, int] | None:
+        """The session and the last seq queued for it, for the server to end with many others
+        at once (Commands.disconnect_many) when the reader arrived at the ShutdownGate; None
+        if it was taken or ended already."""
         with self._lock:
             if self._session_over:
-                return
+                return None
             self._session_over = True
-        self._commands.disconnect(self.session, self._delivered_seq)
+        return self.session, self._delivered_seq
 
     # --- helpers ----------------------------------------------------------------------------
 

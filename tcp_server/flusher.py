@@ -56,6 +56,7 @@ class Flusher:
         # outboxes, and the sockets lingering until the peer acknowledged their last bytes.
         self._deadlines: list[tuple[float, int, Outbox]] = []
         self._lingering: list[tuple[float, Outbox]] = []
+        self._linger_checked = 0.0  # time.monotonic() when _lingering was last looked at
         self._order = itertools.count()
         self._thread = threading.Thread(target=self._run, name="flusher")
 
@@ -223,7 +224,11 @@ class Flusher:
                 sock = outbox.sock
                 with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(sock)  # type: ignore[arg-type]
-        if self._lingering:
+        # Every LINGER_POLL_S, not at every turn of the loop: a peer acknowledges within its
+        # delayed-ACK time (up to 40 ms), and while 10,000 byes go out at a shutdown the
+        # loop turns thousands of times with thousands of sockets lingering.
+        if self._lingering and now - self._linger_checked >= LINGER_POLL_S:
+            self._linger_checked = now
             still = []
             for deadline, outbox in self._lingering:
                 if not outbox.close_socket(deadline):

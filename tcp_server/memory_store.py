@@ -101,13 +101,17 @@ class MemoryStore:
         self._update(session, ip=ip, port=port, via=via, away_since=None)
 
     def set_away(self, session: SessionId, since: float, delivered_seq: int) -> None:
+        self.set_away_many([(session, since, delivered_seq)])
+
+    def set_away_many(self, sessions: Sequence[tuple[SessionId, float, int]]) -> None:
         with self._lock:
-            record = self._sessions.get(session)
-            if record is not None:
-                self._sessions[session] = replace(
-                    record, away_since=since,
-                    delivered_seq=max(record.delivered_seq, delivered_seq),
-                )
+            for session, since, delivered_seq in sessions:
+                record = self._sessions.get(session)
+                if record is not None:
+                    self._sessions[session] = replace(
+                        record, away_since=since,
+                        delivered_seq=max(record.delivered_seq, delivered_seq),
+                    )
 
     def end_session(self, session: SessionId) -> None:
         with self._lock:

@@ -21,9 +21,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ MIN_DROP = 64
 SETTLE_S = 0.5
 MIN_INTERVAL_S = 5.0
 TRIM_EVERY_S = 10.0
+# glibc's per-thread cache of freed blocks (see without_thread_caches).
+TCACHE_TUNABLE = "glibc.malloc.tcache_count"
 
 
 def find_malloc_trim() -> Callable[[int], int] | None:
@@ -40,6 +45,39 @@ def find_malloc_trim() -> Callable[[int], int] | None:
     except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator decides
         return None
     return trim
+
+
+def run_again_with(changes: Mapping[str, str], argv: Sequence[str] | None = None) -> NoReturn:
+    """Replace this process by the same program (execve: same pid, same descriptors) with
+    `changes` in its environment, for what the C library or the interpreter read only when a
+    process starts. `argv`: the command line to run (default: this process's own)."""
+    os.execve(sys.executable, list(sys.orig_argv if argv is None else argv),
+              {**os.environ, **changes})
+
+
+def without_thread_caches() -> None:
+    """Start again (run_again_with) with glibc's per-thread malloc cache off, unless
+    GLIBC_TUNABLES already says how big it is (the operator's choice stands) or the C library
+    is not glibc.
+
+    The core has a thread per client, and glibc gives every thread that frees memory a cache
+    of freed blocks that only that thread reuses: ~9 KiB per idle client at 10,000 held (34
+    KiB per client with the caches, 25 without; bench/README.md), for no speed the benchmarks
+    show (the GIL lets one thread allocate at a time anyway).
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if TCACHE_TUNABLE in tunables or not _glibc():
+        return
+    setting = f"{TCACHE_TUNABLE}=0"
+    run_again_with({"GLIBC_TUNABLES": f"{tunables}:{setting}" if tunables else setting})
+
+
+def _glibc() -> bool:
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError, AttributeError):  # a system that does not name its C library
+        return False
+    return bool(version and version.startswith("glibc"))
 
 
 class Reclaimer:

@@ -266,6 +266,15 @@ class RedisStore:
         with unavailable_on_failure("recording an away session"):
             self._away_script(keys=[self._keys.session(session)], args=[since, delivered_seq])
 
+    def set_away_many(self, sessions: Sequence[tuple[SessionId, float, int]]) -> None:
+        self._check_open()
+        with unavailable_on_failure("recording away sessions"):
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for them all
+            for session, since, delivered_seq in sessions:
+                self._away_script(keys=[self._keys.session(session)],
+                                  args=[since, delivered_seq], client=pipe)
+            pipe.execute()
+
     def end_session(self, session: SessionId) -> None:
         self._check_open()
         k = self._keys

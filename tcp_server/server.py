@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +44,6 @@ READER_STACK_BYTES = 512 * 1024
 # the one before has arrived or after WAKE_BATCH_WAIT_S (a reader busy with a request).
 WAKE_BATCH = 64
 WAKE_BATCH_WAIT_S = 0.02
-END_SESSION_THREADS = 32  # at a shutdown: sessions ended at once (the store batches them)
 ACCEPTS_PER_WAKEUP = 64
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
@@ -160,8 +158,10 @@ class ChatServer:
                 self._listener.close()
                 self._reclaimer.stop()
                 self._close_all(self._stop_reason)
+                closed = time.monotonic()
                 self._commands.stop()
                 self.store.close()
+                log.info("store closed in %.2f s", time.monotonic() - closed)
                 if self._redis_room is not None:
                     self._redis_room.close()
                 if self._scratch is not None:
@@ -267,10 +267,10 @@ class ChatServer:
 
         First every reader finishes the request in hand, arrives at the gate and ends (see
         ShutdownGate), so that each message already acknowledged with "sent" is in its
-        recipients' outboxes; then a few threads end their sessions (away, resumable,
-        unannounced: the room is quiet; the store commits them in batches); then the byes are
-        queued, and the flusher writes them all with one deadline. No thread is joined one by
-        one, and no lock or condition is waited on by every reader at once.
+        recipients' outboxes; then their sessions end (away, resumable, unannounced: the room is
+        quiet; the store records them all in one write, while the byes are queued and the
+        flusher writes them all with one deadline). No reader thread is joined one by one,
+        and no lock or condition is waited on by every reader at once.
         """
         with self._lock:
             connections = list(self._threads)
@@ -291,7 +291,9 @@ class ChatServer:
         if not self._gate.wait_for(len(connections), max(0.0, quiet_by - time.monotonic())):
             log.warning("readers still busy after %.2f s; closing them",
                         time.monotonic() - started)
-        _end_sessions(self._gate.open(), started + self._config.shutdown_timeout * 3 / 4)
+        readers_s = time.monotonic() - started
+        # Not before the byes: the listener is closed, nobody can resume meanwhile.
+        ender = self._end_sessions(self._gate.open())
         for connection in connections:
             connection.close(reason, flush_deadline=deadline)
         # Readers still busy (a replay, a store that is slow) see the close and end.
@@ -299,25 +301,39 @@ class ChatServer:
             with self._lock:
                 names = [thread.name for thread in self._threads.values()]
             log.error("%d readers did not stop: %s", len(names), ", ".join(names[:10]))
+        byes_s = time.monotonic() - started
         self._flusher.stop(deadline, self._config.close_timeout)
-        log.info("closed %d connections in %.2f s", len(connections),
-                 time.monotonic() - started)
+        sessions_s = self._sessions_ended(ender, until=deadline, started=started)
+        took = time.monotonic() - started
+        log.log(logging.WARNING if took > self._config.shutdown_timeout else logging.INFO,
+                "closed %d connections in %.2f s (readers stopped at %.2f s, byes queued and "
+                "readers ended at %.2f s, sessions away by %s)", len(connections),
+                took, readers_s, byes_s, sessions_s)
 
+    def _end_sessions(self, connections: list[Connection]) -> threading.Thread | None:
+        """Start ending the sessions of stopped connections (away, resumable) in one write of
+        the store, by a thread of its own (see _sessions_ended)."""
+        taken = [session for connection in connections
+                 if (session := connection.take_session()) is not None]
+        if not taken:
+            return None
+        ender = threading.Thread(target=self._commands.disconnect_many, args=(taken,),
+                                 name=f"end-sessions-{len(taken)}", daemon=True)
+        ender.start()
+        return ender
 
-def _end_sessions(connections: list[Connection], deadline: float) -> None:
-    """End the sessions of stopped connections (away, resumable) with END_SESSION_THREADS
-    threads, so that the store commits them in batches; what is not done by the deadline is
-    left to the next start (which restores every session still open as away)."""
-    if not connections:
-        return
-    with ThreadPoolExecutor(END_SESSION_THREADS, thread_name_prefix="end-session") as pool:
-        futures = [pool.submit(connection.end_session) for connection in connections]
-        _, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        for future in late:
-            future.cancel()
-    if late:
-        log.warning("%d sessions not recorded as away in time (restored at the next start)",
-                    len(late))
+    def _sessions_ended(self, ender: threading.Thread | None, until: float,
+                        started: float) -> str:
+        """Wait for `ender` until `until` (a slow store cannot hold the shutdown): what is not
+        recorded then is restored as away at the next start. Says when it ended, for the log."""
+        if ender is None:
+            return "-"
+        ender.join(max(0.0, until - time.monotonic()))
+        if ender.is_alive():
+            log.warning("%s sessions not recorded as away in time (restored at the next start)",
+                        ender.name.rsplit("-", 1)[1])
+            return "-"
+        return f"{time.monotonic() - started:.2f} s"
 
 
 def _start_with_stack(thread: threading.Thread, stack_bytes: int) -> None:

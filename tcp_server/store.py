@@ -142,6 +142,10 @@ class MessageStore(Protocol):
     def set_away(self, session: SessionId, since: float, delivered_seq: int) -> None:
         """The session lost its connection (its grace period runs from `since`)."""
 
+    def set_away_many(self, sessions: Sequence[tuple[SessionId, float, int]]) -> None:
+        """set_away() for many (session, since, delivered_seq) at once, in one write: a
+        server stopping or starting with thousands of sessions."""
+
     def end_session(self, session: SessionId) -> None:
         """The session is over: its token is dead. Its messages stay in history."""
 
@@ -594,10 +598,16 @@ class SqliteStore:
         ))
 
     def set_away(self, session: SessionId, since: float, delivered_seq: int) -> None:
-        self._submit(lambda db: db.execute(
+        self.set_away_many([(session, since, delivered_seq)])
+
+    def set_away_many(self, sessions: Sequence[tuple[SessionId, float, int]]) -> None:
+        if not sessions:
+            return
+        rows = [(since, delivered_seq, session) for session, since, delivered_seq in sessions]
+        self._submit(lambda db: db.executemany(
             """UPDATE sessions SET away_since = ?, delivered_seq = max(delivered_seq, ?)
                WHERE id = ?""",
-            (since, delivered_seq, session),
+            rows,
         ))
 
     def end_session(self, session: SessionId) -> None:

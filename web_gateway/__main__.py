@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tcp_server.reclaim import run_again_with
 from web_gateway.config import SECRET_ENV, config_from_args
 from web_gateway.server import GatewayServer
 
@@ -26,8 +27,7 @@ def _with_c_allocator(argv: Sequence[str] | None) -> None:
     if ALLOCATOR_ENV in os.environ:
         return
     args = list(sys.argv[1:] if argv is None else argv)
-    os.execve(sys.executable, [sys.executable, "-m", "web_gateway", *args],
-              {**os.environ, ALLOCATOR_ENV: "malloc"})
+    run_again_with({ALLOCATOR_ENV: "malloc"}, [sys.executable, "-m", "web_gateway", *args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

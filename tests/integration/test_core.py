@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tcp_server.config import ServerConfig
-from tcp_server.protocol import Joined
+from tcp_server.protocol import Message, UserInfo
 from tcp_server.registry import Envelope, LocalRoom, Member
 from tcp_server.server import ChatServer
 from tests.support.core import RawClient, running_server, wait_until
@@ -451,23 +451,65 @@ def test_events_are_one_json_line_each(address: Address) -> None:
 
 
 class RacingRoom(LocalRoom):
-    """A room in which, the moment a member is listed, someone else's join reaches it: the
-    race of two users registering at once, made certain."""
+    """A room in which, the moment alice is listed, a message reaches her and someone else
+    registers: the races of a registration, made certain."""
 
     def join(self, member: Member, max_per_address: int = 0) -> None:
         super().join(member, max_per_address)
-        member.deliver(Envelope(Joined("racer")))
+        if member.info.name == "alice":
+            member.deliver(Envelope(Message(sender="racer", to="*", text="hi", ts=1.0, seq=1)))
+            super().join(Member(UserInfo("racer", "127.0.0.9", 9, "tcp"), 99_999, _ignore))
 
 
-def test_welcome_comes_before_events_that_race_the_registration() -> None:
+def _ignore(envelope: Envelope) -> None:
+    """The racer's deliveries: it has no connection."""
+
+
+def test_welcome_comes_before_what_races_the_registration_and_list_shows_who_raced() -> None:
     server = ChatServer(ServerConfig(host="127.0.0.1", port=0), room=RacingRoom())
     thread = threading.Thread(target=server.serve_forever, name="test-racing-server")
     thread.start()
     try:
-        with RawClient(server.address) as client:
-            client.send(type="hello", name="alice")
-            client.expect("welcome", name="alice")
-            client.expect("joined", name="racer")
+        with RawClient(server.address) as alice:
+            alice.send(type="hello", name="alice")
+            alice.expect("welcome", name="alice")
+            alice.expect("message", text="hi", seq=1, **{"from": "racer"})
+            # The racer's `joined` happened while alice's hello was answered: not sent, but
+            # in her list (docs/protocol.md, "Keeping a list of users from events").
+            alice.send(type="list")
+            users = alice.expect("users")["users"]
+            assert [user["name"] for user in users] == ["alice", "racer"]
+            with RawClient(server.address) as bob:  # presence after the welcome comes
+                bob.hello("bob")
+                alice.expect("joined", name="bob")
+    finally:
+        server.stop()
+        thread.join(5)
+
+
+class JoinAfterSnapshotRoom(LocalRoom):
+    """A room in which someone registers right after a `list`'s snapshot is taken, before
+    the reply is out: the race of a list and a join, made certain."""
+
+    def users(self) -> tuple[UserInfo, ...]:
+        snapshot = super().users()
+        if not any(user.name == "latecomer" for user in snapshot):
+            self.join(Member(UserInfo("latecomer", "127.0.0.9", 9, "tcp"), 99_998, _ignore))
+        return snapshot
+
+
+def test_a_change_after_a_lists_snapshot_comes_after_the_list() -> None:
+    # Else a client keeping its list from events (docs/protocol.md) applies the `joined`,
+    # then replaces its list by the reply without the newcomer, and never shows them.
+    server = ChatServer(ServerConfig(host="127.0.0.1", port=0), room=JoinAfterSnapshotRoom())
+    thread = threading.Thread(target=server.serve_forever, name="test-snapshot-server")
+    thread.start()
+    try:
+        with RawClient(server.address) as alice:
+            alice.hello("alice")
+            alice.send(type="list")
+            assert [user["name"] for user in alice.expect("users")["users"]] == ["alice"]
+            alice.expect("joined", name="latecomer")
     finally:
         server.stop()
         thread.join(5)

@@ -102,3 +102,20 @@ def test_out_of_file_descriptors_refuses_newcomers_and_keeps_serving() -> None:
         for client in clients:
             client.close()
         core.stop()
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        entries = environ.read().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc: Linux")
+def test_the_core_runs_without_glibcs_per_thread_malloc_caches_unless_told_otherwise() -> None:
+    # A thread per client: glibc's per-thread caches cost ~9 KiB per idle client (reclaim.py).
+    with core_process() as core:
+        assert "glibc.malloc.tcache_count=0" in _environment_of(core.proc.pid)["GLIBC_TUNABLES"]
+        with RawClient(core.address) as client:  # the same process, serving
+            client.hello("alice")
+    with core_process(env={"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3"}) as core:
+        assert _environment_of(core.proc.pid)["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=3"

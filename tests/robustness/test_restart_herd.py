@@ -23,7 +23,8 @@ CLIENTS = 1_000
 def test_a_restart_under_a_thousand_clients_loses_nothing_and_refuses_nobody(
     tmp_path: Path,
 ) -> None:
-    result = run_restart(CLIENTS, senders=50, per_sender=20, timeout_s=120, workdir=tmp_path)
+    result = run_restart(CLIENTS, senders=50, per_sender=20, timeout_s=120, workdir=tmp_path,
+                         keep_lists=True)
     log.warning("restart herd figures: %s", result)
 
     assert result["registered"] == CLIENTS
@@ -39,8 +40,12 @@ def test_a_restart_under_a_thousand_clients_loses_nothing_and_refuses_nobody(
     assert result["duplicates"] == 0
     # What was sent to the away clients reached them only by the replay after the restart.
     assert result["replayed"] >= result["acknowledged_to_away"] > 0
-    # Others see each resume as `back`, once per pair of clients; never left or joined.
+    # Others see each resume as `back`, never left or joined: every client, keeping its list
+    # of users from its `list` after the welcome and the events after it (docs/protocol.md),
+    # ends with everyone online. A resume that happened while a client's own hello was being
+    # answered is in that client's list reply, not a `back` (so at most one per pair).
     assert result["left_events"] == 0
     assert result["joined_events"] == 0
     assert result["away_events"] == 0
-    assert result["back_events"] == CLIENTS * (CLIENTS - 1) // 2
+    assert result["lists_wrong"] == 0
+    assert 0 < result["back_events"] <= CLIENTS * (CLIENTS - 1) // 2

@@ -1,5 +1,6 @@
 """SIGTERM with 1,000 registered clients: the core stops within its shutdown timeout (plus a
-second), every client that reads gets its bye, and the sessions stay resumable.
+second), every client that reads gets its bye, every session is recorded as away by the stop
+itself (not left for the next start to find), and the sessions stay resumable.
 
 The clients are plain sockets driven by one selector here (1,000 client threads would measure
 the test, not the server). The time is logged; the hard bound only catches a hang.
@@ -13,11 +14,14 @@ import logging
 import selectors
 import signal
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from tcp_server.store import DB_FILE
 from tests.support.process import core_process
 
 log = logging.getLogger(__name__)
@@ -124,6 +128,12 @@ def test_sigterm_with_1000_clients_stops_in_time_with_a_bye_each_and_resumable_s
             assert without_bye == [], f"{len(without_bye)} clients got no bye"
             # The shutdown timeout (1.5 s) and a second, measured from the signal.
             assert stopped_s < 1.5 + 1.0 + 1.0, f"stopped in {stopped_s:.2f} s"
+
+        # The stop recorded every session as away, with its grace's start (in one write).
+        with contextlib.closing(sqlite3.connect(Path(data_dir.name) / DB_FILE)) as db:
+            counts = db.execute("""SELECT count(*), count(away_since) FROM sessions
+                                   WHERE ended = 0""").fetchone()
+        assert counts == (CLIENTS, CLIENTS)
 
         # Every session can be taken back by a restarted core.
         with core_process(*flags) as core, bulk_clients(core.address, 20) as again:

@@ -5,7 +5,7 @@ Each request, each error code it can answer (always with the request's id), the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -607,6 +607,39 @@ def test_without_a_grace_a_connection_that_ends_leaves(room: FakeRoom, store: Me
     commands.disconnect(alice.session, 0)
     assert room.announced[-1] == Left("alice")
     assert store.open_sessions() == []
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts the writes recording sessions as away."""
+
+    def __init__(self, room: FakeRoom) -> None:
+        super().__init__(on_commit=room.publish, clock=lambda: NOW)
+        self.away_writes: list[int] = []  # the number of sessions of each write
+
+    def set_away_many(self, sessions: Sequence[tuple[SessionId, float, int]]) -> None:
+        self.away_writes.append(len(sessions))
+        super().set_away_many(sessions)
+
+
+def test_disconnect_many_sends_everyone_away_in_one_write_and_lets_the_exited_leave(
+    room: FakeRoom,
+) -> None:
+    store = CountingStore(room)
+    commands = Commands(room, store, clock=lambda: NOW)
+    try:
+        peers = [registered(commands, f"user{number}") for number in range(50)]
+        commands.handle(peers[0].session, Exit())
+        commands.disconnect_many([(peer.session, 7) for peer in peers]
+                                 + [(Peer().session, 0)])  # one that never said hello
+        assert store.away_writes == [49]
+        assert room.announced.count(Left("user0")) == 1
+        assert sum(isinstance(event, Away) for event in room.announced) == 49
+        records = store.open_sessions()
+        assert len(records) == 49
+        assert {(record.away_since, record.delivered_seq) for record in records} == {(NOW, 7)}
+    finally:
+        commands.stop()
+        store.close()
 
 
 def test_disconnect_before_hello_does_nothing(commands: Commands, room: FakeRoom) -> None:

@@ -4,10 +4,11 @@ than its minimum interval."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
+from tcp_server import reclaim
 from tcp_server.reclaim import Reclaimer
 
 WAIT_S = 5.0
@@ -82,3 +83,32 @@ def test_it_trims_now_and_then_when_nothing_else_is_due() -> None:
         assert reclaimer.reclaims == 0  # a trim is not a collection
     finally:
         reclaimer.stop()
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (None, "glibc.malloc.tcache_count=0"),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"),
+    ("glibc.malloc.tcache_count=7", None),  # the operator's choice stands: no exec
+    ("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=3", None),
+])
+def test_thread_caches_are_turned_off_by_starting_again_unless_already_set(
+    monkeypatch: pytest.MonkeyPatch, before: str | None, after: str | None
+) -> None:
+    started: list[Mapping[str, str]] = []
+    monkeypatch.setattr(reclaim, "run_again_with", started.append)
+    monkeypatch.setattr(reclaim, "_glibc", lambda: True)
+    if before is None:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    else:
+        monkeypatch.setenv("GLIBC_TUNABLES", before)
+    reclaim.without_thread_caches()
+    assert started == ([] if after is None else [{"GLIBC_TUNABLES": after}])
+
+
+def test_no_exec_where_the_c_library_is_not_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Mapping[str, str]] = []
+    monkeypatch.setattr(reclaim, "run_again_with", started.append)
+    monkeypatch.setattr(reclaim, "_glibc", lambda: False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    reclaim.without_thread_caches()
+    assert started == []

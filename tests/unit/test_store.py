@@ -266,6 +266,22 @@ def test_set_away_records_since_and_delivered_seq_which_never_moves_back(
     assert (found.away_since, found.delivered_seq) == (200.0, 4)
 
 
+def test_set_away_many_records_every_session_in_one_call_and_never_moves_a_seq_back(
+    store: SqliteStore,
+) -> None:
+    alice = session(store, "alice", token="tok-a")
+    bob = session(store, "bob", token="tok-b")
+    carol = session(store, "carol", token="tok-c")
+    for _ in range(5):
+        say(store, carol)
+    store.set_away(bob.id, 50.0, 5)
+    store.set_away_many([(alice.id, 100.0, 3), (bob.id, 100.0, 2), (987_654, 100.0, 1)])
+    store.set_away_many([])
+    found = {name: store.find_session(f"tok-{name[0]}") for name in ("alice", "bob", "carol")}
+    assert {name: (r.away_since, r.delivered_seq) for name, r in found.items() if r} == {
+        "alice": (100.0, 3), "bob": (100.0, 5), "carol": (None, 0)}
+
+
 def test_reconnect_session_records_the_new_address_and_clears_away(store: SqliteStore) -> None:
     alice = session(store, "alice", token="tok-a")
     store.set_away(alice.id, 100.0, 0)
