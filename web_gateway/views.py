@@ -13,6 +13,7 @@ from flask_sock import Sock
 
 from tcp_server.display import for_log
 from tcp_server.lograte import held_back
+from web_gateway.budget import ErrorBudget
 from web_gateway.config import normalize_origin
 from web_gateway.registry import Gateway, Refused, gateway_of
 from web_gateway.relay import (
@@ -212,6 +213,7 @@ def ws(server: Any) -> None:
                 number=slot.number,
                 max_queue_bytes=config.max_queue_bytes,
                 close_timeout=config.close_timeout,
+                errors=ErrorBudget(config.max_errors, config.error_window),
             )
             slot.attach(relay)
             _keep_alive(browser.sock)
