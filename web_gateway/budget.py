@@ -79,10 +79,13 @@ class RefusalThrottle:
     budget has room for one again: a flood stays throttled, a single later attempt does not.
     """
 
-    def __init__(self, budget: int, window_s: float) -> None:
+    def __init__(self, budget: int, window_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         rate = _bucket_rate(budget, window_s)
         self._unlimited = rate == 0.0
-        self._tokens = LogRate(every=1.0 / rate if rate else 1.0, burst=max(1, budget))
+        # LogRate is the token bucket per key that the logs use: one token per refusal.
+        self._tokens = LogRate(every=1.0 / rate if rate else 1.0, burst=max(1, budget),
+                               clock=clock)
         # _lock guards _over: the addresses that ran out (the least recently seen is
         # forgotten first, as LogRate forgets its keys).
         self._lock = threading.Lock()
