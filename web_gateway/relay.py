@@ -54,6 +54,7 @@ from tcp_server.protocol import (
 )
 from web_gateway.budget import ErrorBudget
 from web_gateway.frames import UNAVAILABLE, browser_errors, error_frame, frame_to_line
+from web_gateway.sockets import NoWaitSocket, SocketReader
 from web_gateway.websocket import BrowserSocket, close_frame, ping_frame, text_frame
 
 log = logging.getLogger(__name__)
@@ -128,37 +129,6 @@ def end_websocket(browser: BrowserSocket, ending: Ending, close_timeout: float) 
         browser.detach()
         with contextlib.suppress(OSError):
             browser.sock.shutdown(socket.SHUT_RDWR)
-
-
-class NoWaitSocket:
-    """The Outbox's view of a relay socket: a send that never waits for room.
-
-    gevent's socket waits for room (a trip around the event loop) whatever the flags; its raw
-    socket (`_sock`, non-blocking) answers EAGAIN instead, as a plain socket does to
-    MSG_DONTWAIT. Everything else is the socket's own.
-    """
-
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def send(self, data: bytes, flags: int = 0, /) -> int:
-        raw = getattr(self.sock, "_sock", self.sock)  # looked up each time: close swaps it
-        sent: int = raw.send(data, flags | socket.MSG_DONTWAIT)
-        return sent
-
-    def recv(self, size: int, flags: int = 0, /) -> bytes:
-        return self.sock.recv(size, flags)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def shutdown(self, how: int, /) -> None:
-        self.sock.shutdown(how)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Pipe:
@@ -465,8 +435,9 @@ class Relay:
 
     def _read_core(self) -> None:
         buffer = LineBuffer(MAX_CORE_LINE_BYTES)
+        reader = SocketReader(self._core, RECV_BYTES)
         try:
-            while data := self._core.recv(RECV_BYTES):
+            while data := reader.recv():
                 if data[-1] == NEWLINE and not buffer.in_line and b"\r" not in data:
                     # The usual read: whole lines, none over the limit (a read is far
                     # shorter), so the LineBuffer would return them as they are.
@@ -488,7 +459,7 @@ class Relay:
                     return
                 if over_budget:
                     self._over_error_budget()  # the core connection ends: so does this loop
-                if len(data) == RECV_BYTES:
+                if reader.filled:
                     self._take_turn()
         except OSError as error:
             log.debug("websocket %d: core read ended: %r", self.number, error)
