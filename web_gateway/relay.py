@@ -19,6 +19,10 @@ relay drops it: a browser that does not read what it is sent is cut (its user sh
 and a core that does not read the browser's requests ends the websocket with `unavailable`.
 A browser that reads is never dropped: its socket keeps taking what is queued.
 
+The error objects a browser earns, the gateway's refusals of its frames (up) and the core's
+errors for its requests (down), are counted against its `ErrorBudget`: past it the browser gets
+`unavailable` and 1008, its core connection ends, and nothing more it sends goes anywhere.
+
 Under gunicorn's gevent worker these threads are greenlets (the worker monkey-patches
 `threading` and `socket`), so an open websocket costs two greenlets (its request's and its
 core reader) and no system thread; in the tests' threaded werkzeug server the same code runs
