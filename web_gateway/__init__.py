@@ -10,6 +10,7 @@ import logging
 
 from flask import Flask
 
+from web_gateway.budget import RefusalThrottle
 from web_gateway.config import GatewayConfig
 from web_gateway.cores import CorePool
 from web_gateway.registry import EXTENSION, Gateway, RelayRegistry, gateway_of
@@ -37,8 +38,11 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
         pong_timeout=config.pong_timeout,
     )
     cores = CorePool(config.core_addresses, config.connect_timeout)
-    app.extensions[EXTENSION] = Gateway(config, relays, cores)
+    gateway = Gateway(config, relays, cores,
+                      RefusalThrottle(config.max_refusals, config.refusal_window))
+    app.extensions[EXTENSION] = gateway
     app.register_blueprint(views.bp)
+    app.wsgi_app = views.RefusalGate(app.wsgi_app, gateway)  # type: ignore[method-assign]
     if not (config.static_dir / "index.html").is_file():
         log.warning("the web frontend is missing: %s has no index.html; / answers 404",
                     config.static_dir)

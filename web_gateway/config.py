@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tcp_server.config import non_negative
+from web_gateway.budget import ERROR_WINDOW_S, MAX_ERRORS, MAX_REFUSALS, REFUSAL_WINDOW_S
 
 SECRET_ENV = "CHAT_GATEWAY_SECRET"
 
@@ -72,6 +73,11 @@ class GatewayConfig:
     max_queue_bytes: int = MAX_QUEUE_BYTES
     connect_timeout: float = 5.0
     close_timeout: float = 1.0
+    # Error objects one websocket may earn (web_gateway.budget), and refusals one address.
+    max_errors: int = MAX_ERRORS
+    error_window: float = ERROR_WINDOW_S
+    max_refusals: int = MAX_REFUSALS
+    refusal_window: float = REFUSAL_WINDOW_S
     ping_interval: float = PING_INTERVAL_S
     pong_timeout: float = PONG_TIMEOUT_S
     graceful_timeout: float = 10.0
@@ -201,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
                         default=defaults.close_timeout,
                         help="seconds a closing websocket has to flush and answer the close "
                         f"(default: {defaults.close_timeout:g})")
+    parser.add_argument("--max-errors", type=non_negative(int), default=defaults.max_errors,
+                        help="error objects one websocket may earn (refused frames, and the "
+                        "core's errors for its requests) within --error-window before it is "
+                        f"closed (1008); 0 for no limit (default: {defaults.max_errors})")
+    parser.add_argument("--error-window", type=non_negative(float),
+                        default=defaults.error_window,
+                        help="seconds in which --max-errors come back "
+                        f"(default: {defaults.error_window:g})")
+    parser.add_argument("--max-refusals", type=non_negative(int),
+                        default=defaults.max_refusals,
+                        help="websockets refused from one address within --refusal-window "
+                        "before its further attempts get a bare 429; 0 for no limit "
+                        f"(default: {defaults.max_refusals})")
+    parser.add_argument("--refusal-window", type=non_negative(float),
+                        default=defaults.refusal_window,
+                        help="seconds in which --max-refusals come back "
+                        f"(default: {defaults.refusal_window:g})")
     parser.add_argument("--ping-interval", type=non_negative(float),
                         default=defaults.ping_interval,
                         help="seconds between websocket pings to each browser, 0 for none "
@@ -241,6 +264,10 @@ def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
         max_queue_bytes=args.max_queue_bytes,
         connect_timeout=args.connect_timeout,
         close_timeout=args.close_timeout,
+        max_errors=args.max_errors,
+        error_window=args.error_window,
+        max_refusals=args.max_refusals,
+        refusal_window=args.refusal_window,
         ping_interval=args.ping_interval,
         pong_timeout=args.pong_timeout,
         graceful_timeout=args.graceful_timeout,

@@ -61,6 +61,26 @@ def frame_to_line(frame: str | bytes) -> Upstream:
     return Upstream(line=data.replace(b"\n", b" ") + b"\n", type=kind)
 
 
+# How every error line of the core begins (tcp_server.protocol.encode: compact JSON, "type"
+# first). Inside a JSON string a quote is escaped, so this can only start an error object.
+CORE_ERROR_START: Final = b'{"type":"error","code":"'
+# The core's errors that the browser did not cause: its store or Redis failed.
+NOT_THE_BROWSERS_FAULT: Final = (b'unavailable"',)
+
+
+def browser_errors(lines: bytes) -> int:
+    """How many of the core's whole `lines` are errors the browser caused (its request was
+    bad, or too fast): what counts against its websocket's error budget."""
+    count = 0
+    start = lines.find(CORE_ERROR_START)
+    while start >= 0:
+        start += len(CORE_ERROR_START)
+        if not lines.startswith(NOT_THE_BROWSERS_FAULT, start):
+            count += 1
+        start = lines.find(CORE_ERROR_START, start)
+    return count
+
+
 def error_frame(code: str, message: str) -> str:
     """A protocol-v1 error object as a text frame, for the gateway's own refusals."""
     return encode(event_to_wire(Error(code=code, message=message))).decode("utf-8").rstrip("\n")

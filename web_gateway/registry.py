@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from flask import Flask
 
 from tcp_server.lograte import LogRate
+from web_gateway.budget import RefusalThrottle
 from web_gateway.config import GatewayConfig
 from web_gateway.cores import CorePool
 from web_gateway.relay import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_LATER, Ending, Relay
@@ -192,11 +193,13 @@ EXTENSION = "chat_gateway"
 @dataclass(frozen=True, slots=True)
 class Gateway:
     """What one app instance of the gateway holds: its settings, its open websockets, the
-    core nodes it relays to, and how often it logs refusals."""
+    core nodes it relays to, how many refusals each address may cost, and how often it
+    logs them."""
 
     config: GatewayConfig
     relays: RelayRegistry
     cores: CorePool
+    refusals: RefusalThrottle
     # Refusals per browser address: at most one line a minute, with the count held back.
     refusal_log: LogRate = field(default_factory=lambda: LogRate(every=60.0))
 

@@ -19,6 +19,10 @@ relay drops it: a browser that does not read what it is sent is cut (its user sh
 and a core that does not read the browser's requests ends the websocket with `unavailable`.
 A browser that reads is never dropped: its socket keeps taking what is queued.
 
+The error objects a browser earns, the gateway's refusals of its frames (up) and the core's
+errors for its requests (down), are counted against its `ErrorBudget`: past it the browser gets
+`unavailable` and 1008, its core connection ends, and nothing more it sends goes anywhere.
+
 Under gunicorn's gevent worker these threads are greenlets (the worker monkey-patches
 `threading` and `socket`), so an open websocket costs two greenlets (its request's and its
 core reader) and no system thread; in the tests' threaded werkzeug server the same code runs
@@ -52,7 +56,9 @@ from tcp_server.protocol import (
     encode_request,
     format_address,
 )
-from web_gateway.frames import UNAVAILABLE, error_frame, frame_to_line
+from web_gateway.budget import ErrorBudget
+from web_gateway.frames import UNAVAILABLE, browser_errors, error_frame, frame_to_line
+from web_gateway.sockets import NoWaitSocket, SocketReader
 from web_gateway.websocket import BrowserSocket, close_frame, ping_frame, text_frame
 
 log = logging.getLogger(__name__)
@@ -70,7 +76,7 @@ FRAMES_PER_TURN: Final = 256
 # Websocket close codes (RFC 6455, section 7.4.1) the gateway uses.
 CLOSE_NORMAL: Final = 1000  # the browser sent exit and the core said bye
 CLOSE_GOING_AWAY: Final = 1001  # the core closed the connection, or the gateway is stopping
-CLOSE_POLICY: Final = 1008  # too many websockets from the browser's address
+CLOSE_POLICY: Final = 1008  # too many websockets from its address, or too many errors
 CLOSE_TRY_LATER: Final = 1013  # the core is unreachable or not keeping up, or the gateway full
 
 # Connection lines ("relayed", "closed") per browser address: a few at once, then one a
@@ -99,6 +105,8 @@ GATEWAY_STOPPING = Ending(CLOSE_GOING_AWAY, "the web gateway is shutting down",
                           "the web gateway is shutting down")
 CORE_STALLED = Ending(CLOSE_TRY_LATER, "the chat server is not keeping up",
                       "the chat server is not keeping up; try again later")
+TOO_MANY_ERRORS = Ending(CLOSE_POLICY, "too many refused requests",
+                         "too many refused requests in a short time; reload the page")
 CORE_UNREACHABLE = Ending(CLOSE_TRY_LATER, "the chat server is unreachable",
                           "the chat server is unreachable; try again later")
 
@@ -125,37 +133,6 @@ def end_websocket(browser: BrowserSocket, ending: Ending, close_timeout: float) 
         browser.detach()
         with contextlib.suppress(OSError):
             browser.sock.shutdown(socket.SHUT_RDWR)
-
-
-class NoWaitSocket:
-    """The Outbox's view of a relay socket: a send that never waits for room.
-
-    gevent's socket waits for room (a trip around the event loop) whatever the flags; its raw
-    socket (`_sock`, non-blocking) answers EAGAIN instead, as a plain socket does to
-    MSG_DONTWAIT. Everything else is the socket's own.
-    """
-
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def send(self, data: bytes, flags: int = 0, /) -> int:
-        raw = getattr(self.sock, "_sock", self.sock)  # looked up each time: close swaps it
-        sent: int = raw.send(data, flags | socket.MSG_DONTWAIT)
-        return sent
-
-    def recv(self, size: int, flags: int = 0, /) -> bytes:
-        return self.sock.recv(size, flags)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def shutdown(self, how: int, /) -> None:
-        self.sock.shutdown(how)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Pipe:
@@ -285,12 +262,16 @@ class Relay:
         number: int,
         max_queue_bytes: int,
         close_timeout: float,
+        errors: ErrorBudget,
     ) -> None:
+        """`errors`: the error objects (the gateway's and the core's) the browser may earn
+        before its websocket is closed (1008)."""
         self._browser = browser
         self._core = core
         self.browser = peer
         self.number = number
         self._close_timeout = close_timeout
+        self._errors = errors
         # _lock guards _sockets_closed against the shutdowns other threads do (stop, drop):
         # a closed socket's descriptor may be reused at once, so no shutdown after close.
         self._lock = threading.Lock()
@@ -394,6 +375,7 @@ class Relay:
     def _relay_frames(self, frames: list[str | bytes]) -> None:
         lines: list[bytes] = []
         refusals: list[bytes] = []
+        over_budget = False
         for index, frame in enumerate(frames, 1):
             if not index % FRAMES_PER_TURN:  # a read of thousands of tiny frames: share
                 self._take_turn()
@@ -402,6 +384,9 @@ class Relay:
             except ProtocolError as error:
                 log.debug("websocket %d from %s: refused %s: %s",
                           self.number, self.peer, error.code, error.message)
+                if not self._errors.spend(1):
+                    over_budget = True  # nothing after it is relayed or answered
+                    break
                 reply = error_frame(error.code, error.message).encode("utf-8")
                 refusals.append(text_frame(reply))
                 continue
@@ -417,6 +402,8 @@ class Relay:
                         self.number, self.peer)
             self.stop(CORE_STALLED)  # first: the browser is told why before the core ends
             self._up.close(discard=True)
+        if over_budget:
+            self._over_error_budget()
 
     def _finish(self) -> None:
         self._browser_done.set()
@@ -451,21 +438,32 @@ class Relay:
     # --- relay-core-N: reads the core, one frame per line --------------------------------
 
     def _read_core(self) -> None:
-        lines = LineBuffer(MAX_CORE_LINE_BYTES)
+        buffer = LineBuffer(MAX_CORE_LINE_BYTES)
+        reader = SocketReader(self._core, RECV_BYTES)
         try:
-            while data := self._core.recv(RECV_BYTES):
-                if data[-1] == NEWLINE and not lines.in_line and b"\r" not in data:
+            while data := reader.recv():
+                if data[-1] == NEWLINE and not buffer.in_line and b"\r" not in data:
                     # The usual read: whole lines, none over the limit (a read is far
                     # shorter), so the LineBuffer would return them as they are.
-                    frames = [text_frame(line) for line in data[:-1].split(b"\n")]
+                    lines = data[:-1].split(b"\n")
+                    errors = browser_errors(data)
                 else:
-                    frames = self._frames_of(lines.feed(data))
+                    lines = self._whole_lines(buffer.feed(data))
+                    errors = sum(browser_errors(line) for line in lines)
+                over_budget = False
+                if errors and (within := self._errors.spend(errors)) < errors:
+                    # The browser is told the errors its budget covers, then why it is closed.
+                    lines = lines[:_error_line(lines, within)]
+                    over_budget = True
                 # Every line of one read in one put: one write to the browser for them all.
+                frames = [text_frame(line) for line in lines]  # the core's lines are UTF-8
                 if frames and not self._down.put(
                         frames[0] if len(frames) == 1 else b"".join(frames)):
                     self.abort("the browser is not reading what it is sent")
                     return
-                if len(data) == RECV_BYTES:
+                if over_budget:
+                    self._over_error_budget()  # the core connection ends: so does this loop
+                if reader.filled:
                     self._take_turn()
         except OSError as error:
             log.debug("websocket %d: core read ended: %r", self.number, error)
@@ -474,14 +472,14 @@ class Relay:
         finally:
             self._core_ended()
 
-    def _frames_of(self, lines: list[bytes | ProtocolError]) -> list[bytes]:
-        frames = []
+    def _whole_lines(self, lines: list[bytes | ProtocolError]) -> list[bytes]:
+        whole = []
         for line in lines:
             if isinstance(line, ProtocolError):
                 log.error("websocket %d: the core sent an over-long line; skipped", self.number)
                 continue
-            frames.append(text_frame(line))  # the core's lines are UTF-8 JSON
-        return frames
+            whole.append(line)
+        return whole
 
     def _core_ended(self) -> None:
         if self._browser_done.is_set():
@@ -497,6 +495,17 @@ class Relay:
             self._shutdown(self._browser.sock)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _over_error_budget(self) -> None:
+        """The browser earned more errors than its budget: close its websocket (1008) and
+        its core connection. What it sends meanwhile is read but goes nowhere: the core
+        connection is shut and the browser's queue closed, until its close answer, or its
+        cut after close_timeout."""
+        if self._close_browser(TOO_MANY_ERRORS) and CONNECTION_LOG_RATE.allow(
+                self.browser[0]) is not None:
+            log.warning("websocket %d from %s closed: too many refused requests",
+                        self.number, self.peer)
+        self._shutdown(self._core)
 
     def _close_browser(self, ending: Ending) -> bool:
         """Queue `ending` after what the browser is sent; False if it was ending already."""
@@ -532,6 +541,16 @@ def turn_taker() -> Callable[[], None]:
 
 def _no_turn() -> None:
     """Threads are preempted: nothing to give up."""
+
+
+def _error_line(lines: list[bytes], number: int) -> int:
+    """The index of the error line after the first `number` ones (that the browser caused)."""
+    for index, line in enumerate(lines):
+        if browser_errors(line):
+            if not number:
+                return index
+            number -= 1
+    return len(lines)
 
 
 def _joined(waited: threading.Thread | Pipe, timeout: float) -> bool:

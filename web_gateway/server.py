@@ -17,8 +17,11 @@ would never end on their own.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import socket
+import struct
 import time
 from types import FrameType
 from typing import Any
@@ -33,6 +36,7 @@ from tcp_server.protocol import format_address
 from tcp_server.reclaim import find_malloc_trim
 from web_gateway import create_app, gateway_of
 from web_gateway.config import GatewayConfig
+from web_gateway.views import log_throttled
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 # its heaps. Every few seconds, if websockets ended meanwhile, both are handed back.
 MALLOC_TRIM_EVERY_S = 5.0
 MALLOC_TRIM = find_malloc_trim()
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 def _let_conditions_see_their_lock_is_held() -> None:
@@ -77,6 +82,25 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn has no type
         if now >= self._next_trim:
             self._next_trim = now + MALLOC_TRIM_EVERY_S
             self._give_back_memory()
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        """One accepted connection (in its own greenlet): from an address over its refusal
+        budget (web_gateway.budget) it is reset at once, before gunicorn reads a byte; a
+        refused attempt then costs an accept and a close, not a request's parsing and its
+        answer. Behind a proxy (--trust-forwarded) every connection comes from the proxy's
+        address: the browser's is only known from the request, where views.RefusalGate
+        answers instead."""
+        app = self._gateway_app()
+        if app is not None and isinstance(addr, tuple):
+            gateway = gateway_of(app)
+            if not gateway.config.trust_forwarded and gateway.refusals.throttled(addr[0]):
+                log_throttled(gateway, addr[0])
+                with contextlib.suppress(OSError):
+                    # A reset (linger 0): a flood leaves no TIME_WAIT sockets behind.
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+                client.close()
+                return
+        super().handle(listener, client, addr)
 
     def _gateway_app(self) -> Flask | None:
         app = getattr(self, "wsgi", None)  # None until the worker has loaded the app

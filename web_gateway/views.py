@@ -5,14 +5,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
 from flask_sock import Sock
 
 from tcp_server.display import for_log
 from tcp_server.lograte import held_back
+from web_gateway.budget import ErrorBudget
 from web_gateway.config import normalize_origin
 from web_gateway.registry import Gateway, Refused, gateway_of
 from web_gateway.relay import (
@@ -25,6 +26,9 @@ from web_gateway.relay import (
     peer_name,
 )
 from web_gateway.websocket import BrowserSocket, refuse_compression
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +83,59 @@ def _security_headers(response: Response) -> Response:
 # --- the websocket -------------------------------------------------------------------------
 
 
-def _log_refusal(ip: str, what: str, *args: object) -> None:
-    """A refused handshake or websocket, at most once a minute per address (with a count)."""
-    if (held := _gateway().refusal_log.allow(ip)) is not None:
+def _refused(gateway: Gateway, ip: str, what: str, *args: object) -> bool:
+    """Count a refused handshake or websocket against its address's budget (False: over
+    it, answer as cheaply as possible) and log it, at most once a minute per address (with
+    the count of those not logged)."""
+    within = gateway.refusals.refused(ip)
+    if (held := gateway.refusal_log.allow(ip)) is not None:
         log.warning("websocket from %s refused: " + what + "%s", ip, *args,
                     held_back(held, "refusals from this address"))
+    return within
+
+
+# An address over its refusal budget (web_gateway.budget) gets this for its websocket
+# attempts, before Flask, flask-sock or a log line: what a flood of refused attempts costs.
+THROTTLED_STATUS = "429 Too Many Requests"
+THROTTLED_BODY = b"websocket refused: too many refused attempts from your address; wait a little\n"
+THROTTLED_HEADERS = [("Content-Type", "text/plain; charset=utf-8"),
+                     ("Content-Length", str(len(THROTTLED_BODY))), ("Retry-After", "1")]
+
+
+class RefusalGate:
+    """WSGI middleware in front of the gateway's app: a websocket attempt from an address
+    over its refusal budget gets a bare 429 at once; everything else goes to the app."""
+
+    def __init__(self, app: WSGIApplication, gateway: Gateway) -> None:
+        self._app = app
+        self._gateway = gateway
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/ws":
+            ip = _refusal_key(environ, self._gateway.config.trust_forwarded)
+            if self._gateway.refusals.throttled(ip):
+                log_throttled(self._gateway, ip)
+                start_response(THROTTLED_STATUS, THROTTLED_HEADERS)
+                return [THROTTLED_BODY]
+        return self._app(environ, start_response)
+
+
+def log_throttled(gateway: Gateway, ip: str) -> None:
+    """An attempt from an address over its refusal budget: counted for the next line about
+    the address, which is logged at most once a minute."""
+    if (held := gateway.refusal_log.allow(ip)) is not None:
+        log.warning("websocket from %s refused: too many refused attempts%s", ip,
+                    held_back(held, "refusals from this address"))
+
+
+def _refusal_key(environ: Mapping[str, Any], trust_forwarded: bool) -> str:
+    """The address whose refusals are counted: the browser's (behind a proxy, the forwarded
+    one, never the proxy's own), or the connection's when that is not an IP address."""
+    try:
+        return browser_address(environ, trust_forwarded=trust_forwarded)[0]
+    except ValueError:
+        return str(environ.get("REMOTE_ADDR") or "")
 
 
 @bp.before_request
@@ -91,11 +143,13 @@ def _check_websocket_handshake() -> Response | None:
     """Refuse a bad handshake before flask-sock accepts it: cross-site origin, bad address."""
     if request.endpoint != "gateway.ws":
         return None
-    config = _gateway().config
+    gateway = _gateway()
+    config = gateway.config
     origin = request.headers.get("Origin")
     local = local_address(request.environ)
     if not origin_allowed(origin, own_origins(config.host, local) | set(config.allow_origins)):
-        _log_refusal(str(request.remote_addr), "origin %s is not allowed", for_log(origin))
+        _refused(gateway, _refusal_key(request.environ, config.trust_forwarded),
+                 "origin %s is not allowed", for_log(origin))
         return Response(
             "websocket refused: this page's origin may not use this chat gateway\n",
             status=403,
@@ -104,7 +158,7 @@ def _check_websocket_handshake() -> Response | None:
     try:
         g.browser = browser_address(request.environ, trust_forwarded=config.trust_forwarded)
     except ValueError as error:
-        _log_refusal(str(request.remote_addr), "%s", error)
+        _refused(gateway, _refusal_key(request.environ, config.trust_forwarded), "%s", error)
         return Response(f"websocket refused: {error}\n", status=400, mimetype="text/plain")
     refuse_compression(request.environ)
     return None
@@ -196,13 +250,13 @@ def ws(server: Any) -> None:
     browser = BrowserSocket(server, max_message_bytes=config.max_message_bytes,
                             recv_bytes=RECV_BYTES)
     if not config.gateway_secret:
-        end_websocket(browser, NO_SECRET, config.close_timeout)
+        _end_refused(gateway, browser, peer[0], NO_SECRET)
         return
     try:
         with gateway.relays.slot(peer[0]) as slot:
             core = gateway.cores.connect(peer_name(peer))
             if core is None:
-                end_websocket(browser, CORE_UNREACHABLE, config.close_timeout)
+                _end_refused(gateway, browser, peer[0], CORE_UNREACHABLE)
                 return
             relay = Relay(
                 browser,
@@ -212,13 +266,20 @@ def ws(server: Any) -> None:
                 number=slot.number,
                 max_queue_bytes=config.max_queue_bytes,
                 close_timeout=config.close_timeout,
+                errors=ErrorBudget(config.max_errors, config.error_window),
             )
             slot.attach(relay)
             _keep_alive(browser.sock)
             relay.run()
     except Refused as refused:
-        _log_refusal(peer[0], "%s", refused)
-        end_websocket(browser, refused.ending, config.close_timeout)
+        _end_refused(gateway, browser, peer[0], refused.ending)
+
+
+def _end_refused(gateway: Gateway, browser: BrowserSocket, ip: str, ending: Ending) -> None:
+    """A websocket refused after its handshake: tell the browser why and close, waiting up
+    to close_timeout for its answer; over the address's refusal budget, without waiting."""
+    within = _refused(gateway, ip, "%s", ending.error)
+    end_websocket(browser, ending, gateway.config.close_timeout if within else 0.0)
 
 
 # flask-sock does the handshake (after _check_websocket_handshake) and hands over the socket.

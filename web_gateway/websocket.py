@@ -24,6 +24,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from web_gateway.sockets import SocketReader
+
 # Frame opcodes (RFC 6455, section 5.2).
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -287,7 +289,12 @@ class BrowserSocket:
         server.ws = server.event = None
         self._frames = FrameDecoder(max_message_bytes)
         self._recv_bytes = recv_bytes
-        self.filled = False  # the last read filled its buffer: more is likely waiting
+        self._reader = SocketReader(self.sock, recv_bytes)
+
+    @property
+    def filled(self) -> bool:
+        """The last read filled its buffer: more is likely waiting."""
+        return self._reader.filled
 
     def detach(self) -> None:
         """Tell flask-sock the websocket is over, so that it sends no close frame of its own:
@@ -303,8 +310,7 @@ class BrowserSocket:
 
         Raises OSError when the connection is broken; returns `closing` at its end.
         """
-        data = self.sock.recv(self._recv_bytes)
-        self.filled = len(data) == self._recv_bytes
+        data = self._reader.recv()
         if not data:
             return Received(closing=True)
         return self._frames.feed(data)

@@ -22,7 +22,7 @@ def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
 
 def handshake(port: int, *, source: str = "127.0.0.1", origin: str | None = None,
               host: str | None = None, extensions: str | None = None,
-              ) -> tuple[socket.socket, bytes]:
+              forwarded_for: str | None = None) -> tuple[socket.socket, bytes]:
     """Open /ws: the socket and the response head (status line and headers)."""
     sock = connect(port, source)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -38,13 +38,19 @@ def handshake(port: int, *, source: str = "127.0.0.1", origin: str | None = None
         lines.append(f"Origin: {origin}")
     if extensions is not None:
         lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    if forwarded_for is not None:
+        lines.append(f"X-Forwarded-For: {forwarded_for}")
     head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    except OSError:  # reset (a throttled address), or timed out: not left open
+        sock.close()
+        raise
     return sock, head
 
 

@@ -31,6 +31,7 @@ from tests.gateway.test_units import _fill
 from tests.support.core import WAIT_S, wait_until
 from tests.support.gateway import InProcessGateway, WsClient, gateway_process, running_gateway
 from tests.support.process import ROOT
+from web_gateway.budget import ErrorBudget
 from web_gateway.config import GatewayConfig
 from web_gateway.relay import RECV_BYTES, Pipe, Relay
 from web_gateway.websocket import BrowserSocket, FrameDecoder
@@ -309,7 +310,7 @@ def relay_once(number: int, ending: str) -> None:
         BrowserSocket(_HandshakeDone(browser_end), max_message_bytes=1 << 20,
                       recv_bytes=RECV_BYTES),
         core_end, peer=("127.0.0.9", 5), secret="s", number=number, max_queue_bytes=65_536,
-        close_timeout=0.05)
+        close_timeout=0.05, errors=ErrorBudget(10, 10.0))
     request = threading.Thread(target=relay.run, name=f"test-request-{number}")
     with browser, core, browser_end:
         request.start()
