@@ -296,11 +296,15 @@ class ChatServer:
         ender = self._end_sessions(self._gate.open())
         for connection in connections:
             connection.close(reason, flush_deadline=deadline)
-        # Readers still busy (a replay, a store that is slow) see the close and end.
-        if not self._wait_all_gone(deadline + self._config.close_timeout):
+        # Readers still busy (a replay, a store that is slow, a crowd that disconnected just
+        # before) see the close and end; they are waited for until the byes' deadline only: what
+        # they were recording is the next start's to restore (every open session comes back
+        # as away), and 10,000 held make the process's own exit take most of a second.
+        if not self._wait_all_gone(deadline):
             with self._lock:
                 names = [thread.name for thread in self._threads.values()]
-            log.error("%d readers did not stop: %s", len(names), ", ".join(names[:10]))
+            log.warning("%d readers still busy at the deadline: %s", len(names),
+                        ", ".join(names[:10]))
         byes_s = time.monotonic() - started
         self._flusher.stop(deadline, self._config.close_timeout)
         sessions_s = self._sessions_ended(ender, until=deadline, started=started)
