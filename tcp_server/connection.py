@@ -22,8 +22,9 @@ Three orderings are kept here:
   before it, so replies come in the order of the requests.
 - While a hello registers (and, for a resume, replays what the session missed), messages
   from others are held, then released after the welcome and the replay; presence changes
-  meanwhile are not delivered (the client asks `list` after its welcome). While a `list` is
-  answered, everything from others is held until the `users` reply is queued.
+  before the welcome is queued are not delivered (the client asks `list` after its welcome),
+  those after it are held too. While a `list` is answered, everything from others is held
+  until the `users` reply is queued.
 - A message already sent by the replay is never delivered again (`_replayed_upto`).
 """
 
@@ -169,7 +170,8 @@ class Connection:
         # the replay come first; the lock makes the switch to direct delivery atomic.
         self._held: list[Envelope] | None = None
         self._held_bytes = 0
-        self._registering = False  # holding for a hello: presence is not held but dropped
+        # Holding for a hello until its welcome is queued: presence is dropped, not held.
+        self._registering = False
         # Messages with a seq up to this one were sent by the replay: a late live delivery of
         # one of them is skipped. Written by the reader before it ends the hold.
         self._replayed_upto = 0
@@ -203,7 +205,7 @@ class Connection:
                     if not envelope.seq and self._registering:
                         # Presence from before the welcome: the client learns the room from
                         # `list` after it (docs/protocol.md). Held, 10,000 clients resuming
-                        # at once would owe each registering client ~1 MB of `back` lines.
+                        # at once owed each registering client ~1 MB of `back` lines.
                         return
                     self._held.append(envelope)
                     self._held_bytes += len(envelope.encoded(self._encoder))
@@ -413,6 +415,11 @@ class Connection:
             replies = b"".join(self._encoder.encode(reply) for reply in outcome.replies)
             if replies:
                 self._put(replies)
+            if registering:
+                # The welcome is queued: presence from now on comes after it (held until the
+                # replay is out), as the client's `list` may already have been answered.
+                with self._lock:
+                    self._registering = False
             self._replay(outcome.replay)
             for event in outcome.after_replay:
                 self._reply(event)

@@ -515,6 +515,35 @@ def test_a_change_after_a_lists_snapshot_comes_after_the_list() -> None:
         thread.join(5)
 
 
+def test_presence_made_after_the_welcome_is_queued_reaches_the_registering_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The welcome may be read (and acted on) before the hello's handling ends, e.g. during
+    a resume's replay: a change made then is an event for the client, not dropped."""
+    from tcp_server.connection import Connection
+
+    server = ChatServer(ServerConfig(host="127.0.0.1", port=0))
+    replay = Connection._replay
+
+    def replay_while_someone_joins(self: Connection, pages: Any) -> None:
+        replay(self, pages)
+        if self.session.member is not None and self.session.member.info.name == "alice":
+            server.room.join(Member(UserInfo("latecomer", "127.0.0.9", 9, "tcp"), 99_997,
+                                    _ignore))
+
+    monkeypatch.setattr(Connection, "_replay", replay_while_someone_joins)
+    thread = threading.Thread(target=server.serve_forever, name="test-latecomer-server")
+    thread.start()
+    try:
+        with RawClient(server.address) as alice:
+            alice.send(type="hello", name="alice")
+            alice.expect("welcome", name="alice")
+            alice.expect("joined", name="latecomer")
+    finally:
+        server.stop()
+        thread.join(5)
+
+
 def test_a_hello_waiting_for_a_starved_reader_counts_though_its_deadline_passed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
