@@ -212,6 +212,9 @@ def test_a_message_lost_with_a_dying_core_is_said_not_sent_after_reconnecting(
         alice.wait_for(TEXT_PROMPT)
         # The core freezes: the text goes out but nobody reads it; then the core dies.
         os.kill(first.proc.pid, signal.SIGSTOP)
+        # Stopped, every thread: kill() returns before a thread running on the other CPU is
+        # stopped, and a reader that ran on answered the text ("Message sent", CI once).
+        assert wait_stopped(first.proc.pid), "the core did not stop on SIGSTOP"
         alice.line("lost in the crash")
         # Killed once the text is in the frozen core's receive queue: killed sooner, the
         # client may see the connection end before it reads the line, and then it rightly
@@ -232,6 +235,21 @@ def test_a_message_lost_with_a_dying_core_is_said_not_sent_after_reconnecting(
         bob = stack.enter_context(RawClient(second.address))
         resume(bob, "bob", bob_welcome, after=bob_welcome["seq"])
         bob.assert_silent()
+
+
+def wait_stopped(pid: int) -> bool:
+    """Until every thread of `pid` is stopped (state T in /proc), at most WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                # The state follows the command name, which is in parentheses.
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def wait_for_unread_bytes(port: int) -> bool:
