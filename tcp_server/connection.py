@@ -417,7 +417,8 @@ class Connection:
                 self._put(replies)
             if registering:
                 # The welcome is queued: presence from now on comes after it (held until the
-                # replay is out), as the client's `list` may already have been answered.
+                # replay is out), since the client may read its welcome and see others join
+                # before this hello's handling ends.
                 with self._lock:
                     self._registering = False
             self._replay(outcome.replay)

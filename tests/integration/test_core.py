@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from tcp_server.config import ServerConfig
 from tcp_server.protocol import Message, UserInfo
 from tcp_server.registry import Envelope, LocalRoom, Member
 from tcp_server.server import ChatServer
@@ -466,25 +465,18 @@ def _ignore(envelope: Envelope) -> None:
 
 
 def test_welcome_comes_before_what_races_the_registration_and_list_shows_who_raced() -> None:
-    server = ChatServer(ServerConfig(host="127.0.0.1", port=0), room=RacingRoom())
-    thread = threading.Thread(target=server.serve_forever, name="test-racing-server")
-    thread.start()
-    try:
-        with RawClient(server.address) as alice:
-            alice.send(type="hello", name="alice")
-            alice.expect("welcome", name="alice")
-            alice.expect("message", text="hi", seq=1, **{"from": "racer"})
-            # The racer's `joined` happened while alice's hello was answered: not sent, but
-            # in her list (docs/protocol.md, "Keeping a list of users from events").
-            alice.send(type="list")
-            users = alice.expect("users")["users"]
-            assert [user["name"] for user in users] == ["alice", "racer"]
-            with RawClient(server.address) as bob:  # presence after the welcome comes
-                bob.hello("bob")
-                alice.expect("joined", name="bob")
-    finally:
-        server.stop()
-        thread.join(5)
+    with running_server(room=RacingRoom()) as server, RawClient(server.address) as alice:
+        alice.send(type="hello", name="alice")
+        alice.expect("welcome", name="alice")
+        alice.expect("message", text="hi", seq=1, **{"from": "racer"})
+        # The racer's `joined` happened while alice's hello was answered: not sent, but
+        # in her list (docs/protocol.md, "Keeping a list of users from events").
+        alice.send(type="list")
+        users = alice.expect("users")["users"]
+        assert [user["name"] for user in users] == ["alice", "racer"]
+        with RawClient(server.address) as bob:  # presence after the welcome comes
+            bob.hello("bob")
+            alice.expect("joined", name="bob")
 
 
 class JoinAfterSnapshotRoom(LocalRoom):
@@ -501,18 +493,12 @@ class JoinAfterSnapshotRoom(LocalRoom):
 def test_a_change_after_a_lists_snapshot_comes_after_the_list() -> None:
     # Else a client keeping its list from events (docs/protocol.md) applies the `joined`,
     # then replaces its list by the reply without the newcomer, and never shows them.
-    server = ChatServer(ServerConfig(host="127.0.0.1", port=0), room=JoinAfterSnapshotRoom())
-    thread = threading.Thread(target=server.serve_forever, name="test-snapshot-server")
-    thread.start()
-    try:
-        with RawClient(server.address) as alice:
-            alice.hello("alice")
-            alice.send(type="list")
-            assert [user["name"] for user in alice.expect("users")["users"]] == ["alice"]
-            alice.expect("joined", name="latecomer")
-    finally:
-        server.stop()
-        thread.join(5)
+    with running_server(room=JoinAfterSnapshotRoom()) as server, \
+            RawClient(server.address) as alice:
+        alice.hello("alice")
+        alice.send(type="list")
+        assert [user["name"] for user in alice.expect("users")["users"]] == ["alice"]
+        alice.expect("joined", name="latecomer")
 
 
 def test_presence_made_after_the_welcome_is_queued_reaches_the_registering_client(
@@ -522,26 +508,19 @@ def test_presence_made_after_the_welcome_is_queued_reaches_the_registering_clien
     a resume's replay: a change made then is an event for the client, not dropped."""
     from tcp_server.connection import Connection
 
-    server = ChatServer(ServerConfig(host="127.0.0.1", port=0))
+    room = LocalRoom()
     replay = Connection._replay
 
     def replay_while_someone_joins(self: Connection, pages: Any) -> None:
         replay(self, pages)
         if self.session.member is not None and self.session.member.info.name == "alice":
-            server.room.join(Member(UserInfo("latecomer", "127.0.0.9", 9, "tcp"), 99_997,
-                                    _ignore))
+            room.join(Member(UserInfo("latecomer", "127.0.0.9", 9, "tcp"), 99_997, _ignore))
 
     monkeypatch.setattr(Connection, "_replay", replay_while_someone_joins)
-    thread = threading.Thread(target=server.serve_forever, name="test-latecomer-server")
-    thread.start()
-    try:
-        with RawClient(server.address) as alice:
-            alice.send(type="hello", name="alice")
-            alice.expect("welcome", name="alice")
-            alice.expect("joined", name="latecomer")
-    finally:
-        server.stop()
-        thread.join(5)
+    with running_server(room=room) as server, RawClient(server.address) as alice:
+        alice.send(type="hello", name="alice")
+        alice.expect("welcome", name="alice")
+        alice.expect("joined", name="latecomer")
 
 
 def test_a_hello_waiting_for_a_starved_reader_counts_though_its_deadline_passed(

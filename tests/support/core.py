@@ -13,16 +13,20 @@ from dataclasses import replace
 from typing import Any
 
 from tcp_server.config import ServerConfig
+from tcp_server.registry import Room
 from tcp_server.server import ChatServer
 
 WAIT_S = 5.0  # the longest any test waits for one expected thing
 
 
 @contextlib.contextmanager
-def running_server(config: ServerConfig | None = None, **overrides: Any) -> Iterator[ChatServer]:
-    """A ChatServer on 127.0.0.1 and a free port, serving in a thread; stopped and joined after."""
+def running_server(
+    config: ServerConfig | None = None, room: Room | None = None, **overrides: Any
+) -> Iterator[ChatServer]:
+    """A ChatServer on 127.0.0.1 and a free port, serving in a thread; stopped and joined after.
+    `room`: another Room than the server's own (a test's, to make a race certain)."""
     config = replace(config or ServerConfig(), **{"host": "127.0.0.1", "port": 0, **overrides})
-    server = ChatServer(config)
+    server = ChatServer(config, room=room)
     thread = threading.Thread(target=server.serve_forever, name="test-server")
     thread.start()
     try:
