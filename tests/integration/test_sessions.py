@@ -482,21 +482,31 @@ def test_a_list_kept_from_events_equals_the_servers_list_through_joins_away_back
             elif obj["type"] == "away":
                 kept[obj["name"]] = {**kept[obj["name"]], "status": "away"}
 
+        events: list[str] = []
+
+        def take(count: int) -> None:
+            for _ in range(count):
+                obj = watcher.recv()
+                apply(obj)
+                events.append(obj["type"])
+
         bob = clients.enter_context(RawClient(address))
         welcome = bob.hello("Bob")
         carol = clients.enter_context(RawClient(address))
         carol.hello("carol")
+        take(2)
         drop(bob)
+        # Resume only once the core has seen the reset: a resume that overtakes it is a
+        # takeover of an online session (`back` with no `away`), which is right but not this test.
+        take(1)
         again = clients.enter_context(resume(address, "Bob", welcome["session"], 0)[0])
+        take(1)
         # Taken over by another connection while online: back again, with the new address.
         moved = clients.enter_context(resume(address, "Bob", welcome["session"], 0)[0])
         again.expect("bye", reason="resumed elsewhere")
+        take(1)
         assert carol.request("exit")["type"] == "bye"
-        events = []
-        while len(events) < 6:
-            obj = watcher.recv()
-            apply(obj)
-            events.append(obj["type"])
+        take(1)
         assert events == ["joined", "joined", "away", "back", "back", "left"]
         assert sorted(kept.values(), key=lambda e: e["name"].casefold()) == _entries(watcher)
         assert kept["Bob"]["port"] == moved.sock.getsockname()[1]
