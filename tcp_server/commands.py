@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from tcp_server.addresses import address_group, describe_group
 from tcp_server.grace import Deadlines
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.protocol import (
@@ -345,7 +346,7 @@ class Commands:
         if not hmac.compare_digest(
             request.secret.encode("utf-8", "surrogatepass"), self._gateway_secret
         ):
-            held = self._secret_failures.allow(session.ip)
+            held = self._secret_failures.allow(address_group(session.ip))
             if held is not None:
                 log.warning("%s sent a proxy request with a wrong secret%s", session.peer,
                             held_back(held, "from this address in the last minute"))
@@ -415,8 +416,8 @@ class Commands:
     def _address_full(self, session: Session, request: Hello) -> ProtocolError:
         return ProtocolError(
             ErrorCode.TOO_MANY_FROM_ADDRESS,
-            f"{self._max_per_address} users are already registered from your address "
-            f"{session.ip}; one of them must exit first",
+            f"{self._max_per_address} users are already registered from "
+            f"{describe_group(session.ip)}; one of them must exit first",
             request.id,
         )
 

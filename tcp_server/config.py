@@ -43,8 +43,9 @@ _HELP: dict[str, str] = {
     "host": "address to listen on (use :: or 0.0.0.0 for every interface)",
     "port": "TCP port to listen on (0 picks a free one)",
     "max_clients": "connections allowed at once; more get error server_full",
-    "max_clients_per_ip": "users (online or away) registered from one address; a browser "
-    "counts by its own address, never the gateway's (0: no limit)",
+    "max_clients_per_ip": "users (online or away) registered from one address (an IPv6 "
+    "address counts as its /64); a browser counts by its own address, never the gateway's "
+    "(0: no limit)",
     "hello_timeout": "seconds a new connection has to complete hello before it is closed",
     "rate_limit": "requests a second allowed per connection on average (0: no limit)",
     "rate_burst": "requests a connection may send at once before rate_limit applies",

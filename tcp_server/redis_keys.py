@@ -218,13 +218,16 @@ if tonumber(ARGV[1]) > now then redis.call('SET', KEYS[1], ARGV[1]) return tonum
 return now
 """
 
+# A record counts against its address group (tcp_server/addresses.py); a record written
+# before groups were kept counts against its ip.
 _DROP_ADDRESS: Final = """
-local function drop_address(addrs, ip)
-  if redis.call('HINCRBY', addrs, ip, -1) <= 0 then redis.call('HDEL', addrs, ip) end
+local function drop_address(addrs, r)
+  local group = r.group or r.ip
+  if redis.call('HINCRBY', addrs, group, -1) <= 0 then redis.call('HDEL', addrs, group) end
 end
 """
 
-# KEYS: users, addrs.  ARGV: key, record, ip, max per address, channel, joined event
+# KEYS: users, addrs.  ARGV: key, record, address group, max per address, channel, joined event
 JOIN: Final = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'taken' end
 local max = tonumber(ARGV[4])
@@ -237,7 +240,8 @@ if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 'ok'
 """
 
-# KEYS: users, addrs.  ARGV: key, session, record, new ip, channel, back event, kick event
+# KEYS: users, addrs.  ARGV: key, session, record, new address group, channel, back event,
+# kick event
 # Returns the record it replaced (false: the session no longer holds the name).
 RESUME: Final = _DROP_ADDRESS + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -245,7 +249,7 @@ if not cur then return false end
 local r = cjson.decode(cur)
 if tostring(r.session) ~= ARGV[2] then return false end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-drop_address(KEYS[2], r.ip)
+drop_address(KEYS[2], r)
 redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
 if r.status ~= 'away' then
   -- held by another connection: that one is closed, and others still see back (new address)
@@ -280,7 +284,7 @@ elseif r.conn ~= ARGV[3] and r.status ~= 'away' then
   return 0
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-drop_address(KEYS[2], r.ip)
+drop_address(KEYS[2], r)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 """

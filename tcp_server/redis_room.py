@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import redis
 
+from tcp_server.addresses import address_group
 from tcp_server.commands import RESUMED_ELSEWHERE
 from tcp_server.grace import Deadlines
 from tcp_server.protocol import AWAY, ONLINE, Away, Back, Event, Joined, Left, UserInfo, name_key
@@ -177,9 +178,9 @@ class RedisRoom:
 
     def _record(self, info: UserInfo, session: SessionId, conn: str, status: str,
                 since: float | None = None) -> dict[str, Any]:
-        return {"name": info.name, "ip": info.ip, "port": info.port, "via": info.via,
-                "status": status, "session": session, "conn": conn, "node": self._node,
-                "since": since}
+        return {"name": info.name, "ip": info.ip, "group": address_group(info.ip),
+                "port": info.port, "via": info.via, "status": status, "session": session,
+                "conn": conn, "node": self._node, "since": since}
 
     def _event(self, kind: str, name: str, session: SessionId, **more: Any) -> str:
         return "p" + encode_record({"k": kind, "name": name, "s": session, **more})
@@ -200,7 +201,7 @@ class RedisRoom:
             result = self._join(keys=[k.users, k.addrs], args=[
                 name_key(info.name), encode_record(self._record(info, member.session, conn,
                                                                 ONLINE)),
-                info.ip, max_per_address, k.events,
+                address_group(info.ip), max_per_address, k.events,
                 # The newcomer's details ride along, for events that show them.
                 self._event("joined", info.name, member.session, ip=info.ip, port=info.port,
                             via=info.via)])
@@ -217,9 +218,10 @@ class RedisRoom:
         with unavailable_on_failure("resuming a session"):
             replaced = self._resume(keys=[k.users, k.addrs], args=[
                 name_key(info.name), member.session,
-                encode_record(self._record(info, member.session, conn, ONLINE)), info.ip,
-                k.events, self._event("back", info.name, member.session, ip=info.ip,
-                                      port=info.port, via=info.via),
+                encode_record(self._record(info, member.session, conn, ONLINE)),
+                address_group(info.ip), k.events,
+                self._event("back", info.name, member.session, ip=info.ip, port=info.port,
+                            via=info.via),
                 self._event("kick", info.name, member.session, conn=conn)])
         if not replaced:
             raise NotHeldError(info.name)
@@ -297,7 +299,7 @@ class RedisRoom:
             result = self._join(keys=[k.users, k.addrs], args=[
                 name_key(info.name), encode_record(self._record(info, away.session, conn, AWAY,
                                                                 self._clock())),
-                info.ip, 0, k.events, ""])
+                address_group(info.ip), 0, k.events, ""])
         if result != "ok":
             raise NameTakenError(info.name)
         with self._lock:
@@ -309,7 +311,7 @@ class RedisRoom:
 
     def sessions_from(self, ip: str) -> int:
         with unavailable_on_failure("counting an address's sessions"):
-            return int(self._redis.hget(self._keys.addrs, ip) or 0)
+            return int(self._redis.hget(self._keys.addrs, address_group(ip)) or 0)
 
     def recipient(self, name: str) -> tuple[str, SessionId] | None:
         with unavailable_on_failure("looking up a user"):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from tcp_server.addresses import address_group
 from tcp_server.protocol import (
     AWAY,
     Away,
@@ -185,7 +186,8 @@ class Room(Protocol):
         """Whether a session (online or away) holds the name."""
 
     def sessions_from(self, ip: str) -> int:
-        """How many sessions (online or away) were registered from this address."""
+        """How many sessions (online or away) were registered from this address's group
+        (tcp_server/addresses.py: an IPv6 address counts as its /64)."""
 
     def recipient(self, name: str) -> tuple[str, SessionId] | None:
         """The registered name and session of `name` (any case), online or away."""
@@ -210,7 +212,8 @@ class LocalRoom:
         # connection, by session. A member in _online is also _members' entry for its name.
         self._members: dict[str, Member] = {}
         self._online: dict[SessionId, Member] = {}
-        self._per_address: Counter[str] = Counter()  # sessions by info.ip, for the limit
+        # Sessions by address_group(info.ip), for the limit: only _count_in/_count_out change it.
+        self._per_address: Counter[str] = Counter()
         self._quiet = False
         # Presence announcements (see the module docstring), also guarded by _lock: the last
         # stamp given, the stamp at which each online member came online, and what is stamped
@@ -230,11 +233,12 @@ class LocalRoom:
         with self._lock:
             if key in self._members:
                 raise NameTakenError(member.info.name)
-            if max_per_address and self._per_address[member.info.ip] >= max_per_address:
+            group = address_group(member.info.ip)
+            if max_per_address and self._per_address[group] >= max_per_address:
                 raise AddressFullError(member.info.ip)
             self._members[key] = member
             self._online[member.session] = member
-            self._per_address[member.info.ip] += 1
+            self._count_in(member.info.ip)
             stamp = self._stamp_change(Joined(member.info.name, member.info), online=member.session)
         self._announce(stamp)
 
@@ -248,7 +252,7 @@ class LocalRoom:
             self._members[key] = member
             self._online[member.session] = member
             self._count_out(holder.info.ip)
-            self._per_address[member.info.ip] += 1
+            self._count_in(member.info.ip)
             # Also when another connection held it: the entry's address has changed.
             stamp = self._stamp_change(Back(member.info.name, member.info), online=member.session)
         self._announce(stamp)
@@ -299,7 +303,7 @@ class LocalRoom:
             if key in self._members:
                 raise NameTakenError(away.info.name)
             self._members[key] = away
-            self._per_address[away.info.ip] += 1
+            self._count_in(away.info.ip)
 
     def is_taken(self, name: str) -> bool:
         with self._lock:
@@ -307,7 +311,7 @@ class LocalRoom:
 
     def sessions_from(self, ip: str) -> int:
         with self._lock:
-            return self._per_address[ip]
+            return self._per_address[address_group(ip)]
 
     def recipient(self, name: str) -> tuple[str, SessionId] | None:
         with self._lock:
@@ -362,11 +366,16 @@ class LocalRoom:
         with self._lock:
             return len(self._members)
 
+    def _count_in(self, ip: str) -> None:
+        """One session more from `ip`'s group (under _lock)."""
+        self._per_address[address_group(ip)] += 1
+
     def _count_out(self, ip: str) -> None:
-        """One session fewer from `ip` (under _lock); no zero entries are kept."""
-        self._per_address[ip] -= 1
-        if self._per_address[ip] <= 0:
-            del self._per_address[ip]
+        """One session fewer from `ip`'s group (under _lock); no zero entries are kept."""
+        group = address_group(ip)
+        self._per_address[group] -= 1
+        if self._per_address[group] <= 0:
+            del self._per_address[group]
 
     def _stamp_change(
         self, event: Event, online: SessionId | None = None, offline: SessionId | None = None

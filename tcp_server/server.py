@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tcp_server.addresses import address_group
 from tcp_server.commands import Commands
 from tcp_server.config import ServerConfig
 from tcp_server.connection import Connection, ShutdownGate, run_connection
@@ -208,7 +209,7 @@ class ChatServer:
             if not full:
                 connection = Connection(
                     sock, address, self._config, self._commands, self._flusher, self._gate,
-                    logged=self._connection_lines.allow(address[0]),
+                    logged=self._connection_lines.allow(address_group(address[0])),
                 )
                 thread = threading.Thread(
                     target=run_connection,
@@ -228,7 +229,7 @@ class ChatServer:
             self._refuse(sock, address)
 
     def _refuse(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        held = self._connection_lines.allow(address[0])
+        held = self._connection_lines.allow(address_group(address[0]))
         if held is not None:
             log.warning("%s:%d refused: %d clients already%s", address[0], address[1],
                         self._config.max_clients, held_back(held, "from this address"))

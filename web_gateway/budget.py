@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
+from tcp_server.addresses import address_group
 from tcp_server.lograte import MAX_KEYS, LogRate
 from tcp_server.ratelimit import TokenBucket
 
@@ -92,7 +93,9 @@ class RefusalThrottle:
         self._over: OrderedDict[str, None] = OrderedDict()
 
     def refused(self, ip: str) -> bool:
-        """Count a refusal of `ip`; False: it is over the budget (answer it cheaply)."""
+        """Count a refusal of `ip` (its group: an IPv6 address counts as its /64); False: it
+        is over the budget (answer it cheaply)."""
+        ip = address_group(ip)
         if self._unlimited or self._tokens.allow(ip) is not None:
             return True
         with self._lock:
@@ -105,6 +108,7 @@ class RefusalThrottle:
     def throttled(self, ip: str) -> bool:
         """A websocket attempt from `ip`: True if it is over its budget (refuse it at once,
         it counts as a refusal); False lets it through (it is then judged as usual)."""
+        ip = address_group(ip)
         with self._lock:
             if ip not in self._over:
                 return False

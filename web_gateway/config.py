@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"unavailable (default: {defaults.max_websockets})")
     parser.add_argument("--max-websockets-per-ip", type=non_negative(int),
                         default=defaults.max_websockets_per_ip,
-                        help="websockets open at once from one browser address (behind "
-                        "--trust-forwarded: the forwarded one); more are refused with error "
+                        help="websockets open at once from one browser address (an IPv6 "
+                        "address counts as its /64; behind --trust-forwarded: the forwarded "
+                        "one); more are refused with error "
                         f"unavailable (default: {defaults.max_websockets_per_ip})")
     parser.add_argument("--max-connections", type=non_negative(int),
                         default=defaults.max_connections,

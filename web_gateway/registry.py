@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
+from tcp_server.addresses import address_group
 from tcp_server.lograte import LogRate
 from web_gateway.budget import RefusalThrottle
 from web_gateway.config import GatewayConfig
@@ -94,7 +95,9 @@ class RelayRegistry:
 
     @contextlib.contextmanager
     def slot(self, ip: str = "") -> Iterator[Slot]:
-        """A place for one websocket from `ip` for the duration of the block; raises Refused."""
+        """A place for one websocket from `ip` for the duration of the block; raises Refused.
+        The limit per address counts an IPv6 address as its /64 (tcp_server/addresses.py)."""
+        ip = address_group(ip)
         with self._lock:
             if self._stopping:
                 raise Refused(STOPPING)

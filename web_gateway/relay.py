@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from tcp_server.addresses import address_group
 from tcp_server.lograte import LogRate
 from tcp_server.outbox import Flushed, Outbox, Writing
 from tcp_server.protocol import (
@@ -333,7 +334,7 @@ class Relay:
 
     def run(self) -> None:
         """Relay until the browser and the core are both done; every thread is joined."""
-        if CONNECTION_LOG_RATE.allow(self.browser[0]) is not None:
+        if CONNECTION_LOG_RATE.allow(address_group(self.browser[0])) is not None:
             log.info("websocket %d from %s relayed", self.number, self.peer)
         try:
             self._core_reader.start()  # RuntimeError when the system has no thread to spare
@@ -343,7 +344,7 @@ class Relay:
             self.abort("internal error")
         finally:
             self._finish()
-        if CONNECTION_LOG_RATE.allow(self.browser[0]) is not None:
+        if CONNECTION_LOG_RATE.allow(address_group(self.browser[0])) is not None:
             log.info("websocket %d from %s closed", self.number, self.peer)
 
     def _read_browser(self) -> None:

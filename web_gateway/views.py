@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
 from flask_sock import Sock
 
+from tcp_server.addresses import address_group
 from tcp_server.display import for_log
 from tcp_server.lograte import held_back
 from web_gateway.budget import ErrorBudget
@@ -88,7 +89,7 @@ def _refused(gateway: Gateway, ip: str, what: str, *args: object) -> bool:
     it, answer as cheaply as possible) and log it, at most once a minute per address (with
     the count of those not logged)."""
     within = gateway.refusals.refused(ip)
-    if (held := gateway.refusal_log.allow(ip)) is not None:
+    if (held := gateway.refusal_log.allow(address_group(ip))) is not None:
         log.warning("websocket from %s refused: " + what + "%s", ip, *args,
                     held_back(held, "refusals from this address"))
     return within
@@ -124,7 +125,7 @@ class RefusalGate:
 def log_throttled(gateway: Gateway, ip: str) -> None:
     """An attempt from an address over its refusal budget: counted for the next line about
     the address, which is logged at most once a minute."""
-    if (held := gateway.refusal_log.allow(ip)) is not None:
+    if (held := gateway.refusal_log.allow(address_group(ip))) is not None:
         log.warning("websocket from %s refused: too many refused attempts%s", ip,
                     held_back(held, "refusals from this address"))
 

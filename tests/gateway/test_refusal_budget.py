@@ -104,6 +104,19 @@ def test_behind_a_proxy_refusals_count_per_forwarded_address(
             b"HTTP/1.1 101")
 
 
+def test_behind_a_proxy_an_ipv6_browser_s_refusals_count_per_64(
+    budget_config: GatewayConfig,
+) -> None:
+    """Each attempt from another address of one /64 (free for an IPv6 host) is one budget."""
+    with running_gateway(replace(budget_config, trust_forwarded=True)) as gateway:
+        for number in range(BUDGET + 2):
+            status(gateway.port, origin=EVIL, forwarded_for=f"2001:db8:6:6::{number + 1:x}")
+        assert status(gateway.port, origin=gateway.origin,
+                      forwarded_for="2001:db8:6:6::abc").startswith(b"HTTP/1.1 429")
+        assert status(gateway.port, origin=gateway.origin,
+                      forwarded_for="2001:db8:6:7::1").startswith(b"HTTP/1.1 101")
+
+
 def test_websockets_refused_after_the_handshake_count_too(
     budget_config: GatewayConfig,
 ) -> None:

@@ -383,6 +383,18 @@ def test_the_registry_refuses_an_address_at_its_limit_and_takes_others() -> None
         pass
 
 
+def test_the_registry_counts_an_ipv6_address_as_its_64() -> None:
+    registry = RelayRegistry(max_websockets=10, stop_grace_s=0.05, max_per_ip=2)
+    with registry.slot("2001:db8:1:2::1"), registry.slot("2001:db8:1:2:ffff::9"):
+        with pytest.raises(Refused) as refused, registry.slot("2001:db8:1:2::3"):
+            pass
+        assert refused.value.per_address
+        with registry.slot("2001:db8:1:3::1"):  # the next /64 is another address
+            assert registry.count() == 3
+    with registry.slot("2001:db8:1:2::3"):  # and the slots come back
+        pass
+
+
 # --- the core nodes ----------------------------------------------------------------------------
 
 

@@ -439,6 +439,50 @@ def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
                 client.close()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "memory", "redis"])
+def test_an_ipv6_browser_counts_by_its_64_not_by_each_address_it_picks(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    """An IPv6 host holds a whole /64: addresses picked from it count together (each room)."""
+    where = ({"redis": request.getfixturevalue("redis_url")} if engine == "redis"
+             else {"store": engine})
+    with running_server(max_clients_per_ip=2, gateway_secret="s3cret", rate_limit=0,
+                        **where) as server, contextlib.ExitStack() as clients:
+
+        def browser(ip: str, name: str) -> tuple[RawClient, dict[str, Any]]:
+            client = clients.enter_context(RawClient(server.address))
+            client.send(type="proxy", secret="s3cret", ip=ip, port=40_000)
+            return client, client.request("hello", name=name)
+
+        first, _ = browser("2001:db8:1:2::1", "v1")
+        browser("2001:db8:1:2:abcd::99", "v2")
+        _, refused = browser("2001:db8:1:2::3", "v3")
+        assert refused["code"] == "too_many_from_address"
+        assert "your network 2001:db8:1:2::/64" in refused["message"]
+        assert browser("2001:db8:1:3::1", "w1")[1]["type"] == "welcome"  # the next /64
+        assert browser("::ffff:192.0.2.7", "x1")[1]["type"] == "welcome"
+        assert browser("192.0.2.7", "x2")[1]["type"] == "welcome"
+        assert browser("::ffff:192.0.2.7", "x3")[1]["code"] == "too_many_from_address"
+        assert first.request("exit")["type"] == "bye"  # a place in the /64 comes back
+        again, welcome = browser("2001:db8:1:2::4", "v3")
+        assert welcome["type"] == "welcome"
+        drop(again)  # away still counts...
+        assert browser("2001:db8:1:2::5", "v4")[1]["code"] == "too_many_from_address"
+
+        def resume_from(ip: str) -> None:
+            client = clients.enter_context(RawClient(server.address))
+            client.send(type="proxy", secret="s3cret", ip=ip, port=40_001)
+            client.send(type="hello", name="v3", resume=welcome["session"], after=0)
+            client.expect("welcome", name="v3", resumed=True)
+
+        resume_from("2001:db8:1:2::6")  # ...and a resume inside the /64 counts once
+        assert browser("2001:db8:1:2::7", "v4")[1]["code"] == "too_many_from_address"
+        resume_from("2001:db8:9::1")  # moved to another /64: its place here comes back
+        assert browser("2001:db8:1:2::8", "v4")[1]["type"] == "welcome"
+        assert browser("2001:db8:9::2", "v5")[1]["type"] == "welcome"
+        assert browser("2001:db8:9::3", "v6")[1]["code"] == "too_many_from_address"
+
+
 def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -1,0 +1,39 @@
+"""Which addresses count as one for per-address limits, budgets and log rates.
+
+An IPv4 address is one client's (or one NAT's). An IPv6 host, though, is usually given a
+whole /64 network (often a /56 or a /48) and may use any address in it: counted one address
+at a time, a single host could take every place, and every address it tried would get its own
+log lines. So an IPv6 address counts as its /64, as UnrealIRCd's default clone mask does. An
+IPv4 address written as IPv6 (`::ffff:192.0.2.1`, what a socket listening on `::` reports
+for IPv4 clients) is the IPv4 address it stands for.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Final
+
+IPV6_PREFIX: Final = 64
+
+
+@functools.lru_cache(maxsize=4_096)
+def address_group(ip: str) -> str:
+    """The key under which `ip` is counted: the IPv4 address itself, or the IPv6 address's /64
+    network (`2001:db8:1:2::/64`). A string that is not an IP address is its own group."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.split("%", 1)[0])  # without a zone (fe80::1%eth0)
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+
+
+def describe_group(ip: str) -> str:
+    """How an error names the group of `ip`: "your address 192.0.2.1" or "your network
+    2001:db8:1:2::/64"."""
+    group = address_group(ip)
+    return f"your network {group}" if "/" in group else f"your address {group}"
