@@ -58,11 +58,13 @@ def say(
     sender: SessionRecord,
     text: str = "hi",
     to: SessionRecord | None = None,
-    ts: float = 1.0,
+    ts: float | None = None,
 ) -> StoredMessage:
-    """Append a message to everyone, or a direct message to `to`."""
+    """Append a message to everyone, or a direct message to `to`; sent now unless `ts` says
+    otherwise (an old one is deleted by the default retention, at any of the writer's prunes:
+    one runs as a store opens)."""
     return store.append(NewMessage(
-        ts=ts,
+        ts=time.time() if ts is None else ts,
         sender=sender.name,
         sender_session=sender.id,
         to="*" if to is None else to.name,
