@@ -28,6 +28,7 @@ from tcp_server.protocol import (
     History,
     HistoryPage,
     Joined,
+    LastMade,
     Left,
     LineBuffer,
     ListUsers,
@@ -159,6 +160,15 @@ def _parse_resume(rest: str) -> Hello:
     return Hello(name=check_name(name), resume=token)
 
 
+def _render_users(users: tuple[UserInfo, ...]) -> str:
+    heading = f"{len(users)} user{'s' if len(users) != 1 else ''} online:"
+    return "\n".join([heading, *map(_user_line, users)])
+
+
+# Made once per list of users, as the JSON dialect's (protocol.LastMade says why).
+_users_lines: LastMade[tuple[UserInfo, ...], str] = LastMade(_render_users)
+
+
 def _user_line(user: UserInfo) -> str:
     kind = VIA_LABELS.get(user.via, "terminal")
     away = f"  {AWAY_MARK}" if user.status == AWAY else ""
@@ -222,8 +232,7 @@ def _render(event: Event) -> str:
                 f"  {c.with_:<20} {c.unread} unread" for c in conversations
             )
         case Users(users=users):
-            heading = f"{len(users)} user{'s' if len(users) != 1 else ''} online:"
-            return "\n".join([heading, *map(_user_line, users)])
+            return _users_lines(users)
         case Sent(to=to):
             return "sent to everyone" if to == EVERYONE else f"sent to {to}"
         case Pong():

@@ -125,6 +125,8 @@ class RedisRoom:
         self._online: dict[SessionId, tuple[Member, str]] = {}
         self._away: dict[SessionId, tuple[Member, str]] = {}
         self._quiet = False
+        # The last users() answer and the raw records it was made from (see users()).
+        self._last_users: tuple[list[Any], tuple[UserInfo, ...]] | None = None
         self._conns = itertools.count(1)
         self._conn_prefix = f"{node_id}/{time.time_ns()}/"
         self._end_session: Callable[[SessionId], None] = lambda session: None
@@ -324,9 +326,16 @@ class RedisRoom:
     def users(self) -> tuple[UserInfo, ...]:
         with unavailable_on_failure("listing users"):
             raw = self._redis.hvals(self._keys.users)
+        # The same records as last time: the same tuple, whose encoding is then reused
+        # (Room.users()). Comparing the raw records costs far less than parsing them.
+        last = self._last_users
+        if last is not None and last[0] == raw:
+            return last[1]
         infos = [UserInfo(r["name"], r["ip"], int(r["port"]), r["via"], r["status"])
                  for r in map(json.loads, raw)]
-        return tuple(sorted(infos, key=lambda info: (name_key(info.name), info.name)))
+        listed = tuple(sorted(infos, key=lambda info: (name_key(info.name), info.name)))
+        self._last_users = (raw, listed)  # replaced whole: no lock needed
+        return listed
 
     def publish(self, messages: list[StoredMessage]) -> None:
         """Deliver messages (in seq order) to this node's connections they are for."""

@@ -193,7 +193,9 @@ class Room(Protocol):
         """The registered name and session of `name` (any case), online or away."""
 
     def users(self) -> tuple[UserInfo, ...]:
-        """Everyone online or away, sorted by name."""
+        """Everyone online or away, sorted by name. While nobody comes or goes, the same
+        tuple again: its encoding is then reused (protocol.encode_event), so a `list` costs
+        a copy of bytes, not 1.3 ms of formatting at 1,000 users."""
 
     def publish(self, messages: list[StoredMessage]) -> None:
         """Deliver committed messages, in the given (seq) order, to their live recipients."""
@@ -214,6 +216,10 @@ class LocalRoom:
         self._online: dict[SessionId, Member] = {}
         # Sessions by address_group(info.ip), for the limit: only _count_in/_count_out change it.
         self._per_address: Counter[str] = Counter()
+        # users()'s answer until the next change (None: make it again), and the number of
+        # changes made: a list sorted outside the lock is kept only if none came meanwhile.
+        self._listed: tuple[UserInfo, ...] | None = None
+        self._changes = 0
         self._quiet = False
         # Presence announcements (see the module docstring), also guarded by _lock: the last
         # stamp given, the stamp at which each online member came online, and what is stamped
@@ -304,6 +310,7 @@ class LocalRoom:
                 raise NameTakenError(away.info.name)
             self._members[key] = away
             self._count_in(away.info.ip)
+            self._changed()
 
     def is_taken(self, name: str) -> bool:
         with self._lock:
@@ -320,8 +327,15 @@ class LocalRoom:
 
     def users(self) -> tuple[UserInfo, ...]:
         with self._lock:
+            if self._listed is not None:
+                return self._listed
+            changes = self._changes
             infos = [member.info for member in self._members.values()]
-        return tuple(sorted(infos, key=lambda info: (name_key(info.name), info.name)))
+        listed = tuple(sorted(infos, key=lambda info: (name_key(info.name), info.name)))
+        with self._lock:
+            if self._changes == changes:
+                self._listed = listed
+        return listed
 
     def shutdown(self) -> None:
         with self._lock:
@@ -366,6 +380,11 @@ class LocalRoom:
         with self._lock:
             return len(self._members)
 
+    def _changed(self) -> None:
+        """Someone came, went or changed (under _lock): users() makes its list again."""
+        self._changes += 1
+        self._listed = None
+
     def _count_in(self, ip: str) -> None:
         """One session more from `ip`'s group (under _lock)."""
         self._per_address[address_group(ip)] += 1
@@ -385,6 +404,7 @@ class LocalRoom:
         `online`: the member that came online with it (it is told of what follows, not of
         this); `offline`: the member that went (it is told nothing more).
         """
+        self._changed()
         self._stamp += 1
         if online is not None:
             self._online_since[online] = self._stamp

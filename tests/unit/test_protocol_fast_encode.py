@@ -1,11 +1,20 @@
-"""encode_event's direct formatting of message and sent events is byte for byte json's."""
+"""encode_event's direct formatting of message, sent and users events is byte for byte json's."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcp_server.protocol import MAX_SEQ, Message, Sent, encode, encode_event, event_to_wire
+from tcp_server.protocol import (
+    MAX_SEQ,
+    Message,
+    Sent,
+    UserInfo,
+    Users,
+    encode,
+    encode_event,
+    event_to_wire,
+)
 
 # Any text JSON can carry (hypothesis leaves out lone surrogates): quotes, backslashes,
 # control characters, emoji; and any number, NaN and infinities included.
@@ -40,3 +49,25 @@ def test_message_event_keeps_unicode_and_escapes_newlines() -> None:
         b'{"type":"message","from":"a","to":"*","text":"hi \\"you\\"\\n\xf0\x9f\x98\x80",'
         b'"ts":1795610750.351,"seq":42}\n'
     )
+
+
+users = st.tuples(texts, texts, st.integers(0, 65_535), texts, st.sampled_from(["online", "away"]))
+ids = st.none() | texts | st.integers(min_value=-(2**63), max_value=2**63)
+
+
+@given(entries=st.lists(users, max_size=5), rid=ids)
+def test_users_event_encodes_exactly_as_the_generic_encoder(
+    entries: list[tuple[str, str, int, str, str]], rid: str | int | None
+) -> None:
+    event = Users(users=tuple(UserInfo(*entry) for entry in entries), id=rid)
+    assert encode_event(event) == encode(event_to_wire(event))
+
+
+def test_users_event_is_made_again_for_another_list_and_reused_for_the_same() -> None:
+    first = (UserInfo("alice", "192.0.2.1", 1, "tcp"),)
+    second = (*first, UserInfo("bob", "192.0.2.2", 2, "web"))
+    assert b"bob" not in encode_event(Users(users=first))
+    assert b"bob" in encode_event(Users(users=second, id=1))
+    equal_but_new = tuple(list(first))
+    assert b"bob" not in encode_event(Users(users=equal_but_new, id=2))
+    assert encode_event(Users(users=first, id="x")).endswith(b'}],"id":"x"}\n')

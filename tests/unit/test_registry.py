@@ -3,9 +3,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from typing import Any
 
 import pytest
 
+from tcp_server import registry
 from tcp_server.protocol import (
     AWAY,
     ONLINE,
@@ -231,6 +233,63 @@ def test_restore_holds_the_session_as_away_without_telling_anyone() -> None:
     back = bob.reconnect()
     assert room.resume(back.member) is None
     assert alice.events == [Back("bob", back.member.info)]
+
+
+def test_users_is_the_same_tuple_until_someone_comes_goes_or_changes() -> None:
+    """Its encoding is reused while it is the same object (protocol.LastMade): every change
+    must give a new one, or a `list` would show a stale room."""
+    room = LocalRoom()
+    alice, bob = joined(room, "alice", "bob")
+    listed = room.users()
+    assert room.users() is listed
+    seen = [listed]
+
+    def changed() -> tuple[UserInfo, ...]:
+        now = room.users()
+        assert all(now is not before for before in seen)
+        assert room.users() is now
+        seen.append(now)
+        return now
+
+    carol = Inbox("carol")
+    room.join(carol.member)
+    assert [u.name for u in changed()] == ["alice", "bob", "carol"]
+    away = room.away(bob.member)
+    assert away is not None
+    assert changed()[1].status == AWAY
+    again = bob.reconnect(port=3000)
+    room.resume(again.member)
+    assert changed()[1] == UserInfo("bob", "127.0.0.1", 3000, "tcp")
+    moved = bob.reconnect(port=4000)
+    room.resume(moved.member)  # taken over while online: only the port differs
+    assert changed()[1].port == 4000
+    assert room.leave(carol.member)
+    assert [u.name for u in changed()] == ["alice", "bob"]
+    gone = room.away(moved.member)
+    assert gone is not None
+    changed()
+    assert room.expire(gone)
+    assert [u.name for u in changed()] == ["alice"]
+    room.restore(Inbox("dave").member.gone_away())
+    assert [u.name for u in changed()] == ["alice", "dave"]
+    assert alice.member.info in room.users()
+
+
+def test_a_list_made_while_someone_joins_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """users() sorts outside the lock: a change meanwhile must not leave its list cached."""
+    room = LocalRoom()
+    joined(room, "alice")
+    late = Inbox("zed")
+
+    def join_while_sorting(infos: list[UserInfo], **options: Any) -> list[UserInfo]:
+        if not room.is_taken("zed"):
+            room.join(late.member)
+        return sorted(infos, **options)
+
+    monkeypatch.setattr(registry, "sorted", join_while_sorting, raising=False)
+    assert [u.name for u in room.users()] == ["alice"]  # the list as it was when taken
+    monkeypatch.undo()
+    assert [u.name for u in room.users()] == ["alice", "zed"]
 
 
 # --- leave -----------------------------------------------------------------------------------
