@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from tcp_server.config import config_from_args
-from tcp_server.reclaim import without_thread_caches
+from tcp_server.reclaim import tune_collector, without_thread_caches
 from tcp_server.server import ChatServer
 
 log = logging.getLogger("tcp_server")
@@ -21,6 +21,7 @@ log = logging.getLogger("tcp_server")
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the process's own command line: this is the program, not a caller
         without_thread_caches()
+        tune_collector()
     config = config_from_args(argv, os.environ)
     logging.basicConfig(
         level=config.log_level.upper(),

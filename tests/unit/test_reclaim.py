@@ -3,6 +3,7 @@ than its minimum interval."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator, Mapping
 
@@ -112,3 +113,42 @@ def test_no_exec_where_the_c_library_is_not_glibc(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     reclaim.without_thread_caches()
     assert started == []
+
+
+def test_the_core_collects_the_middle_generation_ten_times_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        reclaim.tune_collector()
+        young, middle, old = gc.get_threshold()
+        assert (young, middle, old) == (2_000, 100, 10)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_the_program_tunes_the_collector_and_a_caller_s_process_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """main() with argv None is the program (`python -m tcp_server`); with an argv it is a
+    caller's (tests, embedding) and leaves the process's settings as they are."""
+    from tcp_server import __main__ as program
+
+    tuned: list[str] = []
+    monkeypatch.setattr(program, "without_thread_caches", lambda: tuned.append("tcache"))
+    monkeypatch.setattr(program, "tune_collector", lambda: tuned.append("gc"))
+    monkeypatch.setattr(program, "config_from_args", _stop_here)
+    monkeypatch.setattr(program.sys, "argv", ["chat-server", "--port", "0"])
+    with pytest.raises(_Stopped):
+        program.main()
+    assert tuned == ["tcache", "gc"]
+    tuned.clear()
+    with pytest.raises(_Stopped):
+        program.main(["--port", "0"])
+    assert tuned == []
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_here(*args: object) -> object:
+    raise _Stopped
