@@ -5,7 +5,10 @@ whole /64 network (often a /56 or a /48) and may use any address in it: counted 
 at a time, a single host could take every place, and every address it tried would get its own
 log lines. So an IPv6 address counts as its /64, as UnrealIRCd's default clone mask does. An
 IPv4 address written as IPv6 (`::ffff:192.0.2.1`, what a socket listening on `::` reports
-for IPv4 clients) is the IPv4 address it stands for.
+for IPv4 clients) is the IPv4 address it stands for, and so is one translated into NAT64's
+well-known prefix 64:ff9b::/96 (an IPv6-only server behind a translator sees every IPv4 client
+there: as one /64 they would all share one place). A link-local address's zone is not part of
+it: link-local clients on different interfaces count as one group, as they are one network.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import ipaddress
 from typing import Final
 
 IPV6_PREFIX: Final = 64
+NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @functools.lru_cache(maxsize=4_096)
@@ -29,6 +33,8 @@ def address_group(ip: str) -> str:
         return ip
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
+    if address in NAT64:
+        return str(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
     return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
 
 

@@ -22,7 +22,8 @@ from the prefix). Keys, with the default prefix `chat:`:
     chat:pruned               every message up to this seq was deleted by retention
     chat:users                HASH name_key -> member JSON (name, ip, port, via, status,
                               session, conn, node, since)
-    chat:addrs                HASH ip -> sessions registered from it
+    chat:addrs                HASH address group (tcp_server/addresses.py; a record written
+                              before groups were kept: its ip) -> sessions registered from it
     chat:nodes                ZSET node id -> its last heartbeat (Redis's clock, ms)
     chat:events:{db}          the pub/sub channel: "m" + message JSON, "p" + presence JSON
 
@@ -260,14 +261,34 @@ return cur
 """
 
 # KEYS: users.  ARGV: key, session, conn, away record, channel, away event
+# The away record keeps the key its session is counted under in addrs (a record from before
+# groups were kept is counted under its ip).
 AWAY: Final = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local r = cjson.decode(cur)
 if tostring(r.session) ~= ARGV[2] or r.conn ~= ARGV[3] or r.status ~= 'online' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+local away = cjson.decode(ARGV[4])
+away.group = r.group or r.ip
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(away))
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
+"""
+
+# KEYS: users, addrs.  The count per address group made again from the records: a count left
+# wrong (a node of an older version ended a record counted under its group) is repaired at a
+# node's start. Returns the number of records.
+RECOUNT_ADDRESSES: Final = """
+local counts = {}
+local all = redis.call('HVALS', KEYS[1])
+for _, raw in ipairs(all) do
+  local r = cjson.decode(raw)
+  local group = r.group or r.ip
+  counts[group] = (counts[group] or 0) + 1
+end
+redis.call('DEL', KEYS[2])
+for group, n in pairs(counts) do redis.call('HSET', KEYS[2], group, n) end
+return #all
 """
 
 # KEYS: users, addrs.  ARGV: key, session, conn, channel, left event, mode

@@ -53,6 +53,7 @@ from tcp_server.redis_keys import (
     BEAT,
     END,
     JOIN,
+    RECOUNT_ADDRESSES,
     RESUME,
     RETIRE,
     Keys,
@@ -121,6 +122,7 @@ class RedisRoom:
         self._end = self._redis.register_script(END)
         self._beat = self._redis.register_script(BEAT)
         self._retire = self._redis.register_script(RETIRE)
+        self._recount = self._redis.register_script(RECOUNT_ADDRESSES)
         self._lock = threading.Lock()
         self._online: dict[SessionId, tuple[Member, str]] = {}
         self._away: dict[SessionId, tuple[Member, str]] = {}
@@ -147,6 +149,7 @@ class RedisRoom:
         self._graces.start()
         try:
             self._sweep(also=self._node)
+            self._recount(keys=[self._keys.users, self._keys.addrs])
         except redis.RedisError as error:
             log.error("redis: cannot reach Redis yet (%s); trying again in the background",
                       error)

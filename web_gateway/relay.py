@@ -503,7 +503,7 @@ class Relay:
         connection is shut and the browser's queue closed, until its close answer, or its
         cut after close_timeout."""
         if self._close_browser(TOO_MANY_ERRORS) and CONNECTION_LOG_RATE.allow(
-                self.browser[0]) is not None:
+                address_group(self.browser[0])) is not None:
             log.warning("websocket %d from %s closed: too many refused requests",
                         self.number, self.peer)
         self._shutdown(self._core)

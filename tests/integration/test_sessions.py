@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis as redis_py
 
+from tcp_server.redis_keys import Keys
 from tests.support.core import RawClient, running_server, wait_until
 from tests.support.text_client import TextClient
 
@@ -481,6 +484,56 @@ def test_an_ipv6_browser_counts_by_its_64_not_by_each_address_it_picks(
         assert browser("2001:db8:1:2::8", "v4")[1]["type"] == "welcome"
         assert browser("2001:db8:9::2", "v5")[1]["type"] == "welcome"
         assert browser("2001:db8:9::3", "v6")[1]["code"] == "too_many_from_address"
+
+
+def _proxied(address: Address, ip: str, name: str) -> RawClient:
+    client = RawClient(address)
+    client.send(type="proxy", secret="s3cret", ip=ip, port=40_000)
+    client.hello(name)
+    return client
+
+
+def test_redis_counts_a_record_from_before_groups_under_its_ip_until_it_ends(
+    redis_url: str,
+) -> None:
+    """A record written by an older node has no group and was counted under its ip: going
+    away and ending must take the count off that same key, or the address's count drifts."""
+    store = redis_py.Redis.from_url(redis_url)
+    keys = Keys()
+    with running_server(redis=redis_url, gateway_secret="s3cret", resume_grace=0.5,
+                        rate_limit=0) as server:
+        watcher = RawClient(server.address)
+        watcher.hello("watcher")
+        old = _proxied(server.address, "2001:db8:1:2::1", "old")
+        watcher.expect("joined", name="old")
+        record = json.loads(store.hget(keys.users, "old") or b"{}")
+        assert record["group"] == "2001:db8:1:2::/64"
+        del record["group"]  # as an older node wrote it, counted under its ip
+        store.hset(keys.users, "old", json.dumps(record))
+        store.hdel(keys.addrs, "2001:db8:1:2::/64")
+        store.hset(keys.addrs, "2001:db8:1:2::1", 1)
+        drop(old)
+        watcher.expect("away", name="old")
+        watcher.expect("left", name="old")  # the grace ended
+        assert store.hgetall(keys.addrs) == {b"127.0.0.1": b"1"}  # the watcher alone
+        watcher.close()
+
+
+def test_a_node_counts_the_addresses_again_from_the_records_at_its_start(
+    redis_url: str,
+) -> None:
+    store = redis_py.Redis.from_url(redis_url)
+    keys = Keys()
+    with running_server(redis=redis_url, gateway_secret="s3cret") as server:
+        kept = [_proxied(server.address, ip, name) for ip, name in [
+            ("2001:db8:1:2::1", "a"), ("2001:db8:1:2::2", "b"), ("198.51.100.1", "c")]]
+        # Counts left wrong by an older node: a count without a record, one too few.
+        store.hset(keys.addrs, mapping={"203.0.113.9": 7, "2001:db8:1:2::/64": 1})
+        with running_server(redis=redis_url, gateway_secret="s3cret", node_id="second"):
+            assert store.hgetall(keys.addrs) == {
+                b"2001:db8:1:2::/64": b"2", b"198.51.100.1": b"1"}
+        for client in kept:
+            client.close()
 
 
 def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(

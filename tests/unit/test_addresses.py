@@ -15,6 +15,9 @@ from tcp_server.addresses import address_group, describe_group
     ("::1", "::/64"),
     ("fe80::1%eth0", "fe80::/64"),  # a zone does not make another group
     ("::ffff:192.0.2.1", "192.0.2.1"),  # IPv4 seen by a socket listening on ::
+    ("64:ff9b::c000:201", "192.0.2.1"),  # IPv4 through a NAT64 translator
+    ("64:ff9b::198.51.100.7", "198.51.100.7"),
+    ("64:ff9b:0:0:1::1", "64:ff9b::/64"),  # beside the /96: an IPv6 network like any other
     ("not an address", "not an address"),
     ("2001:db8::zz", "2001:db8::zz"),
     ("", ""),
