@@ -54,6 +54,7 @@ from tcp_server.protocol import (
     ListUsers,
     ProtocolError,
     Request,
+    request_cost,
 )
 from tcp_server.ratelimit import TokenBucket
 from tcp_server.registry import Envelope
@@ -382,15 +383,19 @@ class Connection:
         return True
 
     def _handle(self, request: Request) -> bool:
-        if not isinstance(request, Exit) and not self._bucket.take():
-            self._reply(
-                ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"slow down: at most {self._config.rate_limit:g} requests a second",
-                    request.id,
-                ).to_event()
-            )
-            return True
+        if not isinstance(request, Exit):
+            cost = request_cost(request)
+            if not self._bucket.take(cost):
+                counts_as = f" (this one counts as {cost})" if cost > 1 else ""
+                self._reply(
+                    ProtocolError(
+                        ErrorCode.RATE_LIMITED,
+                        f"slow down: at most {self._config.rate_limit:g} requests a "
+                        f"second{counts_as}",
+                        request.id,
+                    ).to_event()
+                )
+                return True
         registering = isinstance(request, Hello) and self.session.member is None
         # Others deliver to a new member as soon as the room lists it: hold their events until
         # the welcome and the replay are queued, so that those always come first. While a list

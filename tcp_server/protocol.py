@@ -184,6 +184,28 @@ Request = (
     | ListConversations
 )
 
+# What a request counts as against the rate limit (--rate-limit requests a second). Reads that
+# cost the server far more than a message count as more: measured on the 2-core test machine
+# (bench/README.md), a search 4-8 ms, the conversations of a session with 10,000 direct
+# messages 11 ms, a history page of 200 messages 1.4 ms, against ~0.03 ms for a send; counted
+# as one each, one connection could keep a fifth of a CPU busy within its limit. A browser
+# (re)joining asks for its list, its conversations and up to 21 history pages of 50 at once:
+# 33 of the default burst of 60.
+SEARCH_COST: Final = 10
+CONVERSATIONS_COST: Final = 10
+HISTORY_MESSAGES_PER_COST: Final = 100
+
+
+def request_cost(request: Request) -> int:
+    """How many requests `request` counts as against the rate limit (docs/protocol.md)."""
+    if isinstance(request, Search):
+        return SEARCH_COST
+    if isinstance(request, ListConversations):
+        return CONVERSATIONS_COST
+    if isinstance(request, History):
+        return 1 + (request.limit - 1) // HISTORY_MESSAGES_PER_COST
+    return 1
+
 # --- replies and events (server -> client) -------------------------------------------------
 
 

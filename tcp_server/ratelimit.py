@@ -20,14 +20,16 @@ class TokenBucket:
     def unlimited(self) -> bool:
         return self._rate <= 0
 
-    def take(self) -> bool:
-        """Spend one token if there is one; False means the request is over the limit."""
+    def take(self, cost: int = 1) -> bool:
+        """Spend `cost` tokens (at most a whole burst: any request can be made) if there are
+        as many; False means the request is over the limit."""
         if self.unlimited:
             return True
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        spent = min(float(cost), self._burst)
+        if self._tokens >= spent:
+            self._tokens -= spent
             return True
         return False

@@ -242,6 +242,37 @@ def test_flood_gets_rate_limited_and_the_connection_survives() -> None:
         client.expect("bye")
 
 
+def test_costly_reads_count_as_several_requests_and_say_so() -> None:
+    """A search costs the server a hundred times a send: it counts as SEARCH_COST requests."""
+    with running_server(rate_limit=0.01, rate_burst=25) as server, RawClient(server.address
+                                                                           ) as client:
+        client.hello("reader")  # 24 left
+        assert client.request("search", q="one")["type"] == "results"  # 14
+        assert client.request("search", q="two")["type"] == "results"  # 4
+        refused = client.request("search", q="three")
+        assert refused["code"] == "rate_limited"
+        assert "this one counts as 10" in refused["message"]
+        assert client.request("list")["type"] == "users"  # 3: a cheap request still goes
+        everyone = {"with": "*"}
+        assert client.request("history", limit=200, **everyone)["type"] == "history"  # 1
+        limited = client.request("history", limit=101, **everyone)
+        assert "this one counts as 2" in limited["message"]
+        assert client.request("history", limit=100, **everyone)["type"] == "history"  # 0
+        assert client.request("conversations")["code"] == "rate_limited"  # counts as 10
+        client.send(type="exit")
+        client.expect("bye")
+
+
+def test_a_read_costing_more_than_a_burst_can_still_be_made() -> None:
+    """A cost above --rate-burst counts as the whole burst: with a full bucket it goes."""
+    with running_server(rate_limit=0.01, rate_burst=3) as server, RawClient(server.address
+                                                                          ) as client:
+        client.send(type="search", q="x", id=1)  # counts as 3 of 3: past the limit...
+        assert client.expect("error", id=1)["code"] == "not_registered"  # ...and answered
+        client.send(type="hello", name="reader", id=2)
+        assert client.expect("error", id=2)["code"] == "rate_limited"  # nothing left
+
+
 def test_rate_limited_error_names_the_code() -> None:
     with running_server(rate_limit=1, rate_burst=1) as server, RawClient(server.address) as client:
         client.send_raw(b'{"type":"ping"}\n{"type":"ping","id":2}\n')

@@ -64,6 +64,21 @@ def test_token_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
     assert not bucket.take()
 
 
+def test_token_bucket_spends_a_request_s_cost_and_never_more_than_a_burst() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate_per_s=2, burst=10, clock=lambda: now[0])
+    assert bucket.take(4)
+    assert bucket.take(4)
+    assert not bucket.take(4)  # 2 left: refused, and nothing spent
+    assert bucket.take(2)
+    now[0] = 5.0  # full again
+    assert bucket.take(50)  # more than a burst counts as a whole burst: still possible
+    assert not bucket.take()
+    now[0] = 5.5
+    assert bucket.take()
+    assert not bucket.take()
+
+
 def test_token_bucket_with_rate_zero_is_unlimited() -> None:
     bucket = TokenBucket(rate_per_s=0, burst=1)
     assert all(bucket.take() for _ in range(1000))

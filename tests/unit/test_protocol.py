@@ -501,3 +501,20 @@ def test_codec_frames_a_stream_and_parses_each_frame() -> None:
         codec.parse(frames[2], registered=True)
     assert codec.parse(frames[3], registered=True) == Exit(id=2)
     assert codec.flush_timeout() is None
+
+
+def test_costly_reads_count_as_several_requests() -> None:
+    from tcp_server.protocol import (
+        History,
+        ListConversations,
+        ListUsers,
+        Search,
+        Send,
+        request_cost,
+    )
+
+    assert [request_cost(r) for r in [
+        Send(to="bob", text="hi"), ListUsers(), Search(q="x"), ListConversations(),
+        History(with_="*", limit=1), History(with_="*", limit=100), History(with_="*", limit=101),
+        History(with_="*", limit=200),
+    ]] == [1, 1, 10, 10, 1, 1, 2, 2]
