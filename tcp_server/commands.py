@@ -49,6 +49,7 @@ from tcp_server.protocol import (
     Welcome,
     format_address,
     name_key,
+    query_words,
 )
 from tcp_server.registry import (
     AddressFullError,
@@ -66,7 +67,6 @@ from tcp_server.store import (
     SessionRecord,
     StoredMessage,
     StoreError,
-    search_words,
 )
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ class Commands:
             case History():
                 return Outcome([self._history(record, request)])
             case Search(q=q, limit=limit, id=rid):
-                found = self._store.search(record.id, search_words(q), limit)
+                found = self._store.search(record.id, query_words(q), limit)
                 return Outcome([Results(q=q, messages=_events(found), id=rid)])
             case MarkRead(with_=with_, seq=seq, id=rid):
                 marker = self._store.mark_read(record.id, with_, seq)

@@ -47,8 +47,9 @@ _HELP: dict[str, str] = {
     "address counts as its /64); a browser counts by its own address, never the gateway's "
     "(0: no limit)",
     "hello_timeout": "seconds a new connection has to complete hello before it is closed",
-    "rate_limit": "requests a second allowed per connection on average; a search or "
-    "conversations counts as 10, a history of over 100 messages as 2 (0: no limit)",
+    "rate_limit": "requests a second allowed per connection on average; a conversations "
+    "counts as 10, a search as 5 per word (at least 10), a history of over 100 messages as 2 "
+    "(0: no limit)",
     "rate_burst": "requests a connection may send at once before rate_limit applies",
     "max_outbox_bytes": "bytes queued for a client that does not read before it is dropped",
     "close_timeout": "seconds to flush the last bytes (a bye) to a closing connection",

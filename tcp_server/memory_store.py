@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
-from tcp_server.protocol import EVERYONE, Conversation, name_key
+from tcp_server.protocol import EVERYONE, Conversation, name_key, search_words
 from tcp_server.store import (
     MAX_CONVERSATIONS,
     REPLAY_PAGE,
@@ -24,7 +24,6 @@ from tcp_server.store import (
     StoreClosed,
     StoredMessage,
     StoreError,
-    search_words,
     token_hash,
 )
 

@@ -32,6 +32,9 @@ DEFAULT_HISTORY_LIMIT: Final = 50
 MAX_SEARCH_LIMIT: Final = 100
 DEFAULT_SEARCH_LIMIT: Final = 20
 MAX_QUERY_CHARS: Final = 200
+# Each different word of a search is one more full-text lookup (4-8 ms each for common words
+# at 200,000 messages): a search has at most this many (docs/protocol.md, "Limits").
+MAX_QUERY_WORDS: Final = 8
 MAX_TOKEN_CHARS: Final = 128
 MAX_SEQ: Final = 2**63 - 1  # SQLite's largest integer
 # Arrays and objects nested in one line. No request needs more than 2; json's C decoder
@@ -191,7 +194,7 @@ Request = (
 # as one each, one connection could keep a fifth of a CPU busy within its limit. A browser
 # (re)joining asks for its list, its conversations and up to 21 history pages of 50 at once:
 # 33 of the default burst of 60.
-SEARCH_COST: Final = 10
+SEARCH_COST_PER_WORD: Final = 5  # a search of one or two words counts as 10, of eight as 40
 CONVERSATIONS_COST: Final = 10
 HISTORY_MESSAGES_PER_COST: Final = 100
 
@@ -199,7 +202,7 @@ HISTORY_MESSAGES_PER_COST: Final = 100
 def request_cost(request: Request) -> int:
     """How many requests `request` counts as against the rate limit (docs/protocol.md)."""
     if isinstance(request, Search):
-        return SEARCH_COST
+        return SEARCH_COST_PER_WORD * max(2, len(query_words(request.q)))
     if isinstance(request, ListConversations):
         return CONVERSATIONS_COST
     if isinstance(request, History):
@@ -629,6 +632,22 @@ def _parse_history(obj: dict[str, Any], rid: RequestId) -> History:
     return History(with_=_conversation_field(obj, rid), before=before, limit=limit, id=rid)
 
 
+_WORD_RE: Final = re.compile(r"\w+")
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a text or a search text (punctuation, quotes and `*` separate words)."""
+    return _WORD_RE.findall(text)
+
+
+def query_words(q: str) -> list[str]:
+    """The different words of a search text (any case), in their order: what is looked up."""
+    seen: dict[str, str] = {}
+    for word in search_words(q):
+        seen.setdefault(word.casefold(), word)
+    return list(seen.values())
+
+
 def check_query(q: str, request_id: RequestId = None) -> str:
     if not q.strip():
         raise ProtocolError(ErrorCode.BAD_REQUEST, "the search text is empty", request_id)
@@ -637,6 +656,11 @@ def check_query(q: str, request_id: RequestId = None) -> str:
             ErrorCode.BAD_REQUEST,
             f"the search text must be at most {MAX_QUERY_CHARS} characters",
             request_id,
+        )
+    if len(query_words(q)) > MAX_QUERY_WORDS:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"a search has at most {MAX_QUERY_WORDS} different words", request_id,
         )
     return q
 

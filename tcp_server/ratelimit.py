@@ -28,7 +28,7 @@ class TokenBucket:
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
-        spent = min(float(cost), self._burst)
+        spent = min(float(cost), max(self._burst, 1.0))  # a burst of 0: nothing goes
         if self._tokens >= spent:
             self._tokens -= spent
             return True

@@ -31,7 +31,7 @@ from typing import Any, Final
 import redis
 
 from tcp_server import store as store_module
-from tcp_server.protocol import EVERYONE, Conversation, name_key
+from tcp_server.protocol import EVERYONE, Conversation, name_key, search_words
 from tcp_server.redis_keys import (
     MARK_READ,
     OPEN_SESSION,
@@ -59,7 +59,6 @@ from tcp_server.store import (
     StoreClosed,
     StoredMessage,
     StoreError,
-    search_words,
     token_hash,
 )
 

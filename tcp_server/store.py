@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import logging
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -242,14 +241,6 @@ def _session(row: Sequence[Any]) -> SessionRecord:
 def fts_query(words: Sequence[str]) -> str:
     """Each word as a quoted FTS5 string: user text is matched, never run as query syntax."""
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
-_WORD_RE: Final = re.compile(r"\w+")
-
-
-def search_words(q: str) -> list[str]:
-    """The words of a search text (punctuation, quotes and `*` separate words)."""
-    return _WORD_RE.findall(q)
 
 
 class _Job:

@@ -243,7 +243,7 @@ def test_flood_gets_rate_limited_and_the_connection_survives() -> None:
 
 
 def test_costly_reads_count_as_several_requests_and_say_so() -> None:
-    """A search costs the server a hundred times a send: it counts as SEARCH_COST requests."""
+    """A search costs the server a hundred times a send: it counts as several requests."""
     with running_server(rate_limit=0.01, rate_burst=25) as server, RawClient(server.address
                                                                            ) as client:
         client.hello("reader")  # 24 left

@@ -41,7 +41,7 @@ def address(request: pytest.FixtureRequest) -> Iterator[Address]:
 @pytest.fixture(params=ENGINES)
 def unlimited(request: pytest.FixtureRequest) -> Iterator[Address]:
     """`address` without the rate limit: for a test of what many searches find (a search
-    counts as SEARCH_COST requests; the limit itself is tested on its own)."""
+    counts as several requests; the limit itself is tested on its own)."""
     yield from _engine(request, rate_limit=0)
 
 

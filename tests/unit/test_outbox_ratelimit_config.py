@@ -79,6 +79,12 @@ def test_token_bucket_spends_a_request_s_cost_and_never_more_than_a_burst() -> N
     assert not bucket.take()
 
 
+def test_token_bucket_with_a_burst_of_zero_lets_nothing_through() -> None:
+    bucket = TokenBucket(rate_per_s=5, burst=0)
+    assert not bucket.take()
+    assert not bucket.take(10)
+
+
 def test_token_bucket_with_rate_zero_is_unlimited() -> None:
     bucket = TokenBucket(rate_per_s=0, burst=1)
     assert all(bucket.take() for _ in range(1000))

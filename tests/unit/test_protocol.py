@@ -518,3 +518,25 @@ def test_costly_reads_count_as_several_requests() -> None:
         History(with_="*", limit=1), History(with_="*", limit=100), History(with_="*", limit=101),
         History(with_="*", limit=200),
     ]] == [1, 1, 10, 10, 1, 1, 2, 2]
+
+
+def test_a_search_counts_each_different_word_and_has_at_most_eight() -> None:
+    from tcp_server.protocol import (
+        MAX_QUERY_WORDS,
+        ErrorCode,
+        ProtocolError,
+        Search,
+        parse_request,
+        query_words,
+        request_cost,
+    )
+
+    assert query_words("the THE thé the fox, the") == ["the", "thé", "fox"]
+    assert request_cost(Search(q="the " * 50)) == 10  # one word, however often
+    eight = " ".join(f"word{n}" for n in range(MAX_QUERY_WORDS))
+    assert request_cost(Search(q=eight)) == 40
+    assert parse_request(b'{"type":"search","q":"%s"}' % eight.encode()) == Search(q=eight)
+    with pytest.raises(ProtocolError) as refused:
+        parse_request(b'{"type":"search","q":"%s nine"}' % eight.encode())
+    assert refused.value.code is ErrorCode.BAD_REQUEST
+    assert "at most 8 different words" in str(refused.value)

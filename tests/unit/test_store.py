@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tcp_server import store as store_module
-from tcp_server.protocol import Conversation
+from tcp_server.protocol import Conversation, search_words
 from tcp_server.store import (
     SECONDS_PER_DAY,
     NewMessage,
@@ -24,7 +24,6 @@ from tcp_server.store import (
     StoreClosed,
     StoredMessage,
     StoreError,
-    search_words,
     token_hash,
 )
 
