@@ -83,6 +83,7 @@ CLOSE_TRY_LATER: Final = 1013  # the core is unreachable or not keeping up, or t
 # Connection lines ("relayed", "closed") per browser address: a few at once, then one a
 # second, so that a connect flood from one address cannot fill the disk.
 CONNECTION_LOG_RATE: Final = LogRate(every=1.0, burst=5)
+BROWSER_NOT_READING: Final = "the browser is not reading what it is sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +152,14 @@ class Pipe:
     __slots__ = ("_close_timeout", "_lock", "_outbox", "_sock", "_writer", "name")
 
     def __init__(self, name: str, sock: socket.socket, max_bytes: int,
-                 close_timeout: float) -> None:
-        """`close_timeout`: after close(), how long what is unsent may wait for room."""
+                 close_timeout: float, on_overflow: Callable[[], None] | None = None) -> None:
+        """`close_timeout`: after close(), how long what is unsent may wait for room.
+        `on_overflow`: called when the socket stops taking data with more than `max_bytes`
+        queued (the peer does not read), also when nothing more is put after that."""
         self.name = name
         self._sock = sock
         self._close_timeout = close_timeout
-        self._outbox = Outbox(max_bytes, NoWaitSocket(sock), self)
+        self._outbox = Outbox(max_bytes, NoWaitSocket(sock), self, on_overflow=on_overflow)
         # _lock guards _writer, the thread that writes while the socket would block (if any).
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
@@ -282,8 +285,13 @@ class Relay:
         # Keep-alive, used by the registry's pinger only (and _pong_seen set by the reader).
         self._pong_seen = True
         self._unanswered_since: float | None = None
-        self._up = Pipe(f"relay-up-{number}", core, max_queue_bytes, close_timeout)
-        self._down = Pipe(f"relay-down-{number}", browser.sock, max_queue_bytes, close_timeout)
+        # A put over the budget is accepted while the socket still takes data (the peer may be
+        # reading): the writer that then finds it full drops the peer, even if nothing more
+        # is put (a browser sent 200 KB at once, then nothing, kept it until the next ping).
+        self._up = Pipe(f"relay-up-{number}", core, max_queue_bytes, close_timeout,
+                        on_overflow=self._core_not_reading)
+        self._down = Pipe(f"relay-down-{number}", browser.sock, max_queue_bytes, close_timeout,
+                          on_overflow=lambda: self.abort(BROWSER_NOT_READING))
         self._core_reader = threading.Thread(target=self._read_core, name=f"relay-core-{number}")
         self._take_turn = turn_taker()
         # Kernel send buffers, which Linux grows to megabytes by itself, are capped at the
@@ -328,7 +336,7 @@ class Relay:
             self._unanswered_since = now
         self._pong_seen = False
         if not self._down.put(ping_frame()):
-            self.abort("the browser is not reading what it is sent")
+            self.abort(BROWSER_NOT_READING)
 
     # --- the request thread: reads the browser ---------------------------------------------
 
@@ -356,7 +364,7 @@ class Relay:
                 return
             # Every pong of a read in one put: one write, not one per ping of a flood.
             if got.replies and not self._down.put(b"".join(got.replies)):
-                self.abort("the browser is not reading what it is sent")
+                self.abort(BROWSER_NOT_READING)
             if got.pong:
                 self._pong_seen = True
             self._relay_frames(got.messages)
@@ -396,15 +404,19 @@ class Relay:
             lines.append(upstream.line)
         # The errors of a read in one put too: a flood of bad frames costs one write a read.
         if refusals and not self._down.put(b"".join(refusals)):
-            self.abort("the browser is not reading what it is sent")
+            self.abort(BROWSER_NOT_READING)
         # One write for every frame at hand: a system call per batch instead of per frame.
         if lines and not self._up.put(lines[0] if len(lines) == 1 else b"".join(lines)):
-            log.warning("websocket %d from %s: the core is not reading; closing",
-                        self.number, self.peer)
-            self.stop(CORE_STALLED)  # first: the browser is told why before the core ends
-            self._up.close(discard=True)
+            self._core_not_reading()
         if over_budget:
             self._over_error_budget()
+
+    def _core_not_reading(self) -> None:
+        """The core took nothing with more than the budget queued for it: end the websocket."""
+        log.warning("websocket %d from %s: the core is not reading; closing",
+                    self.number, self.peer)
+        self.stop(CORE_STALLED)  # first: the browser is told why before the core ends
+        self._up.close(discard=True)
 
     def _finish(self) -> None:
         self._browser_done.set()
@@ -460,7 +472,7 @@ class Relay:
                 frames = [text_frame(line) for line in lines]  # the core's lines are UTF-8
                 if frames and not self._down.put(
                         frames[0] if len(frames) == 1 else b"".join(frames)):
-                    self.abort("the browser is not reading what it is sent")
+                    self.abort(BROWSER_NOT_READING)
                     return
                 if over_budget:
                     self._over_error_budget()  # the core connection ends: so does this loop

@@ -185,6 +185,20 @@ def test_pipe_refuses_beyond_its_budget_only_while_the_socket_takes_nothing() ->
         assert pipe.join(WAIT_S)
 
 
+def test_a_pipe_whose_socket_fills_with_more_than_its_budget_queued_says_so_at_once() -> None:
+    """All of a burst accepted while the socket still took data, then nothing more put: the
+    peer must still be dropped (it was only found at the next put, a ping 10 s later)."""
+    overflowed: list[bool] = []
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pipe = Pipe("test-pipe", ours, max_bytes=4_000, close_timeout=WAIT_S,
+                    on_overflow=lambda: overflowed.append(pipe.close(discard=True)))
+        assert pipe.put(b"x" * 200_000)  # the socket took part of it: not refused...
+        assert overflowed == [True]  # ...but the peer is not reading: dropped now
+        assert pipe.join(WAIT_S)
+
+
 def test_a_closed_pipe_whose_peer_does_not_read_is_cut_at_its_deadline() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
