@@ -532,6 +532,11 @@ def test_a_search_counts_each_different_word_and_has_at_most_eight() -> None:
     )
 
     assert query_words("the THE thé the fox, the") == ["the", "thé", "fox"]
+    # `_` separates words, as in the search index: no phrase of 100 words counted as one.
+    assert query_words("a_b_" * 49) == ["a", "b"]
+    assert request_cost(Search(q="_".join(f"w{n}" for n in range(8)))) == 40
+    with pytest.raises(ProtocolError):
+        parse_request(b'{"type":"search","q":"%s"}' % "_".join(f"w{n}" for n in range(9)).encode())
     assert request_cost(Search(q="the " * 50)) == 10  # one word, however often
     eight = " ".join(f"word{n}" for n in range(MAX_QUERY_WORDS))
     assert request_cost(Search(q=eight)) == 40
