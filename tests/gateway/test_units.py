@@ -383,29 +383,24 @@ def test_the_registry_refuses_beyond_its_limit_and_frees_slots() -> None:
         assert registry.count() == 1
 
 
-def test_the_registry_refuses_an_address_at_its_limit_and_takes_others() -> None:
+@pytest.mark.parametrize(("mine", "other"), [
+    (["10.0.0.1"] * 3, "10.0.0.2"),
+    # An IPv6 address counts as its /64: the next /64 is another address.
+    (["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:2::3"], "2001:db8:1:3::1"),
+])
+def test_the_registry_refuses_an_address_at_its_limit_and_takes_others(
+    mine: list[str], other: str
+) -> None:
     registry = RelayRegistry(max_websockets=10, stop_grace_s=0.05, max_per_ip=2)
-    with registry.slot("10.0.0.1"), registry.slot("10.0.0.1"):
-        with pytest.raises(Refused) as refused, registry.slot("10.0.0.1"):
+    with registry.slot(mine[0]), registry.slot(mine[1]):
+        with pytest.raises(Refused) as refused, registry.slot(mine[2]):
             pass
         assert refused.value.per_address
         assert refused.value.ending.code == 1008
         assert "too many connections from your address" in str(refused.value)
-        with registry.slot("10.0.0.2"):  # another address still gets in
+        with registry.slot(other):  # another address still gets in
             assert registry.count() == 3
-    with registry.slot("10.0.0.1"):  # slots of an address come back when they close
-        pass
-
-
-def test_the_registry_counts_an_ipv6_address_as_its_64() -> None:
-    registry = RelayRegistry(max_websockets=10, stop_grace_s=0.05, max_per_ip=2)
-    with registry.slot("2001:db8:1:2::1"), registry.slot("2001:db8:1:2:ffff::9"):
-        with pytest.raises(Refused) as refused, registry.slot("2001:db8:1:2::3"):
-            pass
-        assert refused.value.per_address
-        with registry.slot("2001:db8:1:3::1"):  # the next /64 is another address
-            assert registry.count() == 3
-    with registry.slot("2001:db8:1:2::3"):  # and the slots come back
+    with registry.slot(mine[2]):  # slots of an address come back when they close
         pass
 
 
