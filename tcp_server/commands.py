@@ -433,9 +433,11 @@ class Commands:
         info = UserInfo(name=record.name, ip=session.ip, port=session.port, via=session.via)
         member = Member(info, record.id, deliver=session.deliver, close=session.close)
         try:
-            previous = self._room.resume(member)
+            previous = self._room.resume(member, self._max_per_address)
         except NotHeldError:
             raise expired from None
+        except AddressFullError:
+            raise self._address_full(session, request) from None
         if previous is not None:
             previous.close(RESUMED_ELSEWHERE)
         with self._away_lock:

@@ -217,7 +217,7 @@ class RedisRoom:
         with self._lock:
             self._online[member.session] = (member, conn)
 
-    def resume(self, member: Member) -> Member | None:
+    def resume(self, member: Member, max_per_address: int = 0) -> Member | None:
         self._check_subscribed()
         info, k, conn = member.info, self._keys, self._new_conn()
         with unavailable_on_failure("resuming a session"):
@@ -227,7 +227,9 @@ class RedisRoom:
                 address_group(info.ip), k.events,
                 self._event("back", info.name, member.session, ip=info.ip, port=info.port,
                             via=info.via),
-                self._event("kick", info.name, member.session, conn=conn)])
+                self._event("kick", info.name, member.session, conn=conn), max_per_address])
+        if replaced == "full":
+            raise AddressFullError(info.ip)
         if not replaced:
             raise NotHeldError(info.name)
         was = json.loads(replaced)

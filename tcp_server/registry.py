@@ -162,11 +162,12 @@ class Room(Protocol):
         """Register a new session and tell everyone else; raise NameTakenError on a clash,
         AddressFullError if its address has max_per_address sessions already (0: no limit)."""
 
-    def resume(self, member: Member) -> Member | None:
+    def resume(self, member: Member, max_per_address: int = 0) -> Member | None:
         """Give an existing session its new connection; returns the member of the connection
         that held it until now, if any (to be closed). Others see back with the new entry
         (whether it was away or held by another connection: its address changed).
-        Raises NotHeldError when the room no longer holds the session."""
+        Raises NotHeldError when the room no longer holds the session, AddressFullError when
+        it moves to another address group that has max_per_address sessions already."""
 
     def away(self, member: Member) -> Member | None:
         """The member's connection ended without exit: keep its name, tell the others.
@@ -248,12 +249,16 @@ class LocalRoom:
             stamp = self._stamp_change(Joined(member.info.name, member.info), online=member.session)
         self._announce(stamp)
 
-    def resume(self, member: Member) -> Member | None:
+    def resume(self, member: Member, max_per_address: int = 0) -> Member | None:
         key = name_key(member.info.name)
         with self._lock:
             holder = self._members.get(key)
             if holder is None or holder.session != member.session:
                 raise NotHeldError(member.info.name)
+            group = address_group(member.info.ip)
+            if (max_per_address and group != address_group(holder.info.ip)
+                    and self._per_address[group] >= max_per_address):
+                raise AddressFullError(member.info.ip)
             previous = self._online.get(member.session)
             self._members[key] = member
             self._online[member.session] = member

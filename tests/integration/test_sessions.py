@@ -436,6 +436,54 @@ def test_one_address_cannot_take_every_name_and_others_still_get_in() -> None:
                 client.close()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_resume_cannot_carry_a_session_into_a_full_address(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    """Found by an attacker run: sessions opened from many addresses and resumed from one
+    put 12 users on an address limited to 3."""
+    where = ({"redis": request.getfixturevalue("redis_url")} if engine == "redis"
+             else {"store": engine})
+    with running_server(max_clients_per_ip=2, rate_limit=0, **where) as server, \
+            contextlib.ExitStack() as clients:
+        address = server.address
+
+        def connect(source: str) -> RawClient:
+            return clients.enter_context(RawClient(address, source=source))
+
+        connect("127.0.0.2").hello("a1")
+        leaving = connect("127.0.0.2")
+        leaving.hello("a2")  # 127.0.0.2 is full
+        watcher = connect("127.0.0.4")
+        watcher.hello("watcher")
+        bob = connect("127.0.0.3")
+        token = bob.hello("bob")["session"]
+        watcher.expect("joined", name="bob")
+        drop(bob)
+        watcher.expect("away", name="bob")
+
+        def resume_from(source: str) -> dict[str, Any]:
+            client = connect(source)
+            return client.request("hello", name="bob", resume=token, after=0)
+
+        refused = resume_from("127.0.0.2")
+        assert refused["code"] == "too_many_from_address"
+        assert "127.0.0.2" in refused["message"]
+        listed = watcher.request("list")["users"]
+        assert {u["name"]: u["status"] for u in listed}["bob"] == "away"
+        assert resume_from("127.0.0.3")["resumed"] is True  # its own address: always
+        watcher.expect("back", name="bob")
+        assert resume_from("127.0.0.3")["resumed"] is True  # a takeover counts once
+        assert connect("127.0.0.3").request("hello", name="b2")["type"] == "welcome"
+        assert connect("127.0.0.3").request("hello", name="b3")["code"] == \
+            "too_many_from_address"
+        assert leaving.request("exit")["type"] == "bye"
+        assert resume_from("127.0.0.2")["resumed"] is True  # a place came back: it moves
+        assert connect("127.0.0.3").request("hello", name="b3")["type"] == "welcome"
+        assert connect("127.0.0.2").request("hello", name="a3")["code"] == \
+            "too_many_from_address"
+
+
 def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
     with running_server(max_clients_per_ip=2, gateway_secret="s3cret") as server:
         address = server.address

@@ -83,10 +83,12 @@ class FakeRoom:
         self.members[name_key(member.info.name)] = member
         self.announced.append(Joined(member.info.name))
 
-    def resume(self, member: Member) -> Member | None:
+    def resume(self, member: Member, max_per_address: int = 0) -> Member | None:
         holder = self.members.get(name_key(member.info.name))
         if holder is None or holder.session != member.session:
             raise NotHeldError(member.info.name)
+        if self.race_address_full:
+            raise AddressFullError(member.info.ip)
         self.members[name_key(member.info.name)] = member
         if holder.info.status == AWAY:
             self.announced.append(Back(member.info.name))
@@ -425,6 +427,32 @@ def test_resume_of_an_online_session_closes_the_connection_that_held_it(
                                                     after=0))
     assert isinstance(outcome.replies[0], Welcome)
     assert alice.closed == [RESUMED_ELSEWHERE]
+
+
+def test_resume_into_a_full_address_is_too_many_from_address_and_the_session_stays_away(
+    commands: Commands, room: FakeRoom, store: MemoryStore
+) -> None:
+    alice = Peer("10.1.1.1")
+    welcome = commands.handle(alice.session, Hello(name="alice")).replies[0]
+    assert isinstance(welcome, Welcome)
+    commands.disconnect(alice.session, delivered_seq=0)
+    room.race_address_full = True
+    peer = Peer("10.2.2.2")
+    outcome = commands.handle(peer.session, Hello(name="alice", resume=welcome.session,
+                                                  after=0, id="m"))
+    assert outcome == Outcome([Error(
+        ErrorCode.TOO_MANY_FROM_ADDRESS,
+        "3 users are already registered from your address 10.2.2.2; one of them must exit "
+        "first", "m",
+    )])
+    assert peer.session.member is None
+    assert room.announced[-1] == Away("alice")
+    (record,) = store.open_sessions()
+    assert record.ip == "10.1.1.1"  # not moved: the token still resumes from elsewhere
+    room.race_address_full = False
+    again = commands.handle(Peer("10.3.3.3").session,
+                            Hello(name="alice", resume=welcome.session, after=0))
+    assert isinstance(again.replies[0], Welcome)
 
 
 @pytest.mark.parametrize("case", ["unknown token", "another name", "ended"])

@@ -21,7 +21,14 @@ from tcp_server.protocol import (
     UserInfo,
     encode_event,
 )
-from tcp_server.registry import Envelope, LocalRoom, Member, NameTakenError, NotHeldError
+from tcp_server.registry import (
+    AddressFullError,
+    Envelope,
+    LocalRoom,
+    Member,
+    NameTakenError,
+    NotHeldError,
+)
 from tcp_server.store import StoredMessage
 
 _sessions = itertools.count(1)
@@ -51,9 +58,12 @@ class Inbox:
         self.seqs.clear()
         self.deliveries = 0
 
-    def reconnect(self, port: int = 2000) -> Inbox:
+    def reconnect(self, port: int = 2000, ip: str = "127.0.0.1") -> Inbox:
         """A new connection of the same session (what resume hands the room)."""
-        return Inbox(self.member.info.name, self.session, port)
+        again = Inbox(self.member.info.name, self.session, port)
+        again.member = Member(UserInfo(self.member.info.name, ip, port, "tcp"), self.session,
+                              again.deliver, again.closed.append)
+        return again
 
 
 def stored(seq: int, sender: Inbox, to: Inbox | None, text: str = "hi") -> StoredMessage:
@@ -103,6 +113,28 @@ def test_users_are_sorted_by_name_case_insensitively() -> None:
         room.join(Inbox(name).member)
     assert [u.name for u in room.users()] == ["alice", "Bob", "carol"]
     assert {u.status for u in room.users()} == {ONLINE}
+
+
+def test_a_resume_cannot_move_a_session_into_a_full_address_group() -> None:
+    room = LocalRoom()
+    for name in ["a1", "a2"]:
+        room.join(Inbox(name).member, max_per_address=2)  # 127.0.0.1 is full
+    elsewhere = Inbox("bob")
+    elsewhere.member = elsewhere.reconnect(ip="127.0.0.9").member
+    room.join(elsewhere.member, max_per_address=2)
+    room.away(elsewhere.member)
+    with pytest.raises(AddressFullError):
+        room.resume(elsewhere.reconnect(ip="127.0.0.1").member, max_per_address=2)
+    assert room.sessions_from("127.0.0.1") == 2
+    assert room.sessions_from("127.0.0.9") == 1
+    assert {u.name: u.status for u in room.users()}["bob"] == AWAY
+    # Within its own group (a full one too) a resume never counts twice.
+    room.resume(elsewhere.reconnect(ip="127.0.0.9").member, max_per_address=1)
+    assert room.resume(elsewhere.reconnect(port=3000, ip="127.0.0.9").member,
+                       max_per_address=1) is not None
+    assert room.sessions_from("127.0.0.9") == 1
+    with pytest.raises(NotHeldError):  # a session the room does not hold: that first
+        room.resume(Inbox("nobody").reconnect(ip="127.0.0.1").member, max_per_address=2)
 
 
 # --- away, resume, expire --------------------------------------------------------------------
