@@ -5,13 +5,12 @@ address is still logged in full."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final
 
-MAX_KEYS: Final = 10_000  # addresses remembered; the least recently seen is forgotten first
+from tcp_server.ratelimit import MAX_KEYS, BucketsByKey
+
+__all__ = ["MAX_KEYS", "LogRate", "held_back"]
 
 
 class LogRate:
@@ -20,28 +19,11 @@ class LogRate:
     def __init__(
         self, every: float, burst: int = 1, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._every = every
-        self._burst = burst
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> (tokens, time of last refill, lines held back); guarded by _lock
-        self._keys: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
+        self._buckets = BucketsByKey(1.0 / every, burst, clock)
 
     def allow(self, key: str) -> int | None:
         """None: do not log this one. Otherwise log it, with the number held back before it."""
-        now = self._clock()
-        with self._lock:
-            tokens, last, held = self._keys.pop(key, (float(self._burst), now, 0))
-            tokens = min(float(self._burst), tokens + (now - last) / self._every)
-            if tokens >= 1.0:
-                self._keys[key] = (tokens - 1.0, now, 0)
-                answer: int | None = held
-            else:
-                self._keys[key] = (tokens, now, held + 1)
-                answer = None
-            if len(self._keys) > MAX_KEYS:
-                self._keys.popitem(last=False)
-        return answer
+        return self._buckets.take(key)
 
 
 def held_back(count: int, what: str) -> str:

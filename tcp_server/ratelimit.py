@@ -1,9 +1,15 @@
-"""A token bucket: `rate_per_s` requests a second on average, bursts of up to `burst`."""
+"""Token buckets: `rate_per_s` on average, bursts of up to `burst`; one for a connection's
+requests, one per key (an address group) for what is limited per address."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Final
+
+MAX_KEYS: Final = 10_000  # keys remembered; the least recently seen is forgotten first
 
 
 class TokenBucket:
@@ -33,3 +39,38 @@ class TokenBucket:
             self._tokens -= spent
             return True
         return False
+
+
+class BucketsByKey:
+    """A token bucket per key, for any thread: `burst` at once, then `rate_per_s` a second
+    (0: no limit). Memory stays bounded: past MAX_KEYS keys the least recently seen is
+    forgotten (it starts afresh, most likely full again by then)."""
+
+    def __init__(
+        self, rate_per_s: float, burst: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> (tokens, time of last refill, refusals since the last take); guarded by _lock
+        self._keys: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
+
+    def take(self, key: str) -> int | None:
+        """Spend one of `key`'s tokens: the number of refusals since its last take, or None
+        when it has none left (refused, and counted)."""
+        if self._rate <= 0:
+            return 0
+        now = self._clock()
+        with self._lock:
+            tokens, last, refused = self._keys.pop(key, (self._burst, now, 0))
+            tokens = min(self._burst, tokens + (now - last) * self._rate)
+            if tokens >= 1.0:
+                self._keys[key] = (tokens - 1.0, now, 0)
+                answer: int | None = refused
+            else:
+                self._keys[key] = (tokens, now, refused + 1)
+                answer = None
+            if len(self._keys) > MAX_KEYS:
+                self._keys.popitem(last=False)
+        return answer

@@ -26,8 +26,7 @@ from collections.abc import Callable
 from typing import Final
 
 from tcp_server.addresses import address_group
-from tcp_server.lograte import MAX_KEYS, LogRate
-from tcp_server.ratelimit import TokenBucket
+from tcp_server.ratelimit import MAX_KEYS, BucketsByKey, TokenBucket
 
 # Per websocket: a person mistyping a name or messaging someone who just left earns a few
 # errors a minute; a page earns none. Ten within ten seconds is far above that and holds a
@@ -83,12 +82,9 @@ class RefusalThrottle:
     def __init__(self, budget: int, window_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         rate = _bucket_rate(budget, window_s)
-        self._unlimited = rate == 0.0
-        # LogRate is the token bucket per key that the logs use: one token per refusal.
-        self._tokens = LogRate(every=1.0 / rate if rate else 1.0, burst=max(1, budget),
-                               clock=clock)
+        self._tokens = BucketsByKey(rate, burst=max(1, budget), clock=clock)  # one a refusal
         # _lock guards _over: the addresses that ran out (the least recently seen is
-        # forgotten first, as LogRate forgets its keys).
+        # forgotten first, as BucketsByKey forgets its keys).
         self._lock = threading.Lock()
         self._over: OrderedDict[str, None] = OrderedDict()
 
@@ -96,7 +92,7 @@ class RefusalThrottle:
         """Count a refusal of `ip` (its group: an IPv6 address counts as its /64); False: it
         is over the budget (answer it cheaply)."""
         ip = address_group(ip)
-        if self._unlimited or self._tokens.allow(ip) is not None:
+        if self._tokens.take(ip) is not None:
             return True
         with self._lock:
             self._over[ip] = None
@@ -112,7 +108,7 @@ class RefusalThrottle:
         with self._lock:
             if ip not in self._over:
                 return False
-        if self._tokens.allow(ip) is None:
+        if self._tokens.take(ip) is None:
             return True
         with self._lock:
             self._over.pop(ip, None)

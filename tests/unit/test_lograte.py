@@ -35,7 +35,7 @@ def test_the_least_recently_seen_addresses_are_forgotten_past_the_bound() -> Non
     for number in range(MAX_KEYS):
         rate.allow(f"10.0.{number // 256}.{number % 256}")
     assert rate.allow("first") == 0  # forgotten, so it starts afresh: memory stays bounded
-    assert len(rate._keys) == MAX_KEYS
+    assert len(rate._buckets._keys) == MAX_KEYS
 
 
 def test_the_suffix_says_what_was_held_back() -> None:
