@@ -51,6 +51,7 @@ from tcp_server.protocol import (
     name_key,
     query_words,
 )
+from tcp_server.ratelimit import BucketsByKey
 from tcp_server.registry import (
     AddressFullError,
     Envelope,
@@ -161,6 +162,7 @@ class Commands:
         clock: Callable[[], float] = time.time,
         max_away: int = 1_000,
         max_per_address: int = 0,
+        joins_per_minute: int = 0,
     ) -> None:
         self._room = room
         self._store = store
@@ -173,6 +175,13 @@ class Commands:
         # connecting and vanishing in a loop cannot hold names and memory without bound.
         self._max_away = max_away
         self._max_per_address = max_per_address  # sessions registered from one address; 0: any
+        # Joins and resumes per address: each is announced to everyone (at 1,000 users a
+        # connect-hello-exit loop from one address took most of a CPU). A burst lets everyone
+        # an address may hold come back at once after a restart.
+        self._joins_per_minute = joins_per_minute
+        self._joins = BucketsByKey(joins_per_minute / 60.0,
+                                   max(joins_per_minute, max_per_address))
+        self._joins_refused_log = LogRate(every=60.0)
         self._away_lock = threading.Lock()
         self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
         # The last seq queued to each away session's ended connection, known here before the
@@ -375,6 +384,7 @@ class Commands:
             self._room.sessions_from(session.ip) >= self._max_per_address
         ):
             raise self._address_full(session, request)
+        self._count_join(session, request)
         token = secrets.token_urlsafe(TOKEN_BYTES)
         record = self._store.open_session(
             request.name, token, session.ip, session.port, session.via
@@ -421,6 +431,22 @@ class Commands:
             request.id,
         )
 
+    def _count_join(self, session: Session, request: Hello) -> None:
+        """Spend one of the address's joins (a hello that is about to be announced)."""
+        group = address_group(session.ip)
+        if self._joins.take(group) is not None:
+            return
+        held = self._joins_refused_log.allow(group)
+        if held is not None:
+            log.warning("%s: too many sign-ins from %s, refused%s", session.peer, group,
+                        held_back(held, "refusals from this address in the last minute"))
+        raise ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            f"slow down: at most {self._joins_per_minute} sign-ins a minute from "
+            f"{describe_group(session.ip)}; try again in a few seconds",
+            request.id,
+        )
+
     def _resume(self, session: Session, request: Hello, token: str) -> Outcome:
         expired = ProtocolError(
             ErrorCode.SESSION_EXPIRED,
@@ -430,6 +456,7 @@ class Commands:
         record = self._store.find_session(token)
         if record is None or name_key(record.name) != name_key(request.name):
             raise expired
+        self._count_join(session, request)
         info = UserInfo(name=record.name, ip=session.ip, port=session.port, via=session.via)
         member = Member(info, record.id, deliver=session.deliver, close=session.close)
         try:

@@ -19,6 +19,7 @@ class ServerConfig:
     port: int = 9000
     max_clients: int = 1_000
     max_clients_per_ip: int = 50
+    max_joins_per_ip: int = 60
     hello_timeout: float = 10.0
     rate_limit: float = 20.0
     rate_burst: int = 60
@@ -46,6 +47,10 @@ _HELP: dict[str, str] = {
     "max_clients_per_ip": "users (online or away) registered from one address (an IPv6 "
     "address counts as its /64); a browser counts by its own address, never the gateway's "
     "(0: no limit)",
+    "max_joins_per_ip": "hellos (new sessions and resumes) a minute from one address (an IPv6 "
+    "address counts as its /64), at once as many as this or max_clients_per_ip, whichever is "
+    "more, so that everyone behind one address can come back together after a restart; each "
+    "node counts its own (0: no limit)",
     "hello_timeout": "seconds a new connection has to complete hello before it is closed",
     "rate_limit": "requests a second allowed per connection on average; a conversations "
     "counts as 10, a search as 5 per word (at least 10), a history of over 100 messages as 2 "

@@ -81,6 +81,7 @@ class ChatServer:
             self.room, self.store, config.gateway_secret, resume_grace=config.resume_grace,
             max_away=config.max_away or config.max_clients,
             max_per_address=config.max_clients_per_ip,
+            joins_per_minute=config.max_joins_per_ip,
         )
         try:
             self._commands.start()

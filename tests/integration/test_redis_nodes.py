@@ -26,7 +26,8 @@ def nodes(url: str, count: int, *extra: str) -> Iterator[list[CoreProcess]]:
     try:
         for n in range(count):
             started.append(CoreProcess("--redis", url, "--node-id", f"node{n}",
-                                       "--max-clients-per-ip", "0", *extra))
+                                       "--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+                                       *extra))
         yield started
     finally:
         for core in started:

@@ -365,6 +365,54 @@ def test_hello_whose_join_fails_in_the_room_is_unavailable_and_ends_its_session(
     assert store.open_sessions() == []  # no token left alive that nobody was given
 
 
+def test_sign_ins_from_one_address_are_limited_and_resumes_count_too(
+    room: FakeRoom, store: MemoryStore
+) -> None:
+    # 2 a minute, and with max_per_address 3 a burst of 3: everyone an address may hold
+    # can come back at once after a restart.
+    commands = Commands(room, store, clock=lambda: NOW, max_per_address=3,
+                        joins_per_minute=2)
+    try:
+        first = Peer("10.1.1.1")
+        welcome = commands.handle(first.session, Hello(name="alice")).replies[0]
+        assert isinstance(welcome, Welcome)
+        commands.disconnect(first.session, delivered_seq=0)
+        resumed = commands.handle(Peer("10.1.1.1").session,
+                                  Hello(name="alice", resume=welcome.session, after=0))
+        assert isinstance(resumed.replies[0], Welcome)  # the 2nd
+        registered(commands, "bob", "10.1.1.1")  # the 3rd
+        announced = len(room.announced)
+        refused = commands.handle(Peer("10.1.1.1").session, Hello(name="carol", id=4))
+        assert refused == Outcome([Error(
+            ErrorCode.RATE_LIMITED,
+            "slow down: at most 2 sign-ins a minute from your address 10.1.1.1; try again in "
+            "a few seconds", 4,
+        )])
+        assert len(room.announced) == announced  # nothing was announced for it
+        assert len(store.open_sessions()) == 2  # nor a session opened
+        again = commands.handle(Peer("10.1.1.1").session,
+                                Hello(name="alice", resume=welcome.session, after=0))
+        assert error_of(again).code == ErrorCode.RATE_LIMITED
+        # A wrong token is refused as such, without spending anything.
+        forged = commands.handle(Peer("10.1.1.1").session,
+                                 Hello(name="alice", resume="x" * 32, after=0))
+        assert error_of(forged).code == ErrorCode.SESSION_EXPIRED
+        registered(commands, "dave", "10.1.1.2")  # another address has its own
+        v6 = [commands.handle(Peer(f"2001:db8::{n}").session, Hello(name=f"v{n}"))
+              for n in range(1, 5)]
+        assert [type(o.replies[0]) for o in v6] == [Welcome] * 3 + [Error]
+        assert "your network 2001:db8::/64" in error_of(v6[3]).message
+    finally:
+        commands.stop()
+
+
+def test_no_sign_in_limit_when_it_is_0(commands: Commands) -> None:
+    for n in range(200):
+        peer = registered(commands, f"user{n}", "10.9.9.9")
+        commands.handle(peer.session, Exit())
+        commands.disconnect(peer.session, 0)
+
+
 # --- resume ------------------------------------------------------------------------------------
 
 

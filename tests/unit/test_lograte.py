@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from tcp_server.lograte import MAX_KEYS, LogRate, held_back
+from tcp_server.ratelimit import BucketsByKey
 
 
 class Clock:
@@ -43,3 +44,14 @@ def test_the_suffix_says_what_was_held_back() -> None:
     assert held_back(3, "connections from this address") == (
         " (3 more connections from this address not logged)"
     )
+
+
+def test_buckets_by_key_refill_at_their_rate_and_rate_0_is_no_limit() -> None:
+    clock = Clock()
+    joins = BucketsByKey(rate_per_s=0.5, burst=2, clock=clock)
+    assert [joins.take("a") for _ in range(3)] == [0, 0, None]
+    clock.now = 1.0  # half a token
+    assert joins.take("a") is None
+    clock.now = 2.0  # one: what was refused meanwhile is counted
+    assert joins.take("a") == 2
+    assert [BucketsByKey(0.0, clock=clock).take("a") for _ in range(100)] == [0] * 100
