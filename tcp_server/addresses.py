@@ -38,6 +38,18 @@ def address_group(ip: str) -> str:
     return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
 
 
+def canonical_ip(text: str) -> str:
+    """An address reported by someone else (the gateway's `proxy`, a proxy's X-Forwarded-For)
+    in its one written form, without a zone: `fe80::1%eth0` is `fe80::1`. A zone names an
+    interface of the host that saw the address, meaningless to everyone else, and any text
+    may follow the `%` (control characters, kilobytes of it) that would otherwise be shown in
+    every users list. Raises ValueError for anything but an IP address."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        address = ipaddress.IPv6Address(int(address))
+    return str(address)
+
+
 def describe_group(ip: str) -> str:
     """How an error names the group of `ip`: "your address 192.0.2.1" or "your network
     2001:db8:1:2::/64"."""

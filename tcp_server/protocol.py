@@ -8,7 +8,6 @@ docs/protocol.md is the human-readable form of this module; a change to one is a
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import json.scanner
 import math
@@ -17,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Generic, TypeVar
+
+from tcp_server.addresses import canonical_ip
 
 PROTOCOL_VERSION: Final = 1
 
@@ -689,7 +690,7 @@ def _parse_proxy(obj: dict[str, Any], rid: RequestId) -> Proxy:
     ip = _str_field(obj, "ip", rid)
     port = _int_field(obj, "port", rid)
     try:
-        ip = str(ipaddress.ip_address(ip))
+        ip = canonical_ip(ip)
     except ValueError:
         raise ProtocolError(
             ErrorCode.BAD_REQUEST, 'field "ip" must be an IP address', rid

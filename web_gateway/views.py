@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Mapping
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
 from flask_sock import Sock
 
-from tcp_server.addresses import address_group
+from tcp_server.addresses import address_group, canonical_ip
 from tcp_server.display import for_log
 from tcp_server.lograte import held_back
 from web_gateway.budget import ErrorBudget
@@ -231,7 +230,7 @@ def browser_address(environ: Mapping[str, Any], *, trust_forwarded: bool) -> tup
     if trust_forwarded and forwarded:
         ip, port = str(forwarded).split(",")[-1].strip(), 0
     try:
-        ip = str(ipaddress.ip_address(ip))
+        ip = canonical_ip(ip)
     except ValueError:
         raise ValueError(f"the browser's address {for_log(ip, 60)} is not an IP address") from None
     if not 0 <= port <= 65_535:

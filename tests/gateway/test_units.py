@@ -275,6 +275,12 @@ def test_own_origins_come_from_the_listening_address_never_from_host(
     assert origin_allowed(origin, own_origins(listen_host, local)) is allowed
 
 
+def test_a_forwarded_address_loses_its_zone() -> None:
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "1",
+               "HTTP_X_FORWARDED_FOR": "fe80::7%\x1b[31m" + "z" * 5_000}
+    assert browser_address(environ, trust_forwarded=True) == ("fe80::7", 0)
+
+
 def test_forwarded_for_that_is_not_an_address_is_refused() -> None:
     environ = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "1", "HTTP_X_FORWARDED_FOR": "evil"}
     with pytest.raises(ValueError, match="not an IP address"):

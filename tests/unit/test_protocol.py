@@ -132,6 +132,10 @@ def test_line_buffer_does_not_keep_an_over_long_line_in_memory() -> None:
             b'{"type":"proxy","secret":"s","ip":"::1","port":5}',
             Proxy(secret="s", ip="::1", port=5),
         ),
+        (  # a zone is the gateway's interface, nothing others should see
+            b'{"type":"proxy","secret":"s","ip":"fe80::1%\\u001b[2J","port":5}',
+            Proxy(secret="s", ip="fe80::1", port=5),
+        ),
         (
             b'{"type":"hello","name":"alice","resume":"m2V","after":57}',
             Hello(name="alice", resume="m2V", after=57),
