@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "A lost connection is taken back: the client reconnects and resumes the session, "
         "and the messages missed meanwhile appear. "
         "Exit codes: 0 after a goodbye, 1 connection lost (the session could not be "
-        "resumed), 2 server not reachable or bad arguments, 3 name refused.",
+        "resumed), 2 server not reachable or bad arguments, 3 name refused (or too many "
+        "users or sign-ins from this address).",
     )
     parser.add_argument("--host", action="append", metavar="HOST[:PORT][,HOST[:PORT]...]",
                         help="the chat server's address (default "

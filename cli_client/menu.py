@@ -50,6 +50,7 @@ from tcp_server.protocol import (
     MAX_HISTORY_LIMIT,
     Bye,
     Error,
+    ErrorCode,
     Event,
     Exit,
     Hello,
@@ -168,6 +169,9 @@ def show_recent(connection: ServerConnection, console: Console, welcome: Welcome
         console.show(text)
 
 
+NAME_ERRORS: Final = frozenset({ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN})
+
+
 class _Registrar:
     """Says hello until the server welcomes a name; owns the connection meanwhile."""
 
@@ -193,14 +197,19 @@ class _Registrar:
             reply = self._hello_once_more_if_closed(name)
             if isinstance(reply, Welcome):
                 return reply
-            if isinstance(reply, Error):
+            if isinstance(reply, Error) and reply.code in NAME_ERRORS:
                 refusal = f"That name cannot be used: {printable(reply.message)}."
+                again = " Please choose another one."
+            elif isinstance(reply, Error):  # the address's limits: not the name's fault
+                refusal = f"The server did not let you in: {printable(reply.message)}."
+                again = " Enter a name to try again."
             else:
                 refusal = f"Unexpected answer from the server: {type(reply).__name__}."
+                again = " Please choose another one."
             if final:
                 self._console.show(refusal)
                 raise _NameRefused
-            self._console.show(refusal + " Please choose another one.")
+            self._console.show(refusal + again)
             name = None
 
     def _hello_once_more_if_closed(self, name: str) -> Event:

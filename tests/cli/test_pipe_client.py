@@ -322,6 +322,26 @@ def test_name_can_be_given_after_the_servers_hello_timeout() -> None:
         client.wait_for("Welcome, slowpoke!")
 
 
+def test_a_refusal_for_the_address_is_not_blamed_on_the_name() -> None:
+    with running_server(max_clients_per_ip=1) as server, RawClient(server.address) as holder:
+        holder.hello("holder")
+        with running_client(client_command(server.address[1])) as client:
+            client.wait_for(NAME_PROMPT)
+            client.line("alice")
+            client.wait_for("The server did not let you in: 1 users are already registered "
+                            "from your address 127.0.0.1; one of them must exit first. Enter "
+                            "a name to try again.")
+            assert "That name cannot be used" not in client.text()
+            client.wait_for(NAME_PROMPT)
+            holder.request("exit")
+            client.line("alice")
+            client.wait_for("Welcome, alice!")
+            # Through a pipe, a --name refused for the address ends the client (exit 3).
+            with running_client(client_command(server.address[1], "--name", "carol")) as other:
+                other.wait_for("The server did not let you in: 1 users are already")
+                assert other.wait_exit() == 3
+
+
 def test_full_server_is_said_in_its_words_and_exit_code_1() -> None:
     with running_server(max_clients=1) as server, RawClient(server.address) as holder:
         holder.hello("holder")
