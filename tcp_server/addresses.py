@@ -7,8 +7,11 @@ log lines. So an IPv6 address counts as its /64, as UnrealIRCd's default clone m
 IPv4 address written as IPv6 (`::ffff:192.0.2.1`, what a socket listening on `::` reports
 for IPv4 clients) is the IPv4 address it stands for, and so is one translated into NAT64's
 well-known prefix 64:ff9b::/96 (an IPv6-only server behind a translator sees every IPv4 client
-there: as one /64 they would all share one place). A link-local address's zone is not part of
-it: link-local clients on different interfaces count as one group, as they are one network.
+there: as one /64 they would all share one place). A 6to4 address (2002::/16) is the IPv4
+address it holds, too: a 6to4 site has a whole /48 for that one IPv4 address, 65,536 networks
+of /64 that would otherwise count apart. A link-local address's zone is
+not part of it: link-local clients on different interfaces count as one group, as they are one
+network.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def address_group(ip: str) -> str:
         return str(address.ipv4_mapped)
     if address in NAT64:
         return str(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+    if address.sixtofour is not None:
+        return str(address.sixtofour)
     return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
 
 

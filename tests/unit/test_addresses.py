@@ -18,6 +18,8 @@ from tcp_server.addresses import address_group, canonical_ip, describe_group
     ("64:ff9b::c000:201", "192.0.2.1"),  # IPv4 through a NAT64 translator
     ("64:ff9b::198.51.100.7", "198.51.100.7"),
     ("64:ff9b:0:0:1::1", "64:ff9b::/64"),  # beside the /96: an IPv6 network like any other
+    ("2002:c000:201::1", "192.0.2.1"),  # 6to4: a /48 for one IPv4 address counts as it
+    ("2002:c000:201:ffff::9", "192.0.2.1"),
     ("not an address", "not an address"),
     ("2001:db8::zz", "2001:db8::zz"),
     ("", ""),
