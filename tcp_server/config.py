@@ -47,10 +47,10 @@ _HELP: dict[str, str] = {
     "max_clients_per_ip": "users (online or away) registered from one address (an IPv6 "
     "address counts as its /64); a browser counts by its own address, never the gateway's "
     "(0: no limit)",
-    "max_joins_per_ip": "hellos (new sessions and resumes) a minute from one address (an IPv6 "
-    "address counts as its /64), at once as many as this or max_clients_per_ip, whichever is "
-    "more, so that everyone behind one address can come back together after a restart; each "
-    "node counts its own (0: no limit)",
+    "max_joins_per_ip": "new users (hellos that register) a minute from one address (an IPv6 "
+    "address counts as its /64), after a first as many as this or max_clients_per_ip, "
+    "whichever is more; each session may also be resumed 6 times a minute after a first 10; "
+    "each node counts its own (0: neither limit)",
     "hello_timeout": "seconds a new connection has to complete hello before it is closed",
     "rate_limit": "requests a second allowed per connection on average; a conversations "
     "counts as 10, a search as 5 per word (at least 10), a history of over 100 messages as 2 "

@@ -74,3 +74,12 @@ class BucketsByKey:
             if len(self._keys) > MAX_KEYS:
                 self._keys.popitem(last=False)
         return answer
+
+    def give_back(self, key: str) -> None:
+        """Return the token of a take() whose request then came to nothing (refused for
+        another reason): only what had an effect is counted."""
+        with self._lock:
+            entry = self._keys.get(key)
+            if entry is not None:
+                tokens, last, refused = entry
+                self._keys[key] = (min(self._burst, tokens + 1.0), last, refused)

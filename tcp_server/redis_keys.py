@@ -244,14 +244,15 @@ return 'ok'
 # KEYS: users, addrs.  ARGV: key, session, record, new address group, channel, back event,
 # kick event, max per address
 # Returns the record it replaced (false: the session no longer holds the name; 'full': it
-# moves to another address group that has max per address sessions already).
+# moves to another address group that has max per address sessions already; a record
+# written before groups were kept is never refused: its group is not known here).
 RESUME: Final = _DROP_ADDRESS + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
 local r = cjson.decode(cur)
 if tostring(r.session) ~= ARGV[2] then return false end
 local max = tonumber(ARGV[8])
-if max > 0 and (r.group or r.ip) ~= ARGV[4]
+if max > 0 and r.group and r.group ~= ARGV[4]
    and tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0') >= max then
   return 'full'
 end

@@ -490,6 +490,9 @@ def test_a_join_and_exit_loop_from_one_address_is_slowed_and_others_still_get_in
     with running_server(max_joins_per_ip=3, max_clients_per_ip=2, rate_limit=0) as server, \
             RawClient(server.address, source="127.0.0.9") as watcher:
         watcher.hello("watcher")
+        neighbour = RawClient(server.address, source="127.0.0.2")  # the same NAT, say
+        token = neighbour.hello("neighbour")["session"]
+        watcher.expect("joined", name="neighbour")
         answers, refusal = [], {}
         for number in range(20):
             with RawClient(server.address, source="127.0.0.2") as looper:
@@ -500,14 +503,22 @@ def test_a_join_and_exit_loop_from_one_address_is_slowed_and_others_still_get_in
                 else:  # refused, not closed: the connection may try again later
                     refusal = reply
                     assert looper.request("ping")["type"] == "pong"
-        assert answers == ["welcome"] * 3 + ["rate_limited"] * 17
-        assert "at most 3 sign-ins a minute from your address 127.0.0.2" in refusal["message"]
-        for number in range(3):
+        assert answers == ["welcome"] * 2 + ["rate_limited"] * 18
+        assert refusal["message"] == (
+            "slow down: too many new users from your address 127.0.0.2 (at most 3 a minute "
+            "after the first 3); try again in a few seconds")
+        for number in range(2):
             watcher.expect("joined", name=f"loop{number}")
             watcher.expect("left", name=f"loop{number}")
         watcher.assert_silent()
         with RawClient(server.address, source="127.0.0.3") as other:
-            assert other.request("hello", name="neighbour")["type"] == "welcome"
+            assert other.request("hello", name="other")["type"] == "welcome"
+        # The loop spent the address's new users, not its users' resumes: the neighbour's
+        # session, dropped now, is taken back from the same address.
+        drop(neighbour)
+        with RawClient(server.address, source="127.0.0.2") as back:
+            back.send(type="hello", name="neighbour", resume=token, after=0)
+            back.expect("welcome", name="neighbour", resumed=True)
 
 
 def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:

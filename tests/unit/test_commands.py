@@ -9,7 +9,14 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from tcp_server.commands import RESUMED_ELSEWHERE, Commands, Outcome, Session
+from tcp_server.commands import (
+    RESUME_BURST,
+    RESUMED_ELSEWHERE,
+    RESUMES_PER_MINUTE,
+    Commands,
+    Outcome,
+    Session,
+)
 from tcp_server.memory_store import MemoryStore
 from tcp_server.protocol import (
     AWAY,
@@ -365,43 +372,107 @@ def test_hello_whose_join_fails_in_the_room_is_unavailable_and_ends_its_session(
     assert store.open_sessions() == []  # no token left alive that nobody was given
 
 
-def test_sign_ins_from_one_address_are_limited_and_resumes_count_too(
+def joined_and_gone(commands: Commands, name: str, ip: str) -> Outcome:
+    """A hello; if welcomed, its exit (the address's place comes back, its join stays
+    counted)."""
+    peer = Peer(ip)
+    outcome = commands.handle(peer.session, Hello(name=name, id=1))
+    if isinstance(outcome.replies[0], Welcome):
+        commands.handle(peer.session, Exit())
+        commands.disconnect(peer.session, 0)
+    return outcome
+
+
+def test_new_users_from_one_address_are_limited_per_minute(
     room: FakeRoom, store: MemoryStore
 ) -> None:
     # 2 a minute, and with max_per_address 3 a burst of 3: everyone an address may hold
-    # can come back at once after a restart.
-    commands = Commands(room, store, clock=lambda: NOW, max_per_address=3,
-                        joins_per_minute=2)
+    # can join at once.
+    commands = Commands(room, store, clock=lambda: NOW, max_per_address=3, joins_per_minute=2)
     try:
-        first = Peer("10.1.1.1")
-        welcome = commands.handle(first.session, Hello(name="alice")).replies[0]
-        assert isinstance(welcome, Welcome)
-        commands.disconnect(first.session, delivered_seq=0)
-        resumed = commands.handle(Peer("10.1.1.1").session,
-                                  Hello(name="alice", resume=welcome.session, after=0))
-        assert isinstance(resumed.replies[0], Welcome)  # the 2nd
-        registered(commands, "bob", "10.1.1.1")  # the 3rd
+        welcomed = [joined_and_gone(commands, f"user{n}", "10.1.1.1") for n in range(3)]
+        assert all(isinstance(o.replies[0], Welcome) for o in welcomed)
         announced = len(room.announced)
-        refused = commands.handle(Peer("10.1.1.1").session, Hello(name="carol", id=4))
+        refused = joined_and_gone(commands, "late", "10.1.1.1")
         assert refused == Outcome([Error(
             ErrorCode.RATE_LIMITED,
-            "slow down: at most 2 sign-ins a minute from your address 10.1.1.1; try again in "
-            "a few seconds", 4,
+            "slow down: too many new users from your address 10.1.1.1 (at most 2 a minute "
+            "after the first 3); try again in a few seconds", 1,
         )])
         assert len(room.announced) == announced  # nothing was announced for it
-        assert len(store.open_sessions()) == 2  # nor a session opened
-        again = commands.handle(Peer("10.1.1.1").session,
-                                Hello(name="alice", resume=welcome.session, after=0))
-        assert error_of(again).code == ErrorCode.RATE_LIMITED
-        # A wrong token is refused as such, without spending anything.
-        forged = commands.handle(Peer("10.1.1.1").session,
-                                 Hello(name="alice", resume="x" * 32, after=0))
-        assert error_of(forged).code == ErrorCode.SESSION_EXPIRED
-        registered(commands, "dave", "10.1.1.2")  # another address has its own
-        v6 = [commands.handle(Peer(f"2001:db8::{n}").session, Hello(name=f"v{n}"))
-              for n in range(1, 5)]
+        assert store.open_sessions() == []  # nor a session opened
+        assert isinstance(joined_and_gone(commands, "x", "10.1.1.2").replies[0], Welcome)
+        v6 = [joined_and_gone(commands, f"v{n}", f"2001:db8::{n}") for n in range(1, 5)]
         assert [type(o.replies[0]) for o in v6] == [Welcome] * 3 + [Error]
-        assert "your network 2001:db8::/64" in error_of(v6[3]).message
+        assert "from your network 2001:db8::/64" in error_of(v6[3]).message
+    finally:
+        commands.stop()
+
+
+def test_a_hello_refused_for_another_reason_spends_no_join(
+    room: FakeRoom, store: MemoryStore
+) -> None:
+    commands = Commands(room, store, clock=lambda: NOW, joins_per_minute=1)  # a burst of 1
+    try:
+        registered(commands, "holder", "10.5.5.5")  # another address
+        assert error_of(joined_and_gone(commands, "HOLDER", "10.1.1.1")).code == \
+            ErrorCode.NAME_TAKEN
+        room.race_address_full = True  # lost in the room, after the checks
+        assert error_of(joined_and_gone(commands, "a", "10.1.1.1")).code == \
+            ErrorCode.TOO_MANY_FROM_ADDRESS
+        room.race_address_full = False
+        room.engine_down = True
+        assert error_of(joined_and_gone(commands, "a", "10.1.1.1")).code == \
+            ErrorCode.UNAVAILABLE
+        room.engine_down = False
+        assert isinstance(joined_and_gone(commands, "a", "10.1.1.1").replies[0], Welcome)
+        assert error_of(joined_and_gone(commands, "b", "10.1.1.1")).code == \
+            ErrorCode.RATE_LIMITED
+    finally:
+        commands.stop()
+
+
+def test_resumes_are_limited_per_session_not_per_address(
+    room: FakeRoom, store: MemoryStore
+) -> None:
+    """A user behind a shared address cannot spend another user's resumes (and so cost them
+    their session); each session has its own."""
+    commands = Commands(room, store, clock=lambda: NOW, joins_per_minute=2)
+    try:
+        tokens = {}
+        for name in ["alice", "hog"]:
+            peer = Peer("10.1.1.1")
+            welcome = commands.handle(peer.session, Hello(name=name)).replies[0]
+            assert isinstance(welcome, Welcome)
+            tokens[name] = welcome.session
+            commands.disconnect(peer.session, 0)
+        assert error_of(joined_and_gone(commands, "more", "10.1.1.1")).code == \
+            ErrorCode.RATE_LIMITED  # the address's new users are spent...
+
+        def resume(name: str) -> Outcome:
+            peer = Peer("10.1.1.1")
+            outcome = commands.handle(peer.session, Hello(
+                name=name, resume=tokens[name], after=0, id="r"))
+            if isinstance(outcome.replies[0], Welcome):
+                commands.disconnect(peer.session, 0)
+            return outcome
+
+        hogged = [resume("hog") for _ in range(RESUME_BURST + 1)]  # ...and hog's resumes
+        assert error_of(hogged[-1]).code == ErrorCode.RATE_LIMITED
+        room.race_address_full = True  # a refused resume spends nothing either
+        assert error_of(resume("alice")).code == ErrorCode.TOO_MANY_FROM_ADDRESS
+        room.race_address_full = False
+        outcomes = [resume("alice") for _ in range(RESUME_BURST + 1)]  # ...alice's are hers
+        assert [type(o.replies[0]) for o in outcomes] == [Welcome] * RESUME_BURST + [Error]
+        assert outcomes[-1] == Outcome([Error(
+            ErrorCode.RATE_LIMITED,
+            f"slow down: this session was taken back too often (at most "
+            f"{RESUMES_PER_MINUTE} times a minute after the first {RESUME_BURST}); try again "
+            "in a few seconds", "r",
+        )])
+        forged = commands.handle(Peer("10.1.1.1").session,
+                                 Hello(name="hog", resume="x" * 32, after=0))
+        assert error_of(forged).code == ErrorCode.SESSION_EXPIRED
     finally:
         commands.stop()
 
