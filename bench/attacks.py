@@ -83,7 +83,8 @@ def core(root: Path) -> Iterator[int]:
          "--log-level", "WARNING", "--gateway-secret", SECRET],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         # As a variable: a checkout from before the join limit had no such flag.
-        env={**os.environ, "CHAT_MAX_JOINS_PER_IP": "0"})
+        env={**os.environ, "CHAT_MAX_JOINS_PER_IP": "0",
+             "CHAT_MAX_CONNECTS_PER_IP": "0"})
     try:
         wait_listening(port, process)
         yield port

@@ -54,7 +54,8 @@ def one_run(
         "--max-clients-per-ip", "0", "--data-dir", data_dir,
     ]
     # The join limit as a variable: a tree from before it had no such flag (and ignores it).
-    env = {**os.environ, "PYTHONPATH": str(tree), "CHAT_MAX_JOINS_PER_IP": "0"}
+    env = {**os.environ, "PYTHONPATH": str(tree), "CHAT_MAX_JOINS_PER_IP": "0",
+           "CHAT_MAX_CONNECTS_PER_IP": "0"}
     with (workdir / "core.log").open("ab") as out:
         server = subprocess.Popen(pinned(SERVER_CPU, command), cwd=tree, env=env,
                                   stdout=out, stderr=out)

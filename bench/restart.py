@@ -338,6 +338,7 @@ def start_core(port: int, data_dir: Path, clients: int, log: Path,
         *pin, *(wrap or []), sys.executable, "-m", "tcp_server", "--port", str(port),
         "--rate-limit", "0",
         "--max-clients", str(clients + 64), "--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+        "--max-connects-per-ip", "0",
         "--log-level", "WARNING", "--data-dir", str(data_dir),
     ]
     with log.open("ab") as out:

@@ -252,7 +252,8 @@ def core_server(
     command = [
         sys.executable, "-m", "tcp_server", "--port", str(port), "--rate-limit", "0",
         "--max-clients", str(max_clients), "--log-level", "WARNING", "--store", store,
-        "--max-clients-per-ip", "0", "--max-joins-per-ip", "0", "--data-dir", data_dir,
+        "--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+        "--max-connects-per-ip", "0", "--data-dir", data_dir,
     ]
     if secret:
         command += ["--gateway-secret", secret]

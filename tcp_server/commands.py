@@ -94,6 +94,9 @@ class Session:
     record: SessionRecord | None = None
     exited: bool = False
     logged: bool = True  # False: its address floods us, so its comings and goings are not logged
+    # The address group charged for this connection at accept (Commands.admit), until it
+    # proves itself (registers, or is a gateway's): "" when nothing is charged.
+    charged: str = ""
 
     @property
     def name(self) -> str | None:
@@ -167,6 +170,7 @@ class Commands:
         max_away: int = 1_000,
         max_per_address: int = 0,
         joins_per_minute: int = 0,
+        connects_per_minute: int = 0,
     ) -> None:
         self._room = room
         self._store = store
@@ -190,6 +194,15 @@ class Commands:
         self._resumes = BucketsByKey(RESUMES_PER_MINUTE / 60.0 if joins_per_minute else 0.0,
                                      RESUME_BURST)
         self._joins_refused_log = LogRate(every=60.0)
+        # Connections per address that have not proved themselves (see admit), and the
+        # address groups of gateways (a proxy request with the right secret came from there):
+        # every browser comes through those, so they are never charged. Guarded by
+        # _gateways_lock; a handful of entries at most (only the secret's holders add any).
+        self._connects_per_minute = connects_per_minute
+        self._connect_burst = max(connects_per_minute, max_per_address)
+        self._connects = BucketsByKey(connects_per_minute / 60.0, self._connect_burst)
+        self._gateways_lock = threading.Lock()
+        self._gateways: set[str] = set()
         self._away_lock = threading.Lock()
         self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
         # The last seq queued to each away session's ended connection, known here before the
@@ -349,6 +362,37 @@ class Commands:
                 return Outcome([Conversations(conversations=tuple(listed), id=rid)])
         raise AssertionError(f"unhandled request {request!r}")
 
+    def admit(self, ip: str) -> str | None:
+        """A connection accepted from `ip`, before anything is spent on it: None to refuse
+        it at once (its address has opened too many connections that came to nothing);
+        otherwise the group charged for it ("" for none), for its Session.charged.
+
+        Connections that register, or that a gateway proves its own, give their charge back:
+        the limit falls only on connections that come to nothing (connect and close, a
+        refused hello), whose churn costs the core ~0.5 ms each."""
+        if self._connects_per_minute <= 0:
+            return ""
+        group = address_group(ip)
+        with self._gateways_lock:
+            if group in self._gateways:
+                return ""
+        return group if self._connects.take(group) is not None else None
+
+    def admit_refusal(self, ip: str) -> ProtocolError:
+        """What a connection refused by admit() is told before it is closed."""
+        return ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            f"slow down: too many connections from {describe_group(ip)} that did not sign in "
+            f"(at most {self._connects_per_minute} a minute after the first "
+            f"{self._connect_burst}); try again in a few seconds",
+        )
+
+    def _proved(self, session: Session) -> None:
+        """The connection registered or is a gateway's: its charge at accept comes back."""
+        if session.charged:
+            self._connects.give_back(session.charged)
+            session.charged = ""
+
     def _proxy(self, session: Session, request: Proxy) -> Outcome:
         rid = request.id
         if session.member is not None or session.proxied:
@@ -369,6 +413,9 @@ class Commands:
                             held_back(held, "from this address in the last minute"))
             raise ProtocolError(ErrorCode.FORBIDDEN, "wrong gateway secret", rid)
         log.info("%s is a gateway for browser %s:%d", session.peer, request.ip, request.port)
+        with self._gateways_lock:
+            self._gateways.add(address_group(session.ip))
+        self._proved(session)
         session.ip, session.port, session.via, session.proxied = (
             request.ip, request.port, "web", True
         )
@@ -422,6 +469,7 @@ class Commands:
             self._abandon(record)
             raise
         session.member, session.record = member, record
+        self._proved(session)
         if session.logged:
             log.info("%s registered as %s (via %s)", session.peer, request.name, session.via)
         welcome = Welcome(
@@ -493,6 +541,7 @@ class Commands:
             delivered = max(record.delivered_seq, self._delivered_when_away.pop(record.id, 0))
         self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
+        self._proved(session)
         after = request.after if request.after is not None else delivered
         if session.logged:
             log.info("%s resumed the session of %s after seq %d", session.peer, record.name, after)

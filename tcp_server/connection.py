@@ -138,10 +138,12 @@ class Connection:
         flusher: Flusher,
         gate: ShutdownGate,
         logged: int | None = 0,
+        charged: str = "",
     ) -> None:
         """`logged`: None keeps this connection's coming and going out of the log (a flood
         from its address); a count says how many were held back before it. `gate`: where
-        the reader waits at a server shutdown (see ShutdownGate)."""
+        the reader waits at a server shutdown (see ShutdownGate). `charged`: see
+        Commands.admit."""
         self._logged = logged
         self._gate = gate
         self._poller: select.poll | None = None  # the reader's wait for its socket
@@ -160,7 +162,7 @@ class Connection:
         self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.session = Session(
             ip=address[0], port=address[1], deliver=self.deliver, close=self.close,
-            logged=logged is not None,
+            logged=logged is not None, charged=charged,
         )
         # _lock guards _state, the held deliveries and the count of sends in flight. Reentrant:
         # a delivery released from the hold may drop the client, which moves _state.

@@ -23,7 +23,7 @@ from tcp_server.connection import Connection, ShutdownGate, run_connection
 from tcp_server.flusher import Flusher
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.memory_store import MemoryStore
-from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError
+from tcp_server.protocol import ErrorCode, JsonLinesCodec, ProtocolError, format_address
 from tcp_server.reclaim import Reclaimer
 from tcp_server.registry import LocalRoom, Room
 from tcp_server.store import DB_FILE, MessageStore, Retention, SqliteStore
@@ -82,6 +82,7 @@ class ChatServer:
             max_away=config.max_away or config.max_clients,
             max_per_address=config.max_clients_per_ip,
             joins_per_minute=config.max_joins_per_ip,
+            connects_per_minute=config.max_connects_per_ip,
         )
         try:
             self._commands.start()
@@ -202,6 +203,11 @@ class ChatServer:
             self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
     def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        charged = self._commands.admit(address[0])
+        if charged is None:
+            self._refuse(sock, address, self._commands.admit_refusal(address[0]),
+                         "too many connections from this address that did not sign in")
+            return
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         set_keepalive(sock)
@@ -211,6 +217,7 @@ class ChatServer:
                 connection = Connection(
                     sock, address, self._config, self._commands, self._flusher, self._gate,
                     logged=self._connection_lines.allow(address_group(address[0])),
+                    charged=charged,
                 )
                 thread = threading.Thread(
                     target=run_connection,
@@ -229,15 +236,19 @@ class ChatServer:
             self._forget(connection)
             self._refuse(sock, address)
 
-    def _refuse(self, sock: socket.socket, address: tuple[str, int]) -> None:
+    def _refuse(self, sock: socket.socket, address: tuple[str, int],
+                error: ProtocolError | None = None, why: str = "") -> None:
+        """Tell a connection why it is not served (by default: the server is full), close it."""
+        if error is None:
+            error = ProtocolError(
+                ErrorCode.SERVER_FULL,
+                f"the server is full ({self._config.max_clients} connections); try again later",
+            )
+            why = f"{self._config.max_clients} clients already"
         held = self._connection_lines.allow(address_group(address[0]))
         if held is not None:
-            log.warning("%s:%d refused: %d clients already%s", address[0], address[1],
-                        self._config.max_clients, held_back(held, "from this address"))
-        error = ProtocolError(
-            ErrorCode.SERVER_FULL,
-            f"the server is full ({self._config.max_clients} connections); try again later",
-        )
+            log.warning("%s refused: %s%s", format_address(*address), why,
+                        held_back(held, "from this address"))
         try:
             # A fresh socket's send buffer always has room for one short line: never blocks.
             sock.send(JsonLinesCodec().encode(error.to_event()), socket.MSG_DONTWAIT)

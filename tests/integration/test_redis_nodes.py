@@ -27,6 +27,7 @@ def nodes(url: str, count: int, *extra: str) -> Iterator[list[CoreProcess]]:
         for n in range(count):
             started.append(CoreProcess("--redis", url, "--node-id", f"node{n}",
                                        "--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+                                       "--max-connects-per-ip", "0",
                                        *extra))
         yield started
     finally:

@@ -521,6 +521,41 @@ def test_a_join_and_exit_loop_from_one_address_is_slowed_and_others_still_get_in
             back.expect("welcome", name="neighbour", resumed=True)
 
 
+def test_connections_that_come_to_nothing_are_limited_per_address() -> None:
+    """Found by an attacker run: connecting and closing from one address, 2,100 times a
+    second, kept a whole CPU of the core busy (a thread and a socket each)."""
+    with running_server(max_connects_per_ip=3, max_clients_per_ip=2, max_joins_per_ip=0,
+                        rate_limit=0,
+                        gateway_secret="s3cret") as server:
+        address = server.address
+        for _ in range(3):
+            with RawClient(address, source="127.0.0.2") as idle:
+                assert idle.request("ping")["type"] == "pong"  # served, never registered
+        with RawClient(address, source="127.0.0.2") as refused:
+            error = refused.recv()
+            assert error["code"] == "rate_limited"
+            assert error["message"] == (
+                "slow down: too many connections from your address 127.0.0.2 that did not "
+                "sign in (at most 3 a minute after the first 3); try again in a few seconds")
+            with pytest.raises(ConnectionError):
+                refused.recv()  # closed at once: no thread was started for it
+        # Connections that register give their charge back: a user comes and goes freely.
+        for number in range(10):
+            with RawClient(address, source="127.0.0.3") as user:
+                assert user.request("hello", name=f"u{number}")["type"] == "welcome"
+                assert user.request("exit")["type"] == "bye"
+        # A gateway's address, once it proved itself with the secret, is never charged:
+        # every browser comes through it.
+        with RawClient(address, source="127.0.0.4") as gateway:
+            gateway.send(type="proxy", secret="s3cret", ip="198.51.100.1", port=40_000)
+            assert gateway.request("hello", name="browser")["type"] == "welcome"
+        for _ in range(10):
+            with RawClient(address, source="127.0.0.4") as waiting:
+                assert waiting.request("ping")["type"] == "pong"
+        with RawClient(address, source="127.0.0.5") as other:
+            assert other.request("ping")["type"] == "pong"
+
+
 def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
     with running_server(max_clients_per_ip=2, gateway_secret="s3cret") as server:
         address = server.address

@@ -306,7 +306,8 @@ def test_5000_connect_disconnect_cycles_leave_threads_fds_and_memory_where_they_
     # No grace: each cycle's session ends with its connection, so what is left is a leak
     # (away sessions, which are kept on purpose, are bounded by the grace period). No join
     # limit: the churn is of one address, and leaks are the subject here.
-    with running_server(rate_limit=0, resume_grace=0, max_joins_per_ip=0) as server, clients(
+    with running_server(rate_limit=0, resume_grace=0, max_joins_per_ip=0,
+                        max_connects_per_ip=0) as server, clients(
         server, "watcher"
     ) as (watcher,):
         fds_with_watcher = count_fds()

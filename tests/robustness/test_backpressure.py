@@ -68,6 +68,7 @@ def send_steadily(client: CollectingClient, count: int, failures: list[OSError])
 def test_a_reading_client_keeps_every_message_while_non_readers_are_dropped() -> None:
     count = int(DURATION_S * RATE_PER_SENDER)
     flags = ("--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+             "--max-connects-per-ip", "0",
              "--max-outbox-bytes", str(OUTBOX_BYTES))
     with core_process(*flags) as core, non_readers(core.address):
         reader = CollectingClient(core.address, "reader", source="127.0.0.90")

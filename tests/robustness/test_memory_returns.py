@@ -50,7 +50,8 @@ def test_rss_returns_after_a_thousand_abusive_connections_leave() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         with core_process("--max-clients", str(ABUSERS + 100),
-                          "--max-clients-per-ip", "0", "--max-joins-per-ip", "0") as core:
+                          "--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+                          "--max-connects-per-ip", "0") as core:
             pid = core.proc.pid
             time.sleep(0.5)  # its own start-up allocations settle
             fresh = rss_kib(pid)

@@ -104,7 +104,8 @@ def test_sigterm_with_1000_clients_stops_in_time_with_a_bye_each_and_resumable_s
 ) -> None:
     data_dir = tempfile.TemporaryDirectory(prefix="chatroom-shutdown-")
     flags = ("--data-dir", data_dir.name, "--max-clients", str(CLIENTS + 10),
-             "--max-clients-per-ip", "0", "--max-joins-per-ip", "0", "--rate-limit", "0")
+             "--max-clients-per-ip", "0", "--max-joins-per-ip", "0",
+             "--max-connects-per-ip", "0", "--rate-limit", "0")
     try:
         with core_process(*flags) as core, bulk_clients(core.address, CLIENTS) as clients:
             clients.send_each(lambda i: b'{"type":"hello","name":"u%d","id":"h"}\n' % i)

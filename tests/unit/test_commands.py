@@ -477,6 +477,33 @@ def test_resumes_are_limited_per_session_not_per_address(
         commands.stop()
 
 
+def test_connections_are_charged_per_address_until_they_prove_themselves(
+    room: FakeRoom, store: MemoryStore
+) -> None:
+    commands = Commands(room, store, gateway_secret=SECRET, clock=lambda: NOW,
+                        connects_per_minute=2)  # a burst of 2
+    try:
+        assert [commands.admit(f"2001:db8::{n}") for n in range(3)] == [
+            "2001:db8::/64", "2001:db8::/64", None]
+        assert commands.admit("10.0.0.1") == "10.0.0.1"
+        user = Peer("10.0.0.1")
+        user.session.charged = "10.0.0.1"
+        commands.handle(user.session, Hello(name="alice"))  # registered: the charge is back
+        assert user.session.charged == ""
+        assert [commands.admit("10.0.0.1") for _ in range(3)] == ["10.0.0.1", "10.0.0.1", None]
+        gateway = Peer("10.0.0.9")
+        gateway.session.charged = commands.admit("10.0.0.9") or ""
+        commands.handle(gateway.session, Proxy(secret=SECRET, ip="192.0.2.1", port=1))
+        assert [commands.admit("10.0.0.9") for _ in range(5)] == [""] * 5  # never charged
+    finally:
+        commands.stop()
+    unlimited = Commands(room, store)
+    try:
+        assert [unlimited.admit("10.0.0.1") for _ in range(100)] == [""] * 100  # 0: no limit
+    finally:
+        unlimited.stop()
+
+
 def test_no_sign_in_limit_when_it_is_0(commands: Commands) -> None:
     for n in range(200):
         peer = registered(commands, f"user{n}", "10.9.9.9")
