@@ -521,9 +521,12 @@ def test_a_join_and_exit_loop_from_one_address_is_slowed_and_others_still_get_in
             back.expect("welcome", name="neighbour", resumed=True)
 
 
-def test_connections_that_come_to_nothing_are_limited_per_address() -> None:
+def test_connections_that_come_to_nothing_are_limited_per_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Found by an attacker run: connecting and closing from one address, 2,100 times a
     second, kept a whole CPU of the core busy (a thread and a socket each)."""
+    caplog.set_level("INFO", logger="tcp_server")
     with running_server(max_connects_per_ip=3, max_clients_per_ip=2, max_joins_per_ip=0,
                         rate_limit=0,
                         gateway_secret="s3cret") as server:
@@ -539,6 +542,12 @@ def test_connections_that_come_to_nothing_are_limited_per_address() -> None:
                 "sign in (at most 3 a minute after the first 3); try again in a few seconds")
             with pytest.raises(ConnectionError):
                 refused.recv()  # closed at once: no thread was started for it
+        for _ in range(200):  # a flood of them is refused, and its log stays bounded
+            with RawClient(address, source="127.0.0.2") as flooding:
+                assert flooding.recv()["code"] == "rate_limited"
+        refusals = [r.getMessage() for r in caplog.records
+                    if "127.0.0.2" in r.getMessage() and "did not sign in" in r.getMessage()]
+        assert 1 <= len(refusals) <= 35, len(refusals)  # the log rate's burst, then ~1/s
         # Connections that register give their charge back: a user comes and goes freely.
         for number in range(10):
             with RawClient(address, source="127.0.0.3") as user:
@@ -674,7 +683,9 @@ def test_a_connect_flood_and_secret_guessing_leave_a_bounded_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("INFO", logger="tcp_server")
-    with running_server(gateway_secret="right", rate_limit=0) as server:
+    # The log's own bound: without --max-connects-per-ip, which would refuse most of this
+    # flood before its secrets are even read (its refusals share the same log rate).
+    with running_server(gateway_secret="right", rate_limit=0, max_connects_per_ip=0) as server:
         for _ in range(200):
             with RawClient(server.address, source="127.0.0.2") as client:
                 client.send(type="proxy", secret="guess", ip="10.0.0.1", port=1)
