@@ -387,11 +387,15 @@ class Commands:
             f"{self._connect_burst}); try again in a few seconds",
         )
 
+    def release(self, charged: str) -> None:
+        """Give back what admit() charged (a connection refused for another reason)."""
+        if charged:
+            self._connects.give_back(charged)
+
     def _proved(self, session: Session) -> None:
         """The connection registered or is a gateway's: its charge at accept comes back."""
-        if session.charged:
-            self._connects.give_back(session.charged)
-            session.charged = ""
+        self.release(session.charged)
+        session.charged = ""
 
     def _proxy(self, session: Session, request: Proxy) -> Outcome:
         rid = request.id

@@ -226,7 +226,8 @@ class ChatServer:
                 )
                 self._threads[connection] = thread
                 self._reclaimer.count(len(self._threads))
-        if full:
+        if full:  # refused for the server's sake, not the address's: not charged
+            self._commands.release(charged)
             self._refuse(sock, address)
             return
         try:
@@ -234,6 +235,7 @@ class ChatServer:
         except RuntimeError as error:  # "can't start new thread": the system's limit
             log.error("%s refused: %s", connection.peer, error)
             self._forget(connection)
+            self._commands.release(charged)
             self._refuse(sock, address)
 
     def _refuse(self, sock: socket.socket, address: tuple[str, int],

@@ -565,6 +565,21 @@ def test_connections_that_come_to_nothing_are_limited_per_address(
             assert other.request("ping")["type"] == "pong"
 
 
+def test_connections_refused_because_the_server_is_full_are_not_charged() -> None:
+    """Found by a review: a gateway whose first connections to a new core found it full
+    had its address drained before it could prove itself, and was then told about it."""
+    with running_server(max_clients=1, max_connects_per_ip=3, max_clients_per_ip=2,
+                        max_joins_per_ip=0) as server:
+        with RawClient(server.address, source="127.0.0.9") as holder:
+            holder.hello("holder")
+            for _ in range(10):
+                with RawClient(server.address, source="127.0.0.2") as turned_away:
+                    assert turned_away.recv()["code"] == "server_full"
+        wait_until(lambda: server.connection_count() == 0, what="the holder to leave")
+        with RawClient(server.address, source="127.0.0.2") as served:
+            assert served.request("ping")["type"] == "pong"
+
+
 def test_browsers_count_by_their_own_address_never_the_gateway_s() -> None:
     with running_server(max_clients_per_ip=2, gateway_secret="s3cret") as server:
         address = server.address
