@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "A lost connection is taken back: the client reconnects and resumes the session, "
         "and the messages missed meanwhile appear. "
         "Exit codes: 0 after a goodbye, 1 connection lost (the session could not be "
-        "resumed), 2 server not reachable or bad arguments, 3 name refused (or too many "
-        "users or sign-ins from this address).",
+        "resumed), 2 server not reachable or bad arguments, 3 name refused (or "
+        "registration refused otherwise: too many users or sign-ins from this address, or "
+        "the server unavailable).",
     )
     parser.add_argument("--host", action="append", metavar="HOST[:PORT][,HOST[:PORT]...]",
                         help="the chat server's address (default "

@@ -170,6 +170,8 @@ def show_recent(connection: ServerConnection, console: Console, welcome: Welcome
 
 
 NAME_ERRORS: Final = frozenset({ErrorCode.BAD_NAME, ErrorCode.NAME_TAKEN})
+# Limits of the client's address (or of its sign-ins): another name would not help.
+ADDRESS_ERRORS: Final = frozenset({ErrorCode.TOO_MANY_FROM_ADDRESS, ErrorCode.RATE_LIMITED})
 
 
 class _Registrar:
@@ -200,8 +202,11 @@ class _Registrar:
             if isinstance(reply, Error) and reply.code in NAME_ERRORS:
                 refusal = f"That name cannot be used: {printable(reply.message)}."
                 again = " Please choose another one."
-            elif isinstance(reply, Error):  # the address's limits: not the name's fault
+            elif isinstance(reply, Error) and reply.code in ADDRESS_ERRORS:  # not the name's
                 refusal = f"The server did not let you in: {printable(reply.message)}."
+                again = " Enter a name to try again."
+            elif isinstance(reply, Error):
+                refusal = f"The server refused: {printable(reply.message)}."
                 again = " Enter a name to try again."
             else:
                 refusal = f"Unexpected answer from the server: {type(reply).__name__}."

@@ -194,10 +194,11 @@ class Commands:
         self._resumes = BucketsByKey(RESUMES_PER_MINUTE / 60.0 if joins_per_minute else 0.0,
                                      RESUME_BURST)
         self._joins_refused_log = LogRate(every=60.0)
-        # Connections per address that have not proved themselves (see admit), and the
-        # address groups of gateways (a proxy request with the right secret came from there):
-        # every browser comes through those, so they are never charged. Guarded by
-        # _gateways_lock; a handful of entries at most (only the secret's holders add any).
+        # Connections per address that have not proved themselves (see admit; the buckets
+        # guard themselves), and the address groups of gateways (a proxy request with the
+        # right secret came from there): every browser comes through those, so they are never
+        # charged. _gateways is guarded by _gateways_lock; a handful of entries at most (only
+        # the secret's holders add any).
         self._connects_per_minute = connects_per_minute
         self._connect_burst = max(connects_per_minute, max_per_address)
         self._connects = BucketsByKey(connects_per_minute / 60.0, self._connect_burst)
@@ -528,15 +529,23 @@ class Commands:
         self._take(self._resumes, key, session, request, f"this session was taken back "
                    f"too often (at most {RESUMES_PER_MINUTE} times a minute after the first "
                    f"{RESUME_BURST})")
+        try:
+            return self._take_back(session, request, token, record, expired)
+        except (ProtocolError, StoreError):
+            if session.member is None:  # not resumed (refused, or the room unavailable)
+                self._resumes.give_back(key)
+            raise
+
+    def _take_back(self, session: Session, request: Hello, token: str, record: SessionRecord,
+                   expired: ProtocolError) -> Outcome:
+        """The resume itself, once it is counted (see _resume)."""
         info = UserInfo(name=record.name, ip=session.ip, port=session.port, via=session.via)
         member = Member(info, record.id, deliver=session.deliver, close=session.close)
         try:
             previous = self._room.resume(member, self._max_per_address)
         except NotHeldError:
-            self._resumes.give_back(key)
             raise expired from None
         except AddressFullError:
-            self._resumes.give_back(key)
             raise self._address_full(session, request) from None
         if previous is not None:
             previous.close(RESUMED_ELSEWHERE)

@@ -55,8 +55,9 @@ _HELP: dict[str, str] = {
     "max_connects_per_ip": "connections a minute from one address (an IPv6 address counts as "
     "its /64) that come to nothing (close or are closed before they register), after a first "
     "as many as this or max_clients_per_ip, whichever is more; more are closed at once with "
-    "rate_limited. A connection that registers does not count, nor any from an address that "
-    "a gateway proved its own with the right secret (0: no limit)",
+    "rate_limited. A connection that registers does not count, nor one refused because the "
+    "server is full, nor any from an address that a gateway proved its own with the right "
+    "secret (0: no limit)",
     "hello_timeout": "seconds a new connection has to complete hello before it is closed",
     "rate_limit": "requests a second allowed per connection on average; a conversations "
     "counts as 10, a search as 5 per word (at least 10), a history of over 100 messages as 2 "

@@ -91,6 +91,8 @@ class FakeRoom:
         self.announced.append(Joined(member.info.name))
 
     def resume(self, member: Member, max_per_address: int = 0) -> Member | None:
+        if self.engine_down:
+            raise StoreError("redis: connection refused")
         holder = self.members.get(name_key(member.info.name))
         if holder is None or holder.session != member.session:
             raise NotHeldError(member.info.name)
@@ -462,6 +464,10 @@ def test_resumes_are_limited_per_session_not_per_address(
         room.race_address_full = True  # a refused resume spends nothing either
         assert error_of(resume("alice")).code == ErrorCode.TOO_MANY_FROM_ADDRESS
         room.race_address_full = False
+        room.engine_down = True  # nor one the room could not take (Redis down), retried
+        for _ in range(RESUME_BURST + 1):
+            assert error_of(resume("alice")).code == ErrorCode.UNAVAILABLE
+        room.engine_down = False
         outcomes = [resume("alice") for _ in range(RESUME_BURST + 1)]  # ...alice's are hers
         assert [type(o.replies[0]) for o in outcomes] == [Welcome] * RESUME_BURST + [Error]
         assert outcomes[-1] == Outcome([Error(
