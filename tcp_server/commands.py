@@ -552,8 +552,16 @@ class Commands:
         with self._away_lock:
             self._away.pop(record.id, None)
             delivered = max(record.delivered_seq, self._delivered_when_away.pop(record.id, 0))
-        self._store.reconnect_session(record.id, session.ip, session.port, session.via)
         session.member, session.record = member, record
+        try:
+            self._store.reconnect_session(record.id, session.ip, session.port, session.via)
+        except StoreError:
+            # The room has given the session to this connection and said `back`, but the
+            # client is told `unavailable`: the session goes away again (its grace running),
+            # rather than stay online for a connection that does not know it holds it.
+            self.disconnect(session, delivered)
+            session.member = session.record = None
+            raise
         self._proved(session)
         after = request.after if request.after is not None else delivered
         if session.logged:

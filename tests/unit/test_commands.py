@@ -607,6 +607,30 @@ def test_resume_into_a_full_address_is_too_many_from_address_and_the_session_sta
     assert isinstance(again.replies[0], Welcome)
 
 
+def test_a_resume_whose_store_update_fails_leaves_the_session_away_and_resumable(
+    commands: Commands, room: FakeRoom, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = Peer()
+    welcome = commands.handle(alice.session, Hello(name="alice")).replies[0]
+    assert isinstance(welcome, Welcome)
+    commands.disconnect(alice.session, delivered_seq=0)
+
+    def fail(*args: object) -> None:
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(store, "reconnect_session", fail)
+    peer = Peer("10.1.1.1")
+    outcome = commands.handle(peer.session, Hello(name="alice", resume=welcome.session,
+                                                  after=0, id="u"))
+    assert error_of(outcome).code == ErrorCode.UNAVAILABLE
+    assert peer.session.member is None  # not registered, as it was told
+    assert room.announced[-2:] == [Back("alice"), Away("alice")]
+    monkeypatch.undo()
+    again = commands.handle(Peer("10.1.1.1").session,
+                            Hello(name="alice", resume=welcome.session, after=0))
+    assert isinstance(again.replies[0], Welcome)
+
+
 @pytest.mark.parametrize("case", ["unknown token", "another name", "ended"])
 def test_resume_that_does_not_match_a_live_session_is_session_expired(
     commands: Commands, case: str
