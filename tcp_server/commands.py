@@ -384,8 +384,8 @@ class Commands:
         return ProtocolError(
             ErrorCode.RATE_LIMITED,
             f"slow down: too many connections from {describe_group(ip)} that did not sign in "
-            f"(at most {self._connects_per_minute} a minute after the first "
-            f"{self._connect_burst}); try again in a few seconds",
+            f"({_budget(self._connects_per_minute, self._connect_burst)}); try again in a few "
+            "seconds",
         )
 
     def release(self, charged: str) -> None:
@@ -446,8 +446,8 @@ class Commands:
             raise self._address_full(session, request)
         group = address_group(session.ip)
         self._take(self._joins, group, session, request, f"too many new users from "
-                   f"{describe_group(session.ip)} (at most {self._joins_per_minute} a minute "
-                   f"after the first {self._join_burst})")
+                   f"{describe_group(session.ip)} "
+                   f"({_budget(self._joins_per_minute, self._join_burst)})")
         try:
             return self._join(session, request, taken)
         except (ProtocolError, StoreError):
@@ -603,6 +603,11 @@ class Commands:
             log.debug("%s -> %s: %r", sender, to, request.text)
         message = NewMessage(ts, sender, record.id, to, recipient_session, request.text)
         return Outcome(pending=PendingSend(request, message, self._store))
+
+
+def _budget(per_minute: int, burst: int) -> str:
+    """How a refusal states a per-address budget's numbers."""
+    return f"at most {per_minute} a minute after the first {burst}"
 
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tcp_server.ratelimit import MAX_KEYS, BucketsByKey
-
-__all__ = ["MAX_KEYS", "LogRate", "held_back"]
+from tcp_server.ratelimit import BucketsByKey
 
 
 class LogRate:

@@ -198,7 +198,7 @@ class ChatServer:
         except OSError:
             pass  # it went away, or another process took the descriptor: nothing to refuse
         else:
-            self._refuse(sock, address)
+            self._refuse_full(sock, address)
         finally:
             self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
@@ -228,7 +228,7 @@ class ChatServer:
                 self._reclaimer.count(len(self._threads))
         if full:  # refused for the server's sake, not the address's: not charged
             self._commands.release(charged)
-            self._refuse(sock, address)
+            self._refuse_full(sock, address)
             return
         try:
             _start_with_stack(thread, READER_STACK_BYTES)
@@ -236,17 +236,17 @@ class ChatServer:
             log.error("%s refused: %s", connection.peer, error)
             self._forget(connection)
             self._commands.release(charged)
-            self._refuse(sock, address)
+            self._refuse_full(sock, address)
 
-    def _refuse(self, sock: socket.socket, address: tuple[str, int],
-                error: ProtocolError | None = None, why: str = "") -> None:
-        """Tell a connection why it is not served (by default: the server is full), close it."""
-        if error is None:
-            error = ProtocolError(
-                ErrorCode.SERVER_FULL,
-                f"the server is full ({self._config.max_clients} connections); try again later",
-            )
-            why = f"{self._config.max_clients} clients already"
+    def _refuse_full(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        self._refuse(sock, address, ProtocolError(
+            ErrorCode.SERVER_FULL,
+            f"the server is full ({self._config.max_clients} connections); try again later",
+        ), f"{self._config.max_clients} clients already")
+
+    def _refuse(self, sock: socket.socket, address: tuple[str, int], error: ProtocolError,
+                why: str) -> None:
+        """Tell a connection why it is not served (`why`: for the log), and close it."""
         held = self._connection_lines.allow(address_group(address[0]))
         if held is not None:
             log.warning("%s refused: %s%s", format_address(*address), why,

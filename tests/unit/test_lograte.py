@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from tcp_server.lograte import MAX_KEYS, LogRate, held_back
-from tcp_server.ratelimit import BucketsByKey
+from tcp_server.lograte import LogRate, held_back
+from tcp_server.ratelimit import MAX_KEYS, BucketsByKey
 
 
 class Clock:
