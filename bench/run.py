@@ -311,7 +311,7 @@ def gateway_server(core_port: int, secret: str, log: Path) -> Iterator[tuple[int
         sys.executable, "-m", "web_gateway", "--port", str(port),
         "--core", f"127.0.0.1:{core_port}", "--log-level", "WARNING",
         # Every generated client comes from 127.0.0.1, like the core's --max-clients-per-ip 0.
-        "--max-websockets-per-ip", "0",
+        "--max-websockets-per-ip", "0", "--max-opens-per-ip", "0",
     ]
     with log.open("ab") as out:
         process = subprocess.Popen(

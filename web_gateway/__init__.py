@@ -34,6 +34,7 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
         config.max_websockets,
         stop_grace_s=config.stop_grace,
         max_per_ip=config.max_websockets_per_ip,
+        opens_per_minute=config.max_opens_per_ip,
         ping_interval=config.ping_interval,
         pong_timeout=config.pong_timeout,
     )

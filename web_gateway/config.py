@@ -43,6 +43,11 @@ MAX_WEBSOCKETS = 5_000
 # address (ngIRCd allows 5 per address, which would lock a classroom out), few enough that one
 # address cannot take a noticeable share of the gateway.
 MAX_WEBSOCKETS_PER_IP = 50
+# Websockets opened a minute from one address, after a first burst of MAX_WEBSOCKETS_PER_IP
+# (or this, whichever is more): a page opens one, and one more on each reload or reconnection
+# (with a backoff of a second or more); a loop that opens and closes them makes the core
+# accept, prove and sign in a connection each time.
+MAX_OPENS_PER_IP = 60
 # Every connection at once, websockets included (gunicorn's worker_connections): beyond it
 # new connections wait in the listen backlog. Connections that are not websockets yet cost a
 # greenlet and a small buffer each, and are cut after HEADER_TIMEOUT_S.
@@ -67,6 +72,7 @@ class GatewayConfig:
     static_dir: Path = DEFAULT_STATIC_DIR
     max_websockets: int = MAX_WEBSOCKETS
     max_websockets_per_ip: int = MAX_WEBSOCKETS_PER_IP
+    max_opens_per_ip: int = MAX_OPENS_PER_IP
     max_connections: int = MAX_CONNECTIONS
     header_timeout: float = HEADER_TIMEOUT_S
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -182,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "address counts as its /64; behind --trust-forwarded: the forwarded "
                         "one); more are refused with error "
                         f"unavailable (default: {defaults.max_websockets_per_ip})")
+    parser.add_argument("--max-opens-per-ip", type=non_negative(int),
+                        default=defaults.max_opens_per_ip,
+                        help="websockets opened a minute from one browser address, after a "
+                        "first as many as this or --max-websockets-per-ip, whichever is more; "
+                        "more are refused with error unavailable; 0 for no limit "
+                        f"(default: {defaults.max_opens_per_ip})")
     parser.add_argument("--max-connections", type=non_negative(int),
                         default=defaults.max_connections,
                         help="HTTP connections at once, websockets included; more wait to be "
@@ -259,6 +271,7 @@ def config_from_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> 
         static_dir=args.static_dir,
         max_websockets=args.max_websockets,
         max_websockets_per_ip=args.max_websockets_per_ip,
+        max_opens_per_ip=args.max_opens_per_ip,
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
         max_message_bytes=args.max_message_bytes,

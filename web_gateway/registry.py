@@ -8,13 +8,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from flask import Flask
 
 from tcp_server.addresses import address_group
 from tcp_server.lograte import LogRate
+from tcp_server.ratelimit import BucketsByKey
 from web_gateway.budget import RefusalThrottle
 from web_gateway.config import GatewayConfig
 from web_gateway.cores import CorePool
@@ -63,12 +64,23 @@ class RelayRegistry:
         stop_grace_s: float,
         *,
         max_per_ip: int = 0,
+        opens_per_minute: int = 0,
         ping_interval: float = 0.0,
         pong_timeout: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`max_per_ip` 0: no limit per address; `ping_interval` 0: no pings."""
+        """`max_per_ip` 0: no limit on the websockets open at once per address;
+        `opens_per_minute` 0: none on how fast an address opens them; `ping_interval` 0: no
+        pings."""
         self._max = max_websockets
         self._max_per_ip = max_per_ip
+        # Each websocket is a connection to the core and a sign-in there: an address that
+        # opens and closes them in a loop costs the core far more than the gateway. A first
+        # burst as large as the address may hold at once (a NAT address's browsers all
+        # reconnecting after a restart), then `opens_per_minute`.
+        self._opens_per_minute = opens_per_minute
+        self._opens_burst = max(opens_per_minute, max_per_ip)
+        self._opens = BucketsByKey(opens_per_minute / 60.0, self._opens_burst, clock)
         self._stop_grace_s = stop_grace_s
         self._ping_interval = ping_interval
         self._pong_timeout = pong_timeout
@@ -111,6 +123,13 @@ class RelayRegistry:
                     CLOSE_POLICY, "too many connections from your address",
                     f"too many connections from your address ({self._max_per_ip} at most); "
                     "close another tab or try again later",
+                ), per_address=True)
+            if self._opens.take(ip) is None:
+                raise Refused(Ending(
+                    CLOSE_TRY_LATER, "too many new connections from your address",
+                    "too many new connections from your address (at most "
+                    f"{self._opens_per_minute} a minute after the first {self._opens_burst}); "
+                    "try again in a few seconds",
                 ), per_address=True)
             number = next(self._numbers)
             self._slots[number] = None

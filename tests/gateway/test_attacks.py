@@ -196,6 +196,29 @@ def test_an_address_at_its_limit_is_refused_while_others_get_in(
     assert len(refusals) == 1, refusals
 
 
+def test_an_address_that_opens_websockets_in_a_loop_is_slowed_while_others_get_in(
+    core: ChatServer, static_dir: Path
+) -> None:
+    # Each websocket is a core connection and a sign-in: a loop of them from one browser
+    # address (493 a second cost the core a third of a CPU) is held to --max-opens-per-ip.
+    with gateway_for([core], static_dir, "--max-websockets-per-ip", "5",
+                     "--max-opens-per-ip", "10") as gateway:
+        for number in range(10):  # a first burst of max(10, 5)
+            with open_browser(gateway, "127.0.4.3") as looper:
+                looper.hello(f"loop{number}")
+                looper.send(type="exit")
+                looper.expect("bye")
+                looper.expect_close()
+        with open_browser(gateway, "127.0.4.3") as refused:
+            error = refused.expect("error", code="unavailable")
+            assert error["message"] == (
+                "too many new connections from your address (at most 10 a minute after the "
+                "first 10); try again in a few seconds")
+            assert refused.expect_close()[0] == 1013
+        with open_browser(gateway, "127.0.4.4") as other:
+            other.hello("other")
+
+
 # --- origin and host -----------------------------------------------------------------------
 
 

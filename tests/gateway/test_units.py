@@ -324,6 +324,8 @@ def test_config_takes_several_cores_in_order() -> None:
 def test_config_limits_per_address_and_connections_by_default() -> None:
     config = config_from_args([], {})
     assert (config.max_websockets, config.max_websockets_per_ip) == (5_000, 50)
+    assert config.max_opens_per_ip == 60
+    assert config_from_args(["--max-opens-per-ip", "0"], {}).max_opens_per_ip == 0
     assert (config.max_connections, config.header_timeout) == (10_000, 5.0)
 
 
@@ -337,6 +339,7 @@ def test_config_pings_every_10_s_and_gives_up_after_20_s_by_default() -> None:
 @pytest.mark.parametrize("argv", [["--core", "nohost"], ["--core", "h:99999"],
                                   ["--core", "h:1,h:1"], ["--core", "h:1,"],
                                   ["--max-websockets-per-ip", "-1"],
+                                  ["--max-opens-per-ip", "-5"],
                                   ["--allow-origin", "evil"], ["--port", "-1"],
                                   ["--ping-interval", "-1"], ["--pong-timeout", "x"]])
 def test_bad_flags_are_refused(argv: list[str]) -> None:
@@ -408,6 +411,48 @@ def test_the_registry_refuses_an_address_at_its_limit_and_takes_others(
             assert registry.count() == 3
     with registry.slot(mine[2]):  # slots of an address come back when they close
         pass
+
+
+def test_the_registry_limits_how_fast_an_address_opens_websockets() -> None:
+    now = [100.0]
+    registry = RelayRegistry(max_websockets=100, stop_grace_s=0.05, max_per_ip=3,
+                             opens_per_minute=6, clock=lambda: now[0])
+    for _ in range(6):  # a first burst of max(6, 3), each closed at once: a loop
+        with registry.slot("10.0.0.1"):
+            pass
+    with pytest.raises(Refused) as refused, registry.slot("10.0.0.1"):
+        pass
+    assert refused.value.per_address
+    assert refused.value.ending.code == 1013
+    assert refused.value.ending.error == (
+        "too many new connections from your address (at most 6 a minute after the first 6); "
+        "try again in a few seconds")
+    assert registry.count() == 0
+    with registry.slot("10.0.0.2"), registry.slot("2001:db8::1"):  # other addresses get in
+        pass
+    with pytest.raises(Refused), registry.slot("10.0.0.1"):  # a refusal earns no token
+        pass
+    now[0] += 10.0  # one a minute / 6: one more
+    with registry.slot("10.0.0.1"):
+        pass
+    with pytest.raises(Refused), registry.slot("10.0.0.1"):
+        pass
+
+
+def test_the_registry_opens_at_once_as_many_as_an_address_may_hold() -> None:
+    registry = RelayRegistry(max_websockets=100, stop_grace_s=0.05, max_per_ip=10,
+                             opens_per_minute=2, clock=lambda: 0.0)
+    with contextlib.ExitStack() as stack:
+        for _ in range(10):  # a NAT address's browsers all reconnecting after a restart
+            stack.enter_context(registry.slot("10.0.0.1"))
+        assert registry.count() == 10
+
+
+def test_opening_websockets_is_unlimited_with_zero() -> None:
+    registry = RelayRegistry(max_websockets=10_000, stop_grace_s=0.05, clock=lambda: 0.0)
+    for _ in range(1_000):
+        with registry.slot("10.0.0.1"):
+            pass
 
 
 # --- the core nodes ----------------------------------------------------------------------------
