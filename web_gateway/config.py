@@ -43,10 +43,11 @@ MAX_WEBSOCKETS = 5_000
 # address (ngIRCd allows 5 per address, which would lock a classroom out), few enough that one
 # address cannot take a noticeable share of the gateway.
 MAX_WEBSOCKETS_PER_IP = 50
-# Websockets opened a minute from one address, after a first burst of MAX_WEBSOCKETS_PER_IP
-# (or this, whichever is more): a page opens one, and one more on each reload or reconnection
-# (with a backoff of a second or more); a loop that opens and closes them makes the core
-# accept, prove and sign in a connection each time.
+# Websockets opened a minute from one address that come to nothing (not welcomed by the core),
+# after a first burst of MAX_WEBSOCKETS_PER_IP (or this, whichever is more): a page opens one,
+# and one more on each reload or reconnection (with a backoff from a quarter of a second,
+# doubling); a loop that opens and closes them makes the core accept and prove a connection
+# each time.
 MAX_OPENS_PER_IP = 60
 # Every connection at once, websockets included (gunicorn's worker_connections): beyond it
 # new connections wait in the listen backlog. Connections that are not websockets yet cost a
@@ -190,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"unavailable (default: {defaults.max_websockets_per_ip})")
     parser.add_argument("--max-opens-per-ip", type=non_negative(int),
                         default=defaults.max_opens_per_ip,
-                        help="websockets opened a minute from one browser address, after a "
-                        "first as many as this or --max-websockets-per-ip, whichever is more; "
-                        "more are refused with error unavailable; 0 for no limit "
+                        help="websockets opened a minute from one browser address that come "
+                        "to nothing (one the core welcomes does not count), after a first as "
+                        "many as this or --max-websockets-per-ip, whichever is more; more are "
+                        "refused with error unavailable; 0 for no limit "
                         f"(default: {defaults.max_opens_per_ip})")
     parser.add_argument("--max-connections", type=non_negative(int),
                         default=defaults.max_connections,

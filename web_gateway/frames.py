@@ -64,6 +64,8 @@ def frame_to_line(frame: str | bytes) -> Upstream:
 # How every error line of the core begins (tcp_server.protocol.encode: compact JSON, "type"
 # first). Inside a JSON string a quote is escaped, so this can only start an error object.
 CORE_ERROR_START: Final = b'{"type":"error","code":"'
+# How the core's welcome begins (the same reasoning): the browser has signed in.
+CORE_WELCOME_START: Final = b'{"type":"welcome",'
 # The core's errors that the browser did not cause: its store or Redis failed.
 NOT_THE_BROWSERS_FAULT: Final = (b'unavailable"',)
 

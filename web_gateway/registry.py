@@ -40,9 +40,20 @@ STOPPING = Ending(CLOSE_GOING_AWAY, "the web gateway is shutting down",
 class Slot:
     """One admitted websocket; holds its relay once there is one."""
 
-    def __init__(self, registry: RelayRegistry, number: int) -> None:
+    def __init__(self, registry: RelayRegistry, number: int, group: str) -> None:
         self.number = number
         self._registry = registry
+        self._group = group
+        self._charged = True  # its open counts against its address's --max-opens-per-ip
+
+    def give_back(self) -> None:
+        """Its open does not count: it came to nothing the browser caused (the core could
+        not be reached), or it signed in. Like the core's --max-connects-per-ip, the limit
+        is on opens that come to nothing, so that browsers behind one address that all
+        signed in can all come back at once after a restart. Idempotent; any thread."""
+        if self._charged:
+            self._charged = False
+            self._registry._opens.give_back(self._group)
 
     def attach(self, relay: Relay) -> None:
         """Make the relay reachable by stop_all() and the pinger; stop it at once if
@@ -138,7 +149,7 @@ class RelayRegistry:
                 self._pinger = threading.Thread(target=self._ping, name="gateway-pinger")
                 self._pinger.start()
         try:
-            yield Slot(self, number)
+            yield Slot(self, number, ip)
         finally:
             with self._lock:
                 del self._slots[number]

@@ -58,7 +58,13 @@ from tcp_server.protocol import (
     format_address,
 )
 from web_gateway.budget import ErrorBudget
-from web_gateway.frames import UNAVAILABLE, browser_errors, error_frame, frame_to_line
+from web_gateway.frames import (
+    CORE_WELCOME_START,
+    UNAVAILABLE,
+    browser_errors,
+    error_frame,
+    frame_to_line,
+)
 from web_gateway.sockets import NoWaitSocket, SocketReader
 from web_gateway.websocket import BrowserSocket, close_frame, ping_frame, text_frame
 
@@ -267,15 +273,18 @@ class Relay:
         max_queue_bytes: int,
         close_timeout: float,
         errors: ErrorBudget,
+        on_signed_in: Callable[[], None] | None = None,
     ) -> None:
         """`errors`: the error objects (the gateway's and the core's) the browser may earn
-        before its websocket is closed (1008)."""
+        before its websocket is closed (1008); `on_signed_in`: called (by the core's reader)
+        when the core first welcomes the browser."""
         self._browser = browser
         self._core = core
         self.browser = peer
         self.number = number
         self._close_timeout = close_timeout
         self._errors = errors
+        self._on_signed_in = on_signed_in  # None once called
         # _lock guards _sockets_closed against the shutdowns other threads do (stop, drop):
         # a closed socket's descriptor may be reused at once, so no shutdown after close.
         self._lock = threading.Lock()
@@ -463,6 +472,9 @@ class Relay:
                 else:
                     lines = self._whole_lines(buffer.feed(data))
                     errors = sum(browser_errors(line) for line in lines)
+                if self._on_signed_in is not None and CORE_WELCOME_START in data:
+                    self._on_signed_in()
+                    self._on_signed_in = None
                 over_budget = False
                 if errors and (within := self._errors.spend(errors)) < errors:
                     # The browser is told the errors its budget covers, then why it is closed.

@@ -256,6 +256,7 @@ def ws(server: Any) -> None:
         with gateway.relays.slot(peer[0]) as slot:
             core = gateway.cores.connect(peer_name(peer))
             if core is None:
+                slot.give_back()
                 _end_refused(gateway, browser, peer[0], CORE_UNREACHABLE)
                 return
             relay = Relay(
@@ -267,6 +268,7 @@ def ws(server: Any) -> None:
                 max_queue_bytes=config.max_queue_bytes,
                 close_timeout=config.close_timeout,
                 errors=ErrorBudget(config.max_errors, config.error_window),
+                on_signed_in=slot.give_back,
             )
             slot.attach(relay)
             _keep_alive(browser.sock)

@@ -448,6 +448,24 @@ def test_the_registry_opens_at_once_as_many_as_an_address_may_hold() -> None:
         assert registry.count() == 10
 
 
+def test_an_open_given_back_does_not_count_and_is_given_back_once() -> None:
+    registry = RelayRegistry(max_websockets=100, stop_grace_s=0.05, max_per_ip=1,
+                             opens_per_minute=3, clock=lambda: 0.0)
+    for _ in range(5):  # signed in, or the core unreachable: never counted
+        with registry.slot("10.0.0.1") as slot:
+            slot.give_back()
+    for _ in range(2):  # two of the three counted
+        with registry.slot("10.0.0.1"):
+            pass
+    with registry.slot("10.0.0.1") as slot:
+        slot.give_back()
+        slot.give_back()  # once only: this leaves one, not two
+    with registry.slot("10.0.0.1"):
+        pass
+    with pytest.raises(Refused), registry.slot("10.0.0.1"):
+        pass
+
+
 def test_opening_websockets_is_unlimited_with_zero() -> None:
     registry = RelayRegistry(max_websockets=10_000, stop_grace_s=0.05, clock=lambda: 0.0)
     for _ in range(1_000):
