@@ -24,6 +24,7 @@ from tcp_server.store import (
     StoreClosed,
     StoredMessage,
     StoreError,
+    gather_delay,
     token_hash,
 )
 
@@ -124,6 +125,55 @@ def test_on_commit_gets_committed_messages_in_seq_order_before_append_returns(
             message = say(opened, alice, f"m{n}")
             assert committed[-1] == message  # delivered before its sender is answered
         assert seqs(committed) == [1, 2, 3]
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize(("rate", "queued", "age", "waits", "delay"), [
+    (1_000.0, 1, 0.0, False, 0.0),  # below GATHER_MIN_RATE: commit at once
+    (5_000.0, 1, 0.0, False, 0.0005),  # paced: wait up to GATHER_S after the oldest
+    (5_000.0, 3, 0.0002, False, 0.0003),  # counted from the oldest job
+    (5_000.0, 3, 0.001, False, 0.0),  # the oldest waited long enough
+    (5_000.0, 32, 0.0, False, 0.0),  # a full batch
+    (5_000.0, 1, 0.0, True, 0.0),  # a thread is blocked on one of the jobs
+    (128_000.0, 1, 0.0, False, 0.00025),  # GATHER_JOBS arrive sooner than GATHER_S
+])
+def test_a_commit_waits_for_more_jobs_only_under_load(
+    rate: float, queued: int, age: float, waits: bool, delay: float
+) -> None:
+    assert gather_delay(rate, queued, age, waits) == pytest.approx(delay)
+
+
+def test_under_load_the_sends_of_several_readers_are_committed_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[list[int]] = []
+    opened = SqliteStore(tmp_path, on_commit=lambda messages: commits.append(seqs(messages)))
+    try:
+        alice = session(opened, "alice")
+        monkeypatch.setattr(store_module, "GATHER_S", 2.0)  # a window no scheduler misses
+        monkeypatch.setattr(store_module, "GATHER_JOBS", 1_000)
+        opened._rate = 1_000.0  # as if 1,000 jobs a second came in lately
+        monkeypatch.setattr(store_module, "GATHER_MIN_RATE", 500.0)
+        answered = threading.Semaphore(0)
+
+        def send(text: str) -> None:
+            opened.submit(NewMessage(ts=time.time(), sender="alice", sender_session=alice.id,
+                                     to="*", recipient_session=None, text=text),
+                          lambda results: answered.release())
+
+        first = threading.Thread(target=send, args=("first",))
+        first.start()
+        deadline = time.monotonic() + 5.0
+        while not opened._committing.locked():  # the first reader waits, committing
+            assert time.monotonic() < deadline, "the first send was not being committed"
+            time.sleep(0.001)
+        for n in range(4):  # other readers queue theirs and go on
+            send(f"more {n}")
+        for _ in range(5):
+            assert answered.acquire(timeout=10.0)
+        first.join(10.0)
+        assert commits == [[1, 2, 3, 4, 5]]
     finally:
         opened.close()
 
