@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tcp_server.addresses import address_group, describe_group
+from tcp_server.admission import Admission
 from tcp_server.grace import Deadlines
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.protocol import (
@@ -51,7 +52,7 @@ from tcp_server.protocol import (
     name_key,
     query_words,
 )
-from tcp_server.ratelimit import BucketsByKey
+from tcp_server.ratelimit import BucketsByKey, describe_budget
 from tcp_server.registry import (
     AddressFullError,
     Envelope,
@@ -94,7 +95,7 @@ class Session:
     record: SessionRecord | None = None
     exited: bool = False
     logged: bool = True  # False: its address floods us, so its comings and goings are not logged
-    # The address group charged for this connection at accept (Commands.admit), until it
+    # The address group charged for this connection at accept (Admission.admit), until it
     # proves itself (registers, or is a gateway's): "" when nothing is charged.
     charged: str = ""
 
@@ -194,16 +195,7 @@ class Commands:
         self._resumes = BucketsByKey(RESUMES_PER_MINUTE / 60.0 if joins_per_minute else 0.0,
                                      RESUME_BURST)
         self._joins_refused_log = LogRate(every=60.0)
-        # Connections per address that have not proved themselves (see admit; the buckets
-        # guard themselves), and the address groups of gateways (a proxy request with the
-        # right secret came from there): every browser comes through those, so they are never
-        # charged. _gateways is guarded by _gateways_lock; a handful of entries at most (only
-        # the secret's holders add any).
-        self._connects_per_minute = connects_per_minute
-        self._connect_burst = max(connects_per_minute, max_per_address)
-        self._connects = BucketsByKey(connects_per_minute / 60.0, self._connect_burst)
-        self._gateways_lock = threading.Lock()
-        self._gateways: set[str] = set()
+        self.admission = Admission(connects_per_minute, max_per_address)
         self._away_lock = threading.Lock()
         self._away: OrderedDict[SessionId, Member] = OrderedDict()  # guarded by _away_lock
         # The last seq queued to each away session's ended connection, known here before the
@@ -363,39 +355,9 @@ class Commands:
                 return Outcome([Conversations(conversations=tuple(listed), id=rid)])
         raise AssertionError(f"unhandled request {request!r}")
 
-    def admit(self, ip: str) -> str | None:
-        """A connection accepted from `ip`, before anything is spent on it: None to refuse
-        it at once (its address has opened too many connections that came to nothing);
-        otherwise the group charged for it ("" for none), for its Session.charged.
-
-        Connections that register, or that a gateway proves its own, give their charge back:
-        the limit falls only on connections that come to nothing (connect and close, a
-        refused hello), whose churn costs the core ~0.5 ms each."""
-        if self._connects_per_minute <= 0:
-            return ""
-        group = address_group(ip)
-        with self._gateways_lock:
-            if group in self._gateways:
-                return ""
-        return group if self._connects.take(group) is not None else None
-
-    def admit_refusal(self, ip: str) -> ProtocolError:
-        """What a connection refused by admit() is told before it is closed."""
-        return ProtocolError(
-            ErrorCode.RATE_LIMITED,
-            f"slow down: too many connections from {describe_group(ip)} that did not sign in "
-            f"({_budget(self._connects_per_minute, self._connect_burst)}); try again in a few "
-            "seconds",
-        )
-
-    def release(self, charged: str) -> None:
-        """Give back what admit() charged (a connection refused for another reason)."""
-        if charged:
-            self._connects.give_back(charged)
-
     def _proved(self, session: Session) -> None:
         """The connection registered or is a gateway's: its charge at accept comes back."""
-        self.release(session.charged)
+        self.admission.release(session.charged)
         session.charged = ""
 
     def _proxy(self, session: Session, request: Proxy) -> Outcome:
@@ -418,8 +380,7 @@ class Commands:
                             held_back(held, "from this address in the last minute"))
             raise ProtocolError(ErrorCode.FORBIDDEN, "wrong gateway secret", rid)
         log.info("%s is a gateway for browser %s:%d", session.peer, request.ip, request.port)
-        with self._gateways_lock:
-            self._gateways.add(address_group(session.ip))
+        self.admission.gateway_at(session.ip)
         self._proved(session)
         session.ip, session.port, session.via, session.proxied = (
             request.ip, request.port, "web", True
@@ -447,7 +408,7 @@ class Commands:
         group = address_group(session.ip)
         self._take(self._joins, group, session, request, f"too many new users from "
                    f"{describe_group(session.ip)} "
-                   f"({_budget(self._joins_per_minute, self._join_burst)})")
+                   f"({describe_budget(self._joins_per_minute, self._join_burst)})")
         try:
             return self._join(session, request, taken)
         except (ProtocolError, StoreError):
@@ -603,11 +564,6 @@ class Commands:
             log.debug("%s -> %s: %r", sender, to, request.text)
         message = NewMessage(ts, sender, record.id, to, recipient_session, request.text)
         return Outcome(pending=PendingSend(request, message, self._store))
-
-
-def _budget(per_minute: int, burst: int) -> str:
-    """How a refusal states a per-address budget's numbers."""
-    return f"at most {per_minute} a minute after the first {burst}"
 
 
 def _events(messages: list[StoredMessage]) -> tuple[Message, ...]:

@@ -143,7 +143,7 @@ class Connection:
         """`logged`: None keeps this connection's coming and going out of the log (a flood
         from its address); a count says how many were held back before it. `gate`: where
         the reader waits at a server shutdown (see ShutdownGate). `charged`: see
-        Commands.admit."""
+        Admission.admit."""
         self._logged = logged
         self._gate = gate
         self._poller: select.poll | None = None  # the reader's wait for its socket

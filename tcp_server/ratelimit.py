@@ -83,3 +83,8 @@ class BucketsByKey:
             if entry is not None:
                 tokens, last, refused = entry
                 self._keys[key] = (min(self._burst, tokens + 1.0), last, refused)
+
+
+def describe_budget(per_minute: int, burst: int) -> str:
+    """How a refusal states a per-address budget's numbers."""
+    return f"at most {per_minute} a minute after the first {burst}"

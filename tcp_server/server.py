@@ -203,9 +203,10 @@ class ChatServer:
             self._spare_fd = os.open(os.devnull, os.O_RDONLY)
 
     def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        charged = self._commands.admit(address[0])
+        admission = self._commands.admission
+        charged = admission.admit(address[0])
         if charged is None:
-            self._refuse(sock, address, self._commands.admit_refusal(address[0]),
+            self._refuse(sock, address, admission.refusal(address[0]),
                          "too many connections from this address that did not sign in")
             return
         sock.setblocking(True)
@@ -227,7 +228,7 @@ class ChatServer:
                 self._threads[connection] = thread
                 self._reclaimer.count(len(self._threads))
         if full:  # refused for the server's sake, not the address's: not charged
-            self._commands.release(charged)
+            self._commands.admission.release(charged)
             self._refuse_full(sock, address)
             return
         try:
@@ -235,7 +236,7 @@ class ChatServer:
         except RuntimeError as error:  # "can't start new thread": the system's limit
             log.error("%s refused: %s", connection.peer, error)
             self._forget(connection)
-            self._commands.release(charged)
+            self._commands.admission.release(charged)
             self._refuse_full(sock, address)
 
     def _refuse_full(self, sock: socket.socket, address: tuple[str, int]) -> None:

@@ -15,7 +15,7 @@ from flask import Flask
 
 from tcp_server.addresses import address_group
 from tcp_server.lograte import LogRate
-from tcp_server.ratelimit import BucketsByKey
+from tcp_server.ratelimit import BucketsByKey, describe_budget
 from web_gateway.budget import RefusalThrottle
 from web_gateway.config import GatewayConfig
 from web_gateway.cores import CorePool
@@ -138,8 +138,8 @@ class RelayRegistry:
             if self._opens.take(ip) is None:
                 raise Refused(Ending(
                     CLOSE_TRY_LATER, "too many new connections from your address",
-                    "too many new connections from your address (at most "
-                    f"{self._opens_per_minute} a minute after the first {self._opens_burst}); "
+                    "too many new connections from your address ("
+                    f"{describe_budget(self._opens_per_minute, self._opens_burst)}); "
                     "try again in a few seconds",
                 ), per_address=True)
             number = next(self._numbers)
