@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -48,6 +49,7 @@ LEADER_MAX_BATCHES: Final = 4
 GATHER_MIN_RATE: Final = 4_000.0
 GATHER_JOBS: Final = 32
 GATHER_S: Final = 0.0005
+RATE_WINDOW_S: Final = 0.1  # the rate that gather_delay is given: of about this long a past
 CHECKPOINT_EVERY_S: Final = 1.0
 # Messages are indexed for search in their own transactions, after their commit (see
 # _index_now): this long after the first unindexed one, at most INDEX_CHUNK rows at a time.
@@ -364,9 +366,8 @@ class SqliteStore:
         self._closed = False
         # The writer thread's wake-up: a leader that left jobs queued, or close().
         self._writer_due = threading.Event()
-        # Jobs a second lately, a moving average kept by whoever commits: see gather_delay.
-        self._rate = 0.0
-        self._last_commit = time.monotonic()
+        # Jobs a second lately (see gather_delay), kept by whoever holds _committing.
+        self._rate = RecentRate(RATE_WINDOW_S)
         self._writer_stop = False
         # Daemon threads, unlike the rest of the core's: a store someone forgot to close must
         # not keep a process from exiting, and a kill at any point is safe (a transaction
@@ -562,7 +563,8 @@ class SqliteStore:
                     if max_batches is not None and batches >= max_batches:
                         self._writer_due.set()  # the writer goes on; this reader goes back
                         return
-                    self._gather()
+                    if batches == 0:  # once: the reader's own client waits meanwhile
+                        self._gather()
                     count = min(len(jobs), MAX_JOBS_PER_COMMIT)  # only we take: it only grows
                     self._commit([jobs.popleft() for _ in range(count)])
                     batches += 1
@@ -573,11 +575,12 @@ class SqliteStore:
         """Under load, wait (holding _committing) until the batch is worth a commit, while
         the other readers queue theirs (gather_delay)."""
         jobs = self._jobs
-        rate = self._rate
+        now = time.monotonic()
+        rate = self._rate.per_second(now)
         if rate < GATHER_MIN_RATE or len(jobs) >= GATHER_JOBS:
             return  # the common cases, without looking at the jobs
         waited = list(jobs)  # a copy: other threads append meanwhile
-        delay = gather_delay(rate, len(waited), time.monotonic() - waited[0].queued,
+        delay = gather_delay(rate, len(waited), now - waited[0].queued,
                              any(job.then is None for job in waited))
         if delay > 0:
             time.sleep(delay)
@@ -782,9 +785,7 @@ class SqliteStore:
             self._drain(LEADER_MAX_BATCHES)  # what was queued meanwhile, left to us
 
     def _commit(self, batch: list[_Job]) -> None:
-        now = time.monotonic()
-        elapsed, self._last_commit = now - self._last_commit, now
-        self._rate += 0.25 * (len(batch) / max(elapsed, 1e-6) - self._rate)
+        self._rate.add(len(batch), time.monotonic())
         db = self._writer_cursor
         stored: list[StoredMessage] = []
         rows: list[tuple[Any, ...]] = []  # messages not yet inserted
@@ -891,6 +892,27 @@ _INSERT_MESSAGE: Final = """INSERT INTO messages (seq, ts, sender, sender_key, s
     recipient, recipient_key, recipient_session, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
+class RecentRate:
+    """Events a second of about the last `window_s`: a count that decays exponentially with
+    time, so that a quiet moment lowers it at once. (A moving average of each commit's own
+    rate did not: two commits close together looked like 100,000 a second, and at a real 2,000
+    a second half the commits waited for nothing.) Not thread-safe: its owner guards it."""
+
+    __slots__ = ("_at", "_count", "_window")
+
+    def __init__(self, window_s: float) -> None:
+        self._window = window_s
+        self._count = 0.0
+        self._at = 0.0
+
+    def add(self, events: int, now: float) -> None:
+        self._count = self._count * math.exp((self._at - now) / self._window) + events
+        self._at = now
+
+    def per_second(self, now: float) -> float:
+        return self._count * math.exp((self._at - now) / self._window) / self._window
+
+
 def gather_delay(rate: float, queued: int, oldest_age: float, someone_waits: bool) -> float:
     """How long a thread about to commit `queued` jobs (the oldest queued `oldest_age`
     seconds ago) waits for more, at `rate` jobs a second lately.
@@ -904,7 +926,7 @@ def gather_delay(rate: float, queued: int, oldest_age: float, someone_waits: boo
     rate nothing waits, nor does anything when the batch is full already or a thread is
     blocked on one of its jobs (a session's change: a sign-in, a resume).
     """
-    if rate < GATHER_MIN_RATE or queued >= GATHER_JOBS or someone_waits:
+    if rate <= 0 or rate < GATHER_MIN_RATE or queued >= GATHER_JOBS or someone_waits:
         return 0.0
     return max(0.0, min(GATHER_S, GATHER_JOBS / rate) - oldest_age)
 

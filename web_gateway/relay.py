@@ -472,7 +472,8 @@ class Relay:
                 else:
                     lines = self._whole_lines(buffer.feed(data))
                     errors = sum(browser_errors(line) for line in lines)
-                if self._on_signed_in is not None and CORE_WELCOME_START in data:
+                if self._on_signed_in is not None and any(
+                        line.startswith(CORE_WELCOME_START) for line in lines):
                     self._on_signed_in()
                     self._on_signed_in = None
                 over_budget = False

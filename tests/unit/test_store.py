@@ -18,6 +18,7 @@ from tcp_server.protocol import Conversation, search_words
 from tcp_server.store import (
     SECONDS_PER_DAY,
     NewMessage,
+    RecentRate,
     Retention,
     SessionRecord,
     SqliteStore,
@@ -144,6 +145,17 @@ def test_a_commit_waits_for_more_jobs_only_under_load(
     assert gather_delay(rate, queued, age, waits) == pytest.approx(delay)
 
 
+def test_the_recent_rate_counts_events_over_time_not_per_commit() -> None:
+    rate = RecentRate(0.1)
+    now = 100.0
+    for _ in range(2_000):  # 2,000 a second for a second, in pairs 1 us apart
+        rate.add(1, now)
+        rate.add(1, now + 1e-6)
+        now += 0.001
+    assert rate.per_second(now) == pytest.approx(2_000, rel=0.05)
+    assert rate.per_second(now + 0.5) < 20  # a quiet moment lowers it at once
+
+
 def test_under_load_the_sends_of_several_readers_are_committed_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,7 +165,8 @@ def test_under_load_the_sends_of_several_readers_are_committed_together(
         alice = session(opened, "alice")
         monkeypatch.setattr(store_module, "GATHER_S", 2.0)  # a window no scheduler misses
         monkeypatch.setattr(store_module, "GATHER_JOBS", 1_000)
-        opened._rate = 1_000.0  # as if 1,000 jobs a second came in lately
+        opened._rate = RecentRate(100.0)  # as if 1,000 jobs a second came in lately
+        opened._rate.add(100_000, time.monotonic())
         monkeypatch.setattr(store_module, "GATHER_MIN_RATE", 500.0)
         answered = threading.Semaphore(0)
 
