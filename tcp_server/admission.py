@@ -8,7 +8,7 @@ import threading
 
 from tcp_server.addresses import address_group, describe_group
 from tcp_server.protocol import ErrorCode, ProtocolError
-from tcp_server.ratelimit import BucketsByKey, describe_budget
+from tcp_server.ratelimit import PerMinuteBuckets
 
 
 class Admission:
@@ -22,9 +22,7 @@ class Admission:
     """
 
     def __init__(self, connects_per_minute: int, max_per_address: int = 0) -> None:
-        self._per_minute = connects_per_minute
-        self._burst = max(connects_per_minute, max_per_address)
-        self._connects = BucketsByKey(connects_per_minute / 60.0, self._burst)
+        self._connects = PerMinuteBuckets(connects_per_minute, max_per_address)
         # The address groups of gateways: a handful at most (only the secret's holders add
         # any), guarded by _lock.
         self._lock = threading.Lock()
@@ -34,7 +32,7 @@ class Admission:
         """A connection accepted from `ip`, before anything is spent on it: None to refuse
         it at once (its address has opened too many connections that came to nothing);
         otherwise the group charged for it ("" for none), for its Session.charged."""
-        if self._per_minute <= 0:
+        if self._connects.per_minute <= 0:
             return ""
         group = address_group(ip)
         with self._lock:
@@ -47,7 +45,7 @@ class Admission:
         return ProtocolError(
             ErrorCode.RATE_LIMITED,
             f"slow down: too many connections from {describe_group(ip)} that did not sign in "
-            f"({describe_budget(self._per_minute, self._burst)}); try again in a few seconds",
+            f"({self._connects.describe()}); try again in a few seconds",
         )
 
     def release(self, charged: str) -> None:

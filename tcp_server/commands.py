@@ -52,7 +52,7 @@ from tcp_server.protocol import (
     name_key,
     query_words,
 )
-from tcp_server.ratelimit import BucketsByKey, describe_budget
+from tcp_server.ratelimit import BucketsByKey, PerMinuteBuckets
 from tcp_server.registry import (
     AddressFullError,
     Envelope,
@@ -189,9 +189,7 @@ class Commands:
         # New sessions are counted per address (a burst: everyone an address may hold, at
         # once); resumes per session, so that nobody behind a shared address can spend
         # another user's resumes and cost them their session.
-        self._joins_per_minute = joins_per_minute
-        self._join_burst = max(joins_per_minute, max_per_address)
-        self._joins = BucketsByKey(joins_per_minute / 60.0, self._join_burst)
+        self._joins = PerMinuteBuckets(joins_per_minute, max_per_address)
         self._resumes = BucketsByKey(RESUMES_PER_MINUTE / 60.0 if joins_per_minute else 0.0,
                                      RESUME_BURST)
         self._joins_refused_log = LogRate(every=60.0)
@@ -408,7 +406,7 @@ class Commands:
         group = address_group(session.ip)
         self._take(self._joins, group, session, request, f"too many new users from "
                    f"{describe_group(session.ip)} "
-                   f"({describe_budget(self._joins_per_minute, self._join_burst)})")
+                   f"({self._joins.describe()})")
         try:
             return self._join(session, request, taken)
         except (ProtocolError, StoreError):

@@ -85,6 +85,17 @@ class BucketsByKey:
                 self._keys[key] = (min(self._burst, tokens + 1.0), last, refused)
 
 
-def describe_budget(per_minute: int, burst: int) -> str:
-    """How a refusal states a per-address budget's numbers."""
-    return f"at most {per_minute} a minute after the first {burst}"
+class PerMinuteBuckets(BucketsByKey):
+    """A per-address budget: `per_minute` a minute per key (0: no limit) after a first burst
+    of that or `at_once`, whichever is more (everyone one address may hold, at once)."""
+
+    def __init__(
+        self, per_minute: int, at_once: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_minute = per_minute
+        self.burst = max(per_minute, at_once)
+        super().__init__(per_minute / 60.0, self.burst, clock)
+
+    def describe(self) -> str:
+        """How a refusal states the budget's numbers."""
+        return f"at most {self.per_minute} a minute after the first {self.burst}"

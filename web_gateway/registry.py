@@ -15,7 +15,7 @@ from flask import Flask
 
 from tcp_server.addresses import address_group
 from tcp_server.lograte import LogRate
-from tcp_server.ratelimit import BucketsByKey, describe_budget
+from tcp_server.ratelimit import PerMinuteBuckets
 from web_gateway.budget import RefusalThrottle
 from web_gateway.config import GatewayConfig
 from web_gateway.cores import CorePool
@@ -89,9 +89,7 @@ class RelayRegistry:
         # opens and closes them in a loop costs the core far more than the gateway. A first
         # burst as large as the address may hold at once (a NAT address's browsers all
         # reconnecting after a restart), then `opens_per_minute`.
-        self._opens_per_minute = opens_per_minute
-        self._opens_burst = max(opens_per_minute, max_per_ip)
-        self._opens = BucketsByKey(opens_per_minute / 60.0, self._opens_burst, clock)
+        self._opens = PerMinuteBuckets(opens_per_minute, max_per_ip, clock)
         self._stop_grace_s = stop_grace_s
         self._ping_interval = ping_interval
         self._pong_timeout = pong_timeout
@@ -138,8 +136,7 @@ class RelayRegistry:
             if self._opens.take(ip) is None:
                 raise Refused(Ending(
                     CLOSE_TRY_LATER, "too many new connections from your address",
-                    "too many new connections from your address ("
-                    f"{describe_budget(self._opens_per_minute, self._opens_burst)}); "
+                    f"too many new connections from your address ({self._opens.describe()}); "
                     "try again in a few seconds",
                 ), per_address=True)
             number = next(self._numbers)
