@@ -51,6 +51,9 @@ GATHER_JOBS: Final = 32
 GATHER_S: Final = 0.0005
 RATE_WINDOW_S: Final = 0.1  # the rate that gather_delay is given: of about this long a past
 CHECKPOINT_EVERY_S: Final = 1.0
+# A WAL file that grew under load (before a checkpoint could start it over) is cut back to
+# this size when it starts over.
+WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 # Messages are indexed for search in their own transactions, after their commit (see
 # _index_now): this long after the first unindexed one, at most INDEX_CHUNK rows at a time.
 INDEX_DELAY_S: Final = 0.05
@@ -378,6 +381,12 @@ class SqliteStore:
         # writer, and every sender waiting on it, for milliseconds: a thread of their own
         # does them, beside the writer (WAL allows it), once a second.
         self._writer_db.execute("PRAGMA wal_autocheckpoint=0")
+        self._writer_db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        # Set by the checkpoint thread, for the writer: finish the checkpoint (see
+        # _checkpoint_loop). Guarded by _lock.
+        self._checkpoint_due = False
+        # The writer's row changes when it last finished one (kept under _committing).
+        self._changes_checkpointed = 0
         self._checkpoint_db = self._connect()
         self._stopping = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
@@ -695,11 +704,40 @@ class SqliteStore:
             db.close()
 
     def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database once a second, beside the writer; then have the
+        writer copy the last few frames with commits paused (_finish_checkpoint).
+
+        Why both: SQLite starts the WAL file over only at a commit that finds every frame
+        copied, and under steady load a commit always came while this thread copied (a
+        checkpoint takes milliseconds), so the WAL grew for as long as the load lasted: 1 GB
+        for 100,000 messages at 5,000 a second. Copying it all with commits paused would stall
+        them for as long (bench/README.md, "Checkpoints")."""
         while not self._stopping.wait(CHECKPOINT_EVERY_S):
             try:
-                self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                (_busy, frames, _copied) = self._checkpoint_db.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as error:  # busy or failing: the WAL waits for the next one
                 log.warning("store: checkpoint failed: %s", error)
+                continue
+            if frames > 0:
+                with self._lock:
+                    self._checkpoint_due = True
+                self._writer_due.set()
+
+    def _finish_checkpoint(self) -> None:
+        """Copy what was committed since the checkpoint thread's copy (holding _committing,
+        so nothing is committed meanwhile): the next commit then starts the WAL over."""
+        with self._lock:
+            due, self._checkpoint_due = self._checkpoint_due, False
+        changes = self._writer_db.total_changes
+        if not due or changes == self._changes_checkpointed:
+            return
+        try:
+            self._writer_cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as error:
+            log.warning("store: checkpoint failed: %s", error)
+            return
+        self._changes_checkpointed = changes
 
     # --- the writer thread --------------------------------------------------------------------
 
@@ -721,6 +759,7 @@ class SqliteStore:
                     index_due = self._index_due
                 if stopping or (index_due is not None and time.monotonic() >= index_due):
                     self._index_in_chunks(stopping)
+                self._finish_checkpoint()
                 if time.monotonic() >= next_prune and not stopping:
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                     try:

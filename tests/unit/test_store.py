@@ -966,6 +966,47 @@ def test_close_ends_the_writer_and_checkpoint_threads(tmp_path: Path) -> None:
     )
 
 
+def _wal_restarts(path: Path) -> int:
+    """The WAL header's checkpoint sequence number: SQLite adds one each time the WAL file
+    starts over from its beginning."""
+    header = (path / "chat.sqlite3-wal").read_bytes()[:16]
+    return int.from_bytes(header[12:16], "big") if len(header) == 16 else 0
+
+
+def test_under_steady_load_the_wal_starts_over_after_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Commits never pause here: a checkpoint alone always finds new frames when it ends, and
+    # the WAL grew for as long as the load lasted (1 GB for 100,000 messages at 5,000 a second).
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.02)
+    opened = SqliteStore(tmp_path)
+    senders = [session(opened, f"sender{i}") for i in range(3)]
+    first = last = _wal_restarts(tmp_path)
+    going = threading.Event()
+    going.set()
+
+    def send(sender: SessionRecord) -> None:
+        while going.is_set():
+            say(opened, sender, "a steady stream " * 20)
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in senders]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            last = _wal_restarts(tmp_path)
+            if last >= first + 3:
+                break
+    finally:
+        going.clear()
+        for thread in threads:
+            thread.join(timeout=5.0)
+        opened.close()
+    assert last >= first + 3, f"the WAL started over {last - first} times in 10 s of load"
+
+
 def test_appends_racing_close_are_committed_or_refused_never_lost(tmp_path: Path) -> None:
     going = threading.Event()
     first = SqliteStore(tmp_path, on_commit=lambda ms: going.set() if ms[-1].seq >= 20 else None)
