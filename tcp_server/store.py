@@ -51,6 +51,10 @@ GATHER_JOBS: Final = 32
 GATHER_S: Final = 0.0005
 RATE_WINDOW_S: Final = 0.1  # the rate that gather_delay is given: of about this long a past
 CHECKPOINT_EVERY_S: Final = 1.0
+# The checkpoint thread copies the WAL again while the last copy found more than this many
+# new frames, at most CHECKPOINT_PASSES times, and leaves the rest to the writer.
+CHECKPOINT_PASSES: Final = 4
+FINISH_FRAMES: Final = 64
 # A WAL file that grew under load (before a checkpoint could start it over) is cut back to
 # this size when it starts over.
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
@@ -704,18 +708,25 @@ class SqliteStore:
             db.close()
 
     def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database once a second, beside the writer; then have the
-        writer copy the last few frames with commits paused (_finish_checkpoint).
+        """Copy the WAL into the database once a second, beside the writer, again while
+        commits came meanwhile; then have the writer copy the last few frames with commits
+        paused (_finish_checkpoint).
 
-        Why both: SQLite starts the WAL file over only at a commit that finds every frame
-        copied, and under steady load a commit always came while this thread copied (a
-        checkpoint takes milliseconds), so the WAL grew for as long as the load lasted: 1 GB
-        for 100,000 messages at 5,000 a second. Copying it all with commits paused would stall
-        them for as long (bench/README.md, "Checkpoints")."""
+        Why: SQLite starts the WAL file over only at a commit that finds every frame copied,
+        and under steady load a commit always came while this thread copied (a copy takes
+        milliseconds), so the WAL grew for as long as the load lasted: 1 GB for 100,000
+        messages at 5,000 a second. Copying it all with commits paused would stall them as
+        long; each pass here copies what came during the one before, a few milliseconds'
+        worth of commits, until it is little enough to pause commits for."""
         while not self._stopping.wait(CHECKPOINT_EVERY_S):
+            frames = 0
             try:
-                (_busy, frames, _copied) = self._checkpoint_db.execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                for _ in range(CHECKPOINT_PASSES):
+                    copied_before = frames
+                    (_busy, frames, _copied) = self._checkpoint_db.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames - copied_before <= FINISH_FRAMES:
+                        break
             except sqlite3.Error as error:  # busy or failing: the WAL waits for the next one
                 log.warning("store: checkpoint failed: %s", error)
                 continue
