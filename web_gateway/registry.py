@@ -27,10 +27,9 @@ log = logging.getLogger(__name__)
 class Refused(Exception):
     """A websocket the gateway does not take: full, too many from its address, or stopping."""
 
-    def __init__(self, ending: Ending, *, per_address: bool = False) -> None:
+    def __init__(self, ending: Ending) -> None:
         super().__init__(ending.error)
         self.ending = ending
-        self.per_address = per_address
 
 
 STOPPING = Ending(CLOSE_GOING_AWAY, "the web gateway is shutting down",
@@ -132,13 +131,13 @@ class RelayRegistry:
                     CLOSE_POLICY, "too many connections from your address",
                     f"too many connections from your address ({self._max_per_ip} at most); "
                     "close another tab or try again later",
-                ), per_address=True)
+                ))
             if self._opens.take(ip) is None:
                 raise Refused(Ending(
                     CLOSE_TRY_LATER, "too many new connections from your address",
                     f"too many new connections from your address ({self._opens.describe()}); "
                     "try again in a few seconds",
-                ), per_address=True)
+                ))
             number = next(self._numbers)
             self._slots[number] = None
             self._per_ip[ip] += 1
