@@ -55,6 +55,11 @@ CHECKPOINT_EVERY_S: Final = 1.0
 # new frames, at most CHECKPOINT_PASSES times, and leaves the rest to the writer.
 CHECKPOINT_PASSES: Final = 4
 FINISH_FRAMES: Final = 64
+# The writer then waits at most this long for reads begun before to end, commits paused
+# (_finish_checkpoint); twice as long after each time they outlasted it, up to the maximum.
+FINISH_WAIT_MS: Final = 10
+FINISH_WAIT_MAX_MS: Final = 40
+BUSY_TIMEOUT_MS: Final = 10_000
 # A WAL file that grew under load (before a checkpoint could start it over) is cut back to
 # this size when it starts over.
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
@@ -389,8 +394,10 @@ class SqliteStore:
         # Set by the checkpoint thread, for the writer: finish the checkpoint (see
         # _checkpoint_loop). Guarded by _lock.
         self._checkpoint_due = False
-        # The writer's row changes when it last finished one (kept under _committing).
+        # The writer's row changes when it last finished one, and how long it waits for reads
+        # next time (both kept under _committing).
         self._changes_checkpointed = 0
+        self._finish_wait_ms = FINISH_WAIT_MS
         self._checkpoint_db = self._connect()
         self._stopping = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
@@ -404,7 +411,7 @@ class SqliteStore:
         # NORMAL in WAL mode: a commit survives the process being killed; only a power cut
         # can take the last commits (docs/operations.md).
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return db
 
     def _meta(self, key: str) -> int:
@@ -736,18 +743,34 @@ class SqliteStore:
                 self._writer_due.set()
 
     def _finish_checkpoint(self) -> None:
-        """Copy what was committed since the checkpoint thread's copy (holding _committing,
-        so nothing is committed meanwhile): the next commit then starts the WAL over."""
+        """Copy what was committed since the checkpoint thread's copy and start the WAL over,
+        holding _committing, so that nothing is committed meanwhile.
+
+        RESTART, not PASSIVE: a read begun before the last commit keeps a copy short of the
+        end, and one still running at the next commit keeps that commit from starting the
+        WAL over; with reads going on all the time (a review's test) the WAL grew as before.
+        RESTART waits for those reads, _finish_wait_ms at most; if they outlast it, the next
+        second's try waits twice as long, up to FINISH_WAIT_MAX_MS."""
         with self._lock:
             due, self._checkpoint_due = self._checkpoint_due, False
         changes = self._writer_db.total_changes
         if not due or changes == self._changes_checkpointed:
             return
+        db = self._writer_cursor
         try:
-            self._writer_cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db.execute(f"PRAGMA busy_timeout={self._finish_wait_ms}")
+            try:
+                (busy, _frames, _copied) = db.execute(
+                    "PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as error:
             log.warning("store: checkpoint failed: %s", error)
             return
+        if busy:  # reads outlasted the wait, or the checkpoint thread was copying: next time
+            self._finish_wait_ms = min(2 * self._finish_wait_ms, FINISH_WAIT_MAX_MS)
+            return
+        self._finish_wait_ms = FINISH_WAIT_MS
         self._changes_checkpointed = changes
 
     # --- the writer thread --------------------------------------------------------------------
