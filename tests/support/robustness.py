@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,17 @@ class ResourceSnapshot:
 def count_fds() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def fd_kinds() -> Counter[str]:
+    """This process's open file descriptors by what they are ("socket", "pipe", a file's
+    path), for a message that says which ones a count missed or kept."""
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile (the listing's own one, too)
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            kinds[target.split(":", 1)[0] if target.endswith("]") else target] += 1
+    return kinds
 
 
 def rss_bytes() -> int:
