@@ -730,8 +730,8 @@ class SqliteStore:
             try:
                 for _ in range(CHECKPOINT_PASSES):
                     copied_before = frames
-                    (_busy, frames, _copied) = self._checkpoint_db.execute(
-                        "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    [(_busy, frames, _copied)] = self._checkpoint_db.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if frames - copied_before <= FINISH_FRAMES:
                         break
             except sqlite3.Error as error:  # busy or failing: the WAL waits for the next one
@@ -758,12 +758,14 @@ class SqliteStore:
             return
         db = self._writer_cursor
         try:
-            db.execute(f"PRAGMA busy_timeout={self._finish_wait_ms}")
+            # Each statement run to its end (fetchall): one left with a row pending would keep
+            # close() from closing the database's files.
+            db.execute(f"PRAGMA busy_timeout={self._finish_wait_ms}").fetchall()
             try:
-                (busy, _frames, _copied) = db.execute(
-                    "PRAGMA wal_checkpoint(RESTART)").fetchone()
+                [(busy, _frames, _copied)] = db.execute(
+                    "PRAGMA wal_checkpoint(RESTART)").fetchall()
             finally:
-                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}").fetchall()
         except sqlite3.Error as error:
             log.warning("store: checkpoint failed: %s", error)
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
 import sqlite3
 import threading
@@ -1014,6 +1015,34 @@ def test_under_steady_load_and_reads_the_wal_starts_over_after_checkpoints(
             thread.join(timeout=5.0)
         opened.close()
     assert last >= first + 10, f"the WAL started over {last - first} times in 10 s of load"
+
+
+def _open_files_under(path: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(path)):
+                found.append(target)
+    return found
+
+
+def test_close_closes_the_database_files_after_checkpoints_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A statement left with a row pending (a PRAGMA's answer) kept SQLite from closing the
+    # connection: its files stayed open until the store was garbage collected.
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.01)
+    opened = SqliteStore(tmp_path)
+    alice = session(opened, "alice")
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # commits with checkpoints in between
+        say(opened, alice)
+        time.sleep(0.005)
+    opened.history(alice.id, "*", None, 10)
+    time.sleep(0.2)  # the last thing the writer does: a checkpoint's end, with no commit after
+    opened.close()
+    assert _open_files_under(tmp_path) == []
 
 
 def test_appends_racing_close_are_committed_or_refused_never_lost(tmp_path: Path) -> None:
