@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import shutil
 import sqlite3
 import threading
@@ -29,6 +28,7 @@ from tcp_server.store import (
     gather_delay,
     token_hash,
 )
+from tests.support.robustness import fd_kinds
 
 _tokens = itertools.count(1)
 
@@ -1017,16 +1017,6 @@ def test_under_steady_load_and_reads_the_wal_starts_over_after_checkpoints(
     assert last >= first + 10, f"the WAL started over {last - first} times in 10 s of load"
 
 
-def _open_files_under(path: Path) -> list[str]:
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # closed meanwhile
-            target = os.readlink(f"/proc/self/fd/{fd}")
-            if target.startswith(str(path)):
-                found.append(target)
-    return found
-
-
 def test_close_closes_the_database_files_after_checkpoints_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1042,7 +1032,7 @@ def test_close_closes_the_database_files_after_checkpoints_ran(
     opened.history(alice.id, "*", None, 10)
     time.sleep(0.2)  # the last thing the writer does: a checkpoint's end, with no commit after
     opened.close()
-    assert _open_files_under(tmp_path) == []
+    assert [kind for kind in fd_kinds() if kind.startswith(str(tmp_path))] == []
 
 
 def test_appends_racing_close_are_committed_or_refused_never_lost(tmp_path: Path) -> None:
