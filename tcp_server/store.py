@@ -729,10 +729,10 @@ class SqliteStore:
             frames = 0
             try:
                 for _ in range(CHECKPOINT_PASSES):
-                    copied_before = frames
+                    frames_before = frames
                     [(_busy, frames, _copied)] = self._checkpoint_db.execute(
                         "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    if frames - copied_before <= FINISH_FRAMES:
+                    if frames - frames_before <= FINISH_FRAMES:
                         break
             except sqlite3.Error as error:  # busy or failing: the WAL waits for the next one
                 log.warning("store: checkpoint failed: %s", error)
