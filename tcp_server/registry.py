@@ -326,8 +326,12 @@ class LocalRoom:
             return self._per_address[address_group(ip)]
 
     def recipient(self, name: str) -> tuple[str, SessionId] | None:
-        with self._lock:
-            member = self._members.get(name_key(name))
+        # Without the lock: one lookup of one entry is atomic (changes replace entries whole,
+        # under the lock), so this sees the table before or after any change, as it would
+        # with it. Taken for every message, the lock made the readers convoy: whenever its
+        # holder lost the GIL, every other reader queued on it, and 80% of the core's futex
+        # calls under load 1 were this lock's (bench/README.md).
+        member = self._members.get(name_key(name))
         return None if member is None else (member.info.name, member.session)
 
     def users(self) -> tuple[UserInfo, ...]:
@@ -350,14 +354,17 @@ class LocalRoom:
         # One look at the tables for the whole batch (the store commits many at once), then
         # every delivery outside the lock: one per member, with all its messages of the batch
         # in seq order (one queued write for its connection, not one per message).
-        with self._lock:
-            online = self._online
-            everyone = list(online.values())
-            routes = [
-                (message, everyone if message.recipient_session is None
-                 else online.get(message.recipient_session))
-                for message in messages
-            ]
+        with self._lock:  # one C-level step: the lock is never held while routing
+            online = self._online.copy()
+        everyone: list[Member] | None = None
+        routes: list[tuple[StoredMessage, list[Member] | Member | None]] = []
+        for message in messages:
+            if message.recipient_session is not None:
+                routes.append((message, online.get(message.recipient_session)))
+                continue
+            if everyone is None:
+                everyone = list(online.values())
+            routes.append((message, everyone))
         deliveries: dict[Member, list[Envelope]] = {}
         for message, recipients in routes:
             if recipients is None:  # the recipient is away: the store keeps it for a resume
