@@ -370,8 +370,8 @@ class SqliteStore:
         self._writer_cursor = self._writer_db.cursor()
         while self._index_now():  # what a kill left unindexed
             pass
-        # Jobs not yet committed, oldest first: appended under _lock (after the closed check),
-        # taken only by the holder of _committing (deque append and popleft are atomic).
+        # Jobs not yet committed, oldest first: appended by any thread (see _queue), taken
+        # only by the holder of _committing (deque append and popleft are atomic).
         self._jobs: deque[_Job] = deque()
         self._committing = threading.Lock()
         self._committed = threading.Condition(threading.Lock())  # see _Job
@@ -560,13 +560,32 @@ class SqliteStore:
         action: Callable[[sqlite3.Cursor], Any] | NewMessage,
         then: SendDone | None = None,
     ) -> _Job:
+        if self._closed:
+            raise StoreClosed("the store is closed")
         job = _Job(action, self._committed, then)
-        with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
-            self._jobs.append(job)
-        self._drain(LEADER_MAX_BATCHES)
+        # No lock: readers queue a job per message, and a lock taken that often made them
+        # convoy (whenever its holder lost the GIL, every other reader queued on it: half the
+        # core's futex calls under load 1, bench/README.md). A job queued as close() began
+        # may come after the writer's last commit: its own thread then refuses it.
+        self._jobs.append(job)
+        if self._closed:
+            self._refuse_queued()
+        else:
+            self._drain(LEADER_MAX_BATCHES)
         return job
+
+    def _refuse_queued(self) -> None:
+        """Once close() began: after the writer's last batch (which commits every job queued
+        before), each job still queued ends with StoreClosed, answered like any other (a
+        send's `then` gets the error, a waiting thread raises it)."""
+        self._writer.join()
+        with self._committing:
+            jobs = self._jobs
+            refused = [jobs.popleft() for _ in range(len(jobs))]
+            for job in refused:
+                job.error = StoreClosed("the store is closed")
+            if refused:
+                self._finish(refused)
 
     def _drain(self, max_batches: int | None) -> None:
         """Commit what is queued if no other thread is committing (that one will).
@@ -706,7 +725,7 @@ class SqliteStore:
             self._closed = True
         self._writer_stop = True
         self._writer_due.set()
-        self._writer.join()  # it commits whatever is still queued first
+        self._refuse_queued()  # the writer commits whatever was queued first
         self._stopping.set()
         self._checkpointer.join()
         with contextlib.suppress(sqlite3.Error):  # a clean file for backups and the next start

@@ -8,8 +8,10 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1067,3 +1069,45 @@ def test_appends_racing_close_are_committed_or_refused_never_lost(tmp_path: Path
         assert sorted(acknowledged) == list(range(1, second.last_seq() + 1))
     finally:
         second.close()
+
+
+
+def test_a_send_queued_after_the_writers_last_batch_is_refused_not_left_waiting(
+    tmp_path: Path,
+) -> None:
+    """Jobs are queued without a lock (SqliteStore._queue): a sender may pass the closed
+    check, then lose the CPU while close() runs to its end. Its job, queued after the
+    writer's last batch, must still be answered (refused), or its sender waits forever."""
+    opened = SqliteStore(tmp_path)
+    alice = session(opened, "alice")
+    passed_the_check = threading.Event()
+    closed = threading.Event()
+
+    class LateQueue(deque[Any]):
+        def append(self, job: Any) -> None:
+            if threading.current_thread().name == "late-sender":
+                passed_the_check.set()
+                assert closed.wait(5)
+            super().append(job)
+
+    opened._jobs = LateQueue(opened._jobs)
+    answers: list[list[StoredMessage | StoreError]] = []
+    answered = threading.Event()
+
+    def then(results: list[StoredMessage | StoreError]) -> None:
+        answers.append(results)
+        answered.set()
+
+    message = NewMessage(ts=time.time(), sender="alice", sender_session=alice.id, to="*",
+                         recipient_session=None, text="late")
+    sender = threading.Thread(target=opened.submit, args=(message, then), name="late-sender")
+    sender.start()
+    assert passed_the_check.wait(5)
+    opened.close()
+    closed.set()
+    sender.join(5)
+    assert not sender.is_alive()
+    assert answered.wait(5), "the late send was never answered"
+    assert len(answers) == 1
+    (result,) = answers[0]
+    assert isinstance(result, StoreClosed)
