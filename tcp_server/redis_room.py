@@ -125,6 +125,10 @@ class RedisRoom:
         self._recount = self._redis.register_script(RECOUNT_ADDRESSES)
         self._lock = threading.Lock()
         self._online: dict[SessionId, tuple[Member, str]] = {}
+        # Per session of this node, the conn whose own joined/back the subscriber has passed:
+        # presence goes to a connection only after that, so a change published before it
+        # registered (its list shows it) never reaches it late. Cleared by away/left events.
+        self._heard: dict[SessionId, str] = {}
         self._away: dict[SessionId, tuple[Member, str]] = {}
         self._quiet = False
         # The last users() answer and the raw records it was made from (see users()).
@@ -209,7 +213,7 @@ class RedisRoom:
                 address_group(info.ip), max_per_address, k.events,
                 # The newcomer's details ride along, for events that show them.
                 self._event("joined", info.name, member.session, ip=info.ip, port=info.port,
-                            via=info.via)])
+                            via=info.via, conn=conn)])
         if result == "taken":
             raise NameTakenError(info.name)
         if result == "full":
@@ -226,7 +230,7 @@ class RedisRoom:
                 encode_record(self._record(info, member.session, conn, ONLINE)),
                 address_group(info.ip), k.events,
                 self._event("back", info.name, member.session, ip=info.ip, port=info.port,
-                            via=info.via),
+                            via=info.via, conn=conn),
                 self._event("kick", info.name, member.session, conn=conn), max_per_address])
         if replaced == "full":
             raise AddressFullError(info.ip)
@@ -370,6 +374,8 @@ class RedisRoom:
             try:
                 pubsub.subscribe(self._keys.events)
                 self._catch_up()
+                with self._lock:  # what was published while cut off is lost to all alike
+                    self._heard = {s: conn for s, (_, conn) in self._online.items()}
                 self._subscribed.set()
                 delay = 0.1
                 while not self._stopping.is_set():
@@ -441,10 +447,18 @@ class RedisRoom:
         if kind is None:
             log.warning("redis: unknown presence event %r", event["k"])
             return
+        conn = event.get("conn", "")
         with self._lock:
+            if kind is Joined or kind is Back:
+                if conn.startswith(self._conn_prefix):
+                    self._heard[session] = conn  # its own event: what follows is news to it
+            else:
+                self._heard.pop(session, None)
             if self._quiet:
                 return
-            others = [member for s, (member, _) in self._online.items() if s != session]
+            heard = self._heard
+            others = [member for s, (member, c) in self._online.items()
+                      if s != session and heard.get(s) == c]
         envelope = Envelope(_presence_event(kind, event))
         for member in others:
             member.deliver(envelope)
