@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -200,6 +201,42 @@ def test_redis_presence_from_before_a_welcome_never_reaches_that_client_late(
             alice.expect("joined", name="bob")
             bob.assert_silent(0.8)
             assert bob.users() == ["alice", "bob"]
+
+
+def test_redis_a_message_sent_to_a_newcomer_just_as_it_registers_reaches_it_live(
+    redis_url: str,
+) -> None:
+    """A hello's registration script runs, then the node lists the connection: a message
+    sent to the newcomer in between, which the node's subscriber handles before the listing,
+    reaches it through the welcome's replay (Commands._join), since its sender was told
+    `sent`."""
+    with running_server(redis=redis_url) as server:
+        room = server.room
+        assert isinstance(room, RedisRoom)
+        alice, _ = joined(server.address, "alice")
+        registered, go_on = threading.Event(), threading.Event()
+        register = room._join
+
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            result = register(*args, **kwargs)
+            registered.set()
+            assert go_on.wait(5)
+            return result
+
+        room._join = paused
+        bob = RawClient(server.address)
+        welcomed: list[dict[str, Any]] = []
+        hello = threading.Thread(target=lambda: welcomed.append(bob.hello("bob")))
+        hello.start()
+        with alice, bob:
+            assert registered.wait(5)
+            seq = send(alice, "bob", "just in time")
+            time.sleep(0.3)  # the node's subscriber handles the message meanwhile
+            go_on.set()
+            hello.join(5)
+            assert welcomed
+            message = bob.expect("message")
+            assert (message["seq"], message["text"]) == (seq, "just in time")
 
 
 def test_forged_expired_and_mismatched_tokens_are_refused_and_hello_may_follow() -> None:
