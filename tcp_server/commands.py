@@ -136,7 +136,8 @@ class PendingSend:
         """Hand the message to the store: `then` gets its result on the store's thread, in
         one list with the results of other sends given the same `then` and committed
         together, in the order they were stored. A store that refuses it at once (closed)
-        makes this return the error instead, and `then` is not called for it."""
+        makes this return the error instead, and `then` is not called for it; one that
+        closes as it is queued answers it through `then` (StoreClosed), on this thread."""
         try:
             self._store.submit(self._message, then)
         except StoreError as error:

@@ -381,6 +381,7 @@ class SqliteStore:
         # Jobs a second lately (see gather_delay), kept by whoever holds _committing.
         self._rate = RecentRate(RATE_WINDOW_S)
         self._writer_stop = False
+        self._writer_done = False  # its last batch is committed (set under _committing)
         # Daemon threads, unlike the rest of the core's: a store someone forgot to close must
         # not keep a process from exiting, and a kill at any point is safe (a transaction
         # commits whole or not at all, and nothing uncommitted was acknowledged).
@@ -580,12 +581,16 @@ class SqliteStore:
         send's `then` gets the error, a waiting thread raises it)."""
         self._writer.join()
         with self._committing:
-            jobs = self._jobs
-            refused = [jobs.popleft() for _ in range(len(jobs))]
-            for job in refused:
-                job.error = StoreClosed("the store is closed")
-            if refused:
-                self._finish(refused)
+            self._refuse_held()
+
+    def _refuse_held(self) -> None:
+        """_refuse_queued's part, by a thread holding _committing."""
+        jobs = self._jobs
+        refused = [jobs.popleft() for _ in range(len(jobs))]
+        for job in refused:
+            job.error = StoreClosed("the store is closed")
+        if refused:
+            self._finish(refused)
 
     def _drain(self, max_batches: int | None) -> None:
         """Commit what is queued if no other thread is committing (that one will).
@@ -597,6 +602,9 @@ class SqliteStore:
         jobs = self._jobs
         while jobs and self._committing.acquire(blocking=False):
             try:
+                if self._writer_done:  # a job queued as close() began: refused, not committed
+                    self._refuse_held()
+                    return
                 batches = 0
                 while jobs:
                     if max_batches is not None and batches >= max_batches:
@@ -815,6 +823,8 @@ class SqliteStore:
                 if stopping or (index_due is not None and time.monotonic() >= index_due):
                     self._index_in_chunks(stopping)
                 self._finish_checkpoint()
+                if stopping:  # from now on a job still queued is refused (see _drain)
+                    self._writer_done = True
                 if time.monotonic() >= next_prune and not stopping:
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import shutil
 import sqlite3
 import threading
@@ -1111,3 +1112,23 @@ def test_a_send_queued_after_the_writers_last_batch_is_refused_not_left_waiting(
     assert len(answers) == 1
     (result,) = answers[0]
     assert isinstance(result, StoreClosed)
+
+
+def test_a_drain_after_the_writers_last_batch_refuses_what_is_queued(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reader paused between queueing its job and draining the queue may drain only after
+    close() ended: what it finds then (another sender's job, queued as close() began) is
+    refused, not committed into closed databases."""
+    opened = SqliteStore(tmp_path)
+    alice = session(opened, "alice")
+    opened.close()
+    answers: list[list[StoredMessage | StoreError]] = []
+    late = NewMessage(ts=time.time(), sender="alice", sender_session=alice.id, to="*",
+                      recipient_session=None, text="late")
+    opened._jobs.append(store_module._Job(late, opened._committed, then=answers.append))
+    opened._drain(store_module.LEADER_MAX_BATCHES)
+    assert len(answers) == 1
+    (result,) = answers[0]
+    assert isinstance(result, StoreClosed)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
