@@ -95,8 +95,8 @@ class _Adopted:
 
 class RedisRoom:
     """Presence and delivery across nodes. `_lock` guards `_online` (this node's connections:
-    session -> (member, conn)), `_away` (the away members this node made, for expire) and
-    `_quiet`. `_delivered` is the subscriber thread's own."""
+    session -> (member, conn)), `_heard`, `_subscriptions`, `_away` (the away members this
+    node made, for expire) and `_quiet`. `_delivered` is the subscriber thread's own."""
 
     def __init__(
         self,
@@ -129,6 +129,7 @@ class RedisRoom:
         # presence goes to a connection only after that, so a change published before it
         # registered (its list shows it) never reaches it late. Cleared by away/left events.
         self._heard: dict[SessionId, str] = {}
+        self._subscriptions = 0  # subscriptions made so far (see _subscribed_again)
         self._away: dict[SessionId, tuple[Member, str]] = {}
         self._quiet = False
         # The last users() answer and the raw records it was made from (see users()).
@@ -206,6 +207,8 @@ class RedisRoom:
     def join(self, member: Member, max_per_address: int = 0) -> None:
         self._check_subscribed()
         info, k, conn = member.info, self._keys, self._new_conn()
+        with self._lock:
+            subscriptions = self._subscriptions
         with unavailable_on_failure("registering a name"):
             result = self._join(keys=[k.users, k.addrs], args=[
                 name_key(info.name), encode_record(self._record(info, member.session, conn,
@@ -219,11 +222,13 @@ class RedisRoom:
         if result == "full":
             raise AddressFullError(info.ip)
         with self._lock:
-            self._online[member.session] = (member, conn)
+            self._listed(member, conn, subscriptions)
 
     def resume(self, member: Member, max_per_address: int = 0) -> Member | None:
         self._check_subscribed()
         info, k, conn = member.info, self._keys, self._new_conn()
+        with self._lock:
+            subscriptions = self._subscriptions
         with unavailable_on_failure("resuming a session"):
             replaced = self._resume(keys=[k.users, k.addrs], args=[
                 name_key(info.name), member.session,
@@ -239,7 +244,7 @@ class RedisRoom:
         was = json.loads(replaced)
         with self._lock:
             previous = self._online.get(member.session)
-            self._online[member.session] = (member, conn)
+            self._listed(member, conn, subscriptions)
             self._away.pop(member.session, None)
         if previous is not None and was["status"] == ONLINE and was["conn"] == previous[1]:
             return previous[0]
@@ -374,8 +379,7 @@ class RedisRoom:
             try:
                 pubsub.subscribe(self._keys.events)
                 self._catch_up()
-                with self._lock:  # what was published while cut off is lost to all alike
-                    self._heard = {s: conn for s, (_, conn) in self._online.items()}
+                self._subscribed_again()
                 self._subscribed.set()
                 delay = 0.1
                 while not self._stopping.is_set():
@@ -394,6 +398,22 @@ class RedisRoom:
                     log.debug("redis: closing the subscription: %s", error)
             self._stopping.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _subscribed_again(self) -> None:
+        """What was published while the subscription was broken is lost to all alike: every
+        connection listed now, or listed by a join or resume whose script ran before this,
+        counts as having passed its own joined/back (_heard)."""
+        with self._lock:
+            self._heard = {s: conn for s, (_, conn) in self._online.items()}
+            self._subscriptions += 1
+
+    def _listed(self, member: Member, conn: str, subscriptions: int) -> None:
+        """List a connection whose join or resume script ran, holding _lock; `subscriptions`
+        is what _subscriptions was before the script: if the subscription was renewed since,
+        its own joined/back may be among the events lost meanwhile."""
+        self._online[member.session] = (member, conn)
+        if self._subscriptions != subscriptions:
+            self._heard[member.session] = conn
 
     def _catch_up(self) -> None:
         """Just subscribed: deliver what was stored after the last seq delivered. (The first

@@ -203,7 +203,38 @@ def test_redis_presence_from_before_a_welcome_never_reaches_that_client_late(
             assert bob.users() == ["alice", "bob"]
 
 
-def test_redis_a_message_sent_to_a_newcomer_just_as_it_registers_reaches_it_live(
+def test_redis_a_newcomer_whose_joined_was_lost_to_a_broken_subscription_gets_presence(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection gets presence once the node's subscriber has passed its own joined. If
+    that event was published while the subscription was broken (lost), and the subscription
+    was renewed while the hello was registering, the connection must still get presence."""
+    on_presence = RedisRoom._on_presence
+
+    def losing_bobs_joined(room: RedisRoom, event: dict[str, Any]) -> None:
+        if event.get("k") != "joined" or event.get("name") != "bob":
+            on_presence(room, event)
+
+    monkeypatch.setattr(RedisRoom, "_on_presence", losing_bobs_joined)
+    with running_server(redis=redis_url) as server:
+        room = server.room
+        assert isinstance(room, RedisRoom)
+        register = room._join
+
+        def renewed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            result = register(*args, **kwargs)
+            room._subscribed_again()  # as the subscriber does after subscribing again
+            return result
+
+        room._join = renewed_meanwhile
+        bob, _ = joined(server.address, "bob")
+        room._join = register
+        carol, _ = joined(server.address, "carol")
+        with bob, carol:
+            assert bob.expect("joined", name="carol")["user"]["name"] == "carol"
+
+
+def test_redis_a_message_sent_to_a_newcomer_just_as_it_registers_reaches_it_once(
     redis_url: str,
 ) -> None:
     """A hello's registration script runs, then the node lists the connection: a message
@@ -237,6 +268,7 @@ def test_redis_a_message_sent_to_a_newcomer_just_as_it_registers_reaches_it_live
             assert welcomed
             message = bob.expect("message")
             assert (message["seq"], message["text"]) == (seq, "just in time")
+            bob.assert_silent(0.5)
 
 
 def test_forged_expired_and_mismatched_tokens_are_refused_and_hello_may_follow() -> None:
