@@ -211,8 +211,9 @@ class LocalRoom:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Guarded by _lock: the holder of each name (name_key), and the members that have a
-        # connection, by session. A member in _online is also _members' entry for its name.
+        # Changed only under _lock (entries replaced whole; recipient() reads one without
+        # it): the holder of each name (name_key), and the members that have a connection, by
+        # session. A member in _online is also _members' entry for its name.
         self._members: dict[str, Member] = {}
         self._online: dict[SessionId, Member] = {}
         # Sessions by address_group(info.ip), for the limit: only _count_in/_count_out change it.
