@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_right
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -357,35 +357,17 @@ class LocalRoom:
         # in seq order (one queued write for its connection, not one per message).
         with self._lock:  # one C-level step: the lock is never held while routing
             online = self._online.copy()
-        everyone: list[Member] | None = None
-        routes: list[tuple[StoredMessage, list[Member] | Member | None]] = []
+        deliveries: defaultdict[Member, list[Envelope]] = defaultdict(list)
         for message in messages:
-            if message.recipient_session is not None:
-                routes.append((message, online.get(message.recipient_session)))
+            if message.recipient_session is None:
+                envelope, sender = Envelope(message.event()), message.sender_session
+                for member in online.values():
+                    if member.session != sender:
+                        deliveries[member].append(envelope)
                 continue
-            if everyone is None:
-                everyone = list(online.values())
-            routes.append((message, everyone))
-        deliveries: dict[Member, list[Envelope]] = {}
-        for message, recipients in routes:
-            if recipients is None:  # the recipient is away: the store keeps it for a resume
-                continue
-            envelope = Envelope(message.event())
-            if isinstance(recipients, Member):
-                queued = deliveries.get(recipients)
-                if queued is None:
-                    deliveries[recipients] = [envelope]
-                else:
-                    queued.append(envelope)
-                continue
-            sender = message.sender_session
-            for member in recipients:
-                if member.session != sender:
-                    queued = deliveries.get(member)
-                    if queued is None:
-                        deliveries[member] = [envelope]
-                    else:
-                        queued.append(envelope)
+            recipient = online.get(message.recipient_session)
+            if recipient is not None:  # else away: the store keeps it for a resume
+                deliveries[recipient].append(Envelope(message.event()))
         for member, envelopes in deliveries.items():
             member.deliver(Envelope.batch(envelopes))
 
