@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 
 import pytest
@@ -43,14 +44,48 @@ def test_nothing_is_reclaimed_while_connections_only_come_or_few_leave(
     assert reclaimer.reclaims == 0
 
 
-def test_a_crowd_leaving_is_reclaimed_once(reclaimer: Reclaimer) -> None:
+def test_a_crowd_leaving_is_reclaimed_once_then_its_tail_once(reclaimer: Reclaimer) -> None:
     for n in range(1, 101):
         reclaimer.count(n)
     for n in range(100, -1, -1):
         reclaimer.count(n)
     assert wait_for(lambda: reclaimer.reclaims == 1)
+    first = time.monotonic()
     time.sleep(0.3)
     assert reclaimer.reclaims == 1  # the whole crowd in one reclaim (it settled first)
+    assert wait_for(lambda: reclaimer.reclaims == 2)  # the follow-up, a minimum interval on
+    assert time.monotonic() - first >= 0.4
+    time.sleep(1.2)
+    assert reclaimer.reclaims == 2  # and no more while nothing else leaves
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_crowd_s_tail_that_leaves_after_the_collection_is_collected_too(
+    reclaimer: Reclaimer,
+) -> None:
+    """Connections that end after the reclaim began, too few for another (or closed by the
+    flusher only later), are collected by the follow-up, not left to the cycle collector."""
+    gc.collect()
+    gc.disable()  # only the reclaimer collects
+    try:
+        for n in range(1, 101):
+            reclaimer.count(n)
+        for n in range(100, 4, -1):  # the crowd; 4 stay
+            reclaimer.count(n)
+        assert wait_for(lambda: reclaimer.reclaims == 1)
+        tail = _Cycle()
+        gone = weakref.ref(tail)
+        del tail  # a cycle: only a collection frees it
+        for n in range(4, -1, -1):  # the tail: fewer than min_drop
+            reclaimer.count(n)
+        assert gone() is not None
+        assert wait_for(lambda: gone() is None, 2.0), "the tail was never collected"
+    finally:
+        gc.enable()
 
 
 def test_connect_and_leave_in_a_loop_is_reclaimed_at_most_once_per_interval(
