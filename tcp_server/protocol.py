@@ -633,10 +633,14 @@ def _parse_history(obj: dict[str, Any], rid: RequestId) -> History:
     return History(with_=_conversation_field(obj, rid), before=before, limit=limit, id=rid)
 
 
-# Letters and digits: `_` separates words too, as it does for the search index (FTS5's
-# unicode61 tokenizer). Counted as part of a word, `a_b_a_b_...` was one word of the query
-# (cost 10) and a phrase of 100 words for the index: 0.7 s of the core's CPU a search.
-_WORD_RE: Final = re.compile(r"[^\W_]+")
+# Letters and digits, split where the search index (FTS5's unicode61 tokenizer, which keeps
+# to Unicode 6.1 for good) splits them: at `_`, and at 21 characters that were marks in 6.1
+# and are letters to Python (New Tai Lue vowel signs, two Vedic signs). Counted as part of a
+# word, `a_b_a_b_...` was one word of the query (cost 10) and a phrase of 100 words for the
+# index: 0.7 s of the core's CPU a search; `a\u1cf2` * 100 took 4.2 s on 100,000 messages.
+# tests/unit/test_search_words.py checks every character against SQLite's tokenizer.
+INDEX_SEPARATING_LETTERS: Final = "\u19b0-\u19c0\u19c8\u19c9\u1cf2\u1cf3"
+_WORD_RE: Final = re.compile(rf"[^\W_{INDEX_SEPARATING_LETTERS}]+")
 
 
 def search_words(text: str) -> list[str]:
