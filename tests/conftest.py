@@ -27,6 +27,22 @@ def private_data_home() -> Iterator[str]:
                 os.environ["XDG_DATA_HOME"] = previous
 
 
+@pytest.fixture(autouse=True)
+def private_data_home_per_test(private_data_home: str) -> Iterator[str]:
+    """Each test's cores started without --data-dir get a store of their own: an earlier
+    test's sessions (resumable for two minutes) are never restored into a later test's core.
+    (Under two workers, the files' order changed, and a test counting the users found an away
+    `alice` left by another file.) Session- and module-scoped fixtures, set up before this,
+    keep the session's directory."""
+    data_home = tempfile.mkdtemp(prefix="test-", dir=private_data_home)
+    previous = os.environ["XDG_DATA_HOME"]
+    os.environ["XDG_DATA_HOME"] = data_home
+    try:
+        yield data_home
+    finally:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @pytest.fixture
 def server() -> Iterator[ChatServer]:
     with running_server() as server:
