@@ -1,10 +1,11 @@
 // Renders the state into the page and turns the user's actions into calls of `handlers`.
 // Everything a user typed reaches the DOM only as textContent of elements made with
-// createElement: never innerHTML, so a message like <img src=x onerror=...> stays text.
+// createElement: never innerHTML, so a message like <img src=x onerror=...> stays text; and
+// through el(), whose shownText escapes the bidirectional controls a page would obey.
 
 import { EVERYONE_KEY, conversationKey, peerStatus, recipients } from "./state.js";
 import { codePointLength, MAX_QUERY_CHARS, MAX_TEXT_CHARS } from "./protocol.js";
-import { AWAY_MARK, YOU_MARK, viaLabel } from "./labels.js";
+import { AWAY_MARK, YOU_MARK, shownText, viaLabel } from "./labels.js";
 
 // Within this many pixels of the top of the log, earlier history loads.
 const LOAD_OLDER_PX = 40;
@@ -23,7 +24,7 @@ function el(tag, props = {}, ...children) {
   for (const [key, value] of Object.entries(props)) {
     if (key === "className") node.className = value;
     else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key === "text") node.textContent = value;
+    else if (key === "text") node.textContent = shownText(value);
     else node.setAttribute(key, value);
   }
   for (const child of children) {
@@ -112,7 +113,7 @@ export function createView(doc, handlers) {
   });
 
   function showMessageError(text) {
-    ui.messageError.textContent = text;
+    ui.messageError.textContent = shownText(text);
     if (text) ui.message.setAttribute("aria-invalid", "true");
     else ui.message.removeAttribute("aria-invalid");
   }
@@ -206,7 +207,7 @@ export function createView(doc, handlers) {
     // Who is online is only known while online: otherwise the list is the last one known.
     if (state.status === "online") delete ui.users.dataset.stale;
     else ui.users.dataset.stale = "";
-    ui.status.textContent = statusText(state);
+    ui.status.textContent = shownText(statusText(state));
   }
 
   function renderViews(state, wasInRoom) {
@@ -225,7 +226,7 @@ export function createView(doc, handlers) {
   }
 
   function renderJoinError(state) {
-    ui.usernameError.textContent = state.joinError;
+    ui.usernameError.textContent = shownText(state.joinError);
     if (state.joinError) {
       ui.username.setAttribute("aria-invalid", "true");
       ui.username.focus();
@@ -464,7 +465,7 @@ export function createView(doc, handlers) {
       const count = search.results.length;
       status = `${count} ${count === 1 ? "message matches" : "messages match"} “${search.q}”, newest first:`;
     }
-    ui.searchStatus.textContent = status;
+    ui.searchStatus.textContent = shownText(status);
     ui.searchResults.replaceChildren(...search.results.map(resultNode));
   }
 
@@ -490,7 +491,7 @@ export function createView(doc, handlers) {
     if (!was || was.conversations !== state.conversations || was.active !== state.active) {
       renderLog(state);
     }
-    if (!was || was.notice !== state.notice) ui.notice.textContent = state.notice;
+    if (!was || was.notice !== state.notice) ui.notice.textContent = shownText(state.notice);
     if (!was || was.search !== state.search) renderSearch(state);
     previous = state;
   }

@@ -427,6 +427,17 @@ def test_quotes_and_closing_tags_in_text_show_literally(
     assert users.dialogs == []
 
 
+def test_a_text_that_would_read_reversed_shows_its_bidi_controls_escaped(
+    users: BrowserUsers, raw_user: RawUser
+) -> None:
+    """A right-to-left override makes "RTL <U+202E>evil<U+202C> end" read "RTL live end"
+    (found by a helper trying the browser as a new user): shown as the terminal shows it."""
+    alice = users.join("alice")
+    raw_user.send("*", "RTL \u202eevil\u202c end")
+    entry = log_of(alice).locator(".entry.in .text")
+    expect(entry).to_have_text("RTL \\u202eevil\\u202c end")
+
+
 # --- leaving -----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route
 
-from tcp_server.display import AWAY_MARK, VIA_LABELS, YOU_MARK
+from tcp_server.display import AWAY_MARK, VIA_LABELS, YOU_MARK, display_text
 
 pytestmark = pytest.mark.e2e
 
@@ -871,6 +871,26 @@ def test_the_browsers_labels_are_the_ones_of_the_terminal_and_plain_text_clients
     assert (labels["away"], labels["you"]) == (AWAY_MARK, YOU_MARK)
     assert labels["shown"] == ["terminal", "browser", "carrier-pigeon", "constructor",
                                "__proto__", ""]
+
+
+def test_text_from_others_is_shown_by_the_same_rule_as_in_the_terminal(
+    module_page: Page,
+) -> None:
+    """The characters a page obeys even in textContent (bidirectional controls, line and
+    paragraph separators) are escaped as display_text escapes them; the rest stays as it is."""
+    texts = [
+        "RTL \u202eevil\u202c end",  # shown as "RTL live end" when obeyed
+        "".join(chr(c) for c in [0x61C, 0x200E, 0x200F, *range(0x2028, 0x202F),
+                                 *range(0x2066, 0x206A)]),
+        "plain caf\u00e9 \U0001f600 zero\u200bwidth \u200d joiners <b>&amp;</b>",
+    ]
+    shown = module_page.evaluate("""async (texts) => {
+        const { shownText } = await import('/js/labels.js');
+        return [...texts.map(shownText), shownText(null), shownText(undefined), shownText(3)];
+    }""", texts)
+    assert shown[:3] == [display_text(text) for text in texts]
+    assert shown[0] == "RTL \\u202eevil\\u202c end"
+    assert shown[3:] == ["", "", "3"]
 
 
 def parsed(page: Page, obj: dict[str, Any]) -> Any:
