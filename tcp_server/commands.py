@@ -386,6 +386,14 @@ class Commands:
         )
         return Outcome()
 
+    def _taken_message(self, name: str) -> str:
+        # Said whoever holds it: a user whose tab closed or whose client was killed finds the
+        # name still theirs-but-away, and "taken" alone reads like someone else has it.
+        if self._resume_grace <= 0:
+            return f"the name {name} is taken"
+        return (f"the name {name} is taken (a user whose connection ended keeps the name "
+                f"for up to {self._resume_grace:g} s, to resume)")
+
     def _hello(self, session: Session, request: Hello) -> Outcome:
         if session.member is not None:
             raise ProtocolError(
@@ -395,9 +403,7 @@ class Commands:
             )
         if request.resume is not None:
             return self._resume(session, request, request.resume)
-        taken = ProtocolError(
-            ErrorCode.NAME_TAKEN, f"the name {request.name} is taken", request.id
-        )
+        taken = ProtocolError(ErrorCode.NAME_TAKEN, self._taken_message(request.name), request.id)
         if self._room.is_taken(request.name):
             raise taken
         if self._max_per_address and (

@@ -15,6 +15,7 @@ from tests.cli.conftest import StartClient
 from tests.support.cli import ClientProcess, client_command, running_client
 from tests.support.core import RawClient, running_server, wait_until
 from tests.support.process import core_process
+from tests.support.texts import TAKEN_HINT
 
 MENU_TEXT = (
     "1. List: View all connected users.\n"
@@ -166,7 +167,7 @@ def test_taken_name_from_the_command_line_ends_the_client_with_exit_code_3(
         # A menu answer already waiting must not be taken for a name.
         client.line("1")
         assert client.wait_exit() == 3
-        assert "That name cannot be used: the name ALICE is taken." in client.text()
+        assert f"That name cannot be used: the name ALICE is taken{TAKEN_HINT}." in client.text()
         assert NAME_PROMPT not in client.text()
         assert holder.users() == ["alice"]
 
@@ -179,7 +180,7 @@ def test_refused_name_read_from_input_is_asked_again_from_the_next_line(
         client = start_client()
         client.wait_for(NAME_PROMPT)
         client.line("ALICE")
-        client.wait_for("That name cannot be used: the name ALICE is taken. "
+        client.wait_for(f"That name cannot be used: the name ALICE is taken{TAKEN_HINT}. "
                         "Please choose another one.")
         client.wait_for(NAME_PROMPT)
         client.line("alice2")

@@ -10,6 +10,7 @@ from tests.cli.conftest import StartClient
 from tests.support.cli import client_command, running_client
 from tests.support.core import RawClient
 from tests.support.process import core_process
+from tests.support.texts import TAKEN_HINT
 
 # prompt_toolkit draws a prompt's trailing space as a cursor movement, so match without it.
 CHOICE_PROMPT = render.CHOICE_PROMPT.rstrip()
@@ -66,7 +67,7 @@ def test_taken_name_from_the_command_line_is_asked_again_at_a_terminal(
     with RawClient(server.address) as holder:
         holder.hello("alice")
         client = start_client("--name", "ALICE", pty_mode=True)
-        client.wait_for("That name cannot be used: the name ALICE is taken. "
+        client.wait_for(f"That name cannot be used: the name ALICE is taken{TAKEN_HINT}. "
                         "Please choose another one.")
         client.wait_for(NAME_PROMPT)
         client.line("alice2")

@@ -6,6 +6,7 @@ import pytest
 
 from tests.support.core import RawClient
 from tests.support.text_client import TextClient
+from tests.support.texts import TAKEN_HINT
 
 Address = tuple[str, int]
 
@@ -172,7 +173,7 @@ def test_taken_username_gets_an_error_line(address: Address, scaffold: bool) -> 
         text = TextClient(address, scaffold)
         try:
             text.command("taken")
-            assert text.line() == "error: the name taken is taken"
+            assert text.line() == f"error: the name taken is taken{TAKEN_HINT}"
         finally:
             text.close()
 

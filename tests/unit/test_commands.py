@@ -63,6 +63,7 @@ from tcp_server.registry import (
     NotHeldError,
 )
 from tcp_server.store import SessionId, StoredMessage, StoreError
+from tests.support.texts import TAKEN_HINT
 
 SECRET = "gateway-secret"
 NOW = 1_800_000_000.0
@@ -319,7 +320,8 @@ def test_hello_with_a_name_taken_in_another_case_is_name_taken(
     registered(commands, "Alice")
     peer = Peer("127.0.0.2")
     outcome = commands.handle(peer.session, Hello(name="ALICE", id="n"))
-    assert outcome == Outcome([Error(ErrorCode.NAME_TAKEN, "the name ALICE is taken", "n")])
+    taken = f"the name ALICE is taken{TAKEN_HINT}"
+    assert outcome == Outcome([Error(ErrorCode.NAME_TAKEN, taken, "n")])
     assert peer.session.member is None
     assert len(store.open_sessions()) == 1
 
@@ -330,7 +332,8 @@ def test_hello_that_loses_a_race_for_the_name_is_name_taken_and_ends_its_session
     room.race_name_taken = True
     peer = Peer()
     outcome = commands.handle(peer.session, Hello(name="alice", id=5))
-    assert outcome == Outcome([Error(ErrorCode.NAME_TAKEN, "the name alice is taken", 5)])
+    taken = f"the name alice is taken{TAKEN_HINT}"
+    assert outcome == Outcome([Error(ErrorCode.NAME_TAKEN, taken, 5)])
     assert peer.session.member is None
     assert peer.session.record is None
     assert store.open_sessions() == []
