@@ -3,8 +3,9 @@
 Used wherever such text reaches a terminal or a log: the plain-text dialect (tcp_server/
 classic.py, read in `nc`), the terminal client (cli_client/render.py) and the web gateway's
 log lines about a browser's headers. The browser puts text into the page with textContent
-only, where markup and controls are inert, but a page still obeys the bidirectional controls
-and U+2028/U+2029: static/js/labels.js (shownText) escapes those the same way.
+only, where markup and controls are inert, but a page still obeys the bidirectional
+embeddings, overrides and isolates: static/js/labels.js (shownText) escapes those the same
+way (and says why it keeps the marks).
 
 What is shown escaped, as `\\xNN` (below U+0100) or `\\uNNNN`, instead of being obeyed:
 - the C0 controls, DEL and the C1 controls (U+0000..U+001F, U+007F..U+009F): escape sequences

@@ -14,11 +14,14 @@ export function viaLabel(via) {
   return Object.hasOwn(VIA_LABELS, via) ? VIA_LABELS[via] : String(via);
 }
 
-// The characters of display.py's rule that a page obeys even in textContent: the bidirectional
-// controls (embeddings, overrides, isolates, marks) make a message read in another order than
-// it was written ("RTL \u202eevil\u202c" shown as "RTL live"), and U+2028/U+2029 break its line.
-// Each is shown as its escape, as the terminal shows it; every other character is inert text.
-const OBEYED_BY_PAGES = /[\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+// What a page still obeys in textContent, shown escaped as the terminal shows it: the explicit
+// bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), which make a
+// message read in another order than it was written ("RTL \u202eevil\u202c" reads "RTL live").
+// Narrower than display.py's rule on purpose: each message is isolated in the page (dir=auto),
+// so nothing leaks out of it, and the marks (U+200E, U+200F, U+061C) that writers of Hebrew and
+// Arabic use only place neutral characters, never reverse letters; line separators break a
+// line inside the message's own box only.
+const OBEYED_BY_PAGES = /[\u202a-\u202e\u2066-\u2069]/g;
 
 /** Text someone else chose, as it is shown: see OBEYED_BY_PAGES. None is "", as textContent
  * makes of null. */

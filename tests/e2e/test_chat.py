@@ -57,8 +57,14 @@ def send_from_browser(page: Page, to: str, text: str) -> None:
     box.fill(text)
     box.press("Enter")
     expect(box).to_have_value("")
-    mine = log_of(page).locator(".entry.out").filter(has_text=text)
+    mine = log_of(page).locator(".entry.out").filter(has_text=as_shown(text))
     expect(mine).to_have_attribute("data-state", "sent")
+
+
+def as_shown(text: str) -> str:
+    """`text` as the page shows it: bidirectional embeddings, overrides and isolates escaped
+    (static/js/labels.js, shownText)."""
+    return re.sub("[\u202a-\u202e\u2066-\u2069]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def expect_in_browser(page: Page, conversation: str, sender: str, text: str) -> None:
