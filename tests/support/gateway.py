@@ -20,7 +20,7 @@ from typing import Any
 import websocket
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tests.support.core import WAIT_S, wait_until
+from tests.support.core import START_WAIT_S, WAIT_S, wait_until
 from tests.support.process import ROOT
 from web_gateway import create_app, gateway_of
 from web_gateway.config import GatewayConfig
@@ -184,7 +184,7 @@ class GatewayProcess:
 
     def _read_port(self) -> int:
         assert self.proc.stderr is not None
-        deadline = time.monotonic() + 3 * WAIT_S
+        deadline = time.monotonic() + START_WAIT_S
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()  # returns at EOF too: no hang on early exit
             if not line:

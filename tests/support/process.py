@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.core import WAIT_S
+from tests.support.core import START_WAIT_S, WAIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -65,7 +65,7 @@ class CoreProcess:
         self._lines.put(None)  # the process closed its stderr: it has ended
 
     def _read_address(self) -> tuple[str, int]:
-        deadline = time.monotonic() + WAIT_S
+        deadline = time.monotonic() + START_WAIT_S
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 line = self._lines.get(timeout=remaining)
