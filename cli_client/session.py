@@ -72,6 +72,9 @@ RESUME_REPLY_TIMEOUT_S: Final = 5.0
 JOIN_TIMEOUT_S: Final = 12.0
 # The core's bye to a connection whose session another connection took (the protocol's words).
 RESUMED_ELSEWHERE: Final = "resumed elsewhere"
+# Why a session could not be resumed (session_expired), in a user's words.
+EXPIRED_REASON: Final = ("you were away longer than the server keeps a session, or it "
+                         "was restarted without its data")
 
 Connect = Callable[[], ServerConnection]
 
@@ -437,7 +440,10 @@ class Session:
         connection.close()
         if isinstance(reply, Error) and reply.code in (ErrorCode.SESSION_EXPIRED,
                                                        ErrorCode.NAME_TAKEN):
-            return (f"Your session could not be resumed: {printable(reply.message)}. "
+            # session_expired's own words are for programs ("say hello without resume").
+            why = (EXPIRED_REASON if reply.code == ErrorCode.SESSION_EXPIRED
+                   else printable(reply.message))
+            return (f"Your session could not be resumed: {why}. "
                     "Start the client again to join afresh.")
         if isinstance(reply, Error):
             log.info("reconnect refused: %s", reply.message)

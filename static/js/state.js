@@ -229,13 +229,15 @@ const HANDLERS = {
 
   // The session could not be taken back: a new one starts, without the old one's past (the
   // room stays shown while it joins; a refusal of the name brings the join form).
-  "local/expired": (state, { message }) => ({
+  // The server's words (`message`) are for programs ("say hello without resume"): not shown.
+  "local/expired": (state) => ({
     ...initialState(),
     status: state.status,
     statusReason: state.statusReason,
     resuming: true,
     joinName: state.me ? state.me.name : state.joinName,
-    notice: `Your earlier session had ended (${message}); you joined again as a new session.`,
+    notice: "Your earlier session had ended (you were away longer than the server keeps one, " +
+      "or it was restarted without its data); you joined again as a new session.",
   }),
 
   "local/refused": (state, { message }) => ({ ...state, joinError: message }),

@@ -177,16 +177,19 @@ def test_truncated_resume_says_that_some_messages_are_gone(setup: Setup) -> None
 
 
 @pytest.mark.parametrize(
-    ("code", "message"),
-    [("session_expired", "no such session"), ("name_taken", "the name alice is taken")],
+    ("code", "message", "shown"),
+    [("session_expired", "no such session; say hello without resume",
+      "you were away longer than the server keeps a session, or it was restarted without its "
+      "data"),
+     ("name_taken", "the name alice is taken", "the name alice is taken")],
 )
 def test_a_session_that_cannot_be_resumed_ends_it_and_says_why(
-    setup: Setup, code: str, message: str
+    setup: Setup, code: str, message: str, shown: str
 ) -> None:
     setup.peer.close()
     peer, hello = resume_on_next_connection(setup)
     peer.send(type="error", code=code, message=message, id=hello["id"])
-    setup.console.wait_for(f"Your session could not be resumed: {message}. "
+    setup.console.wait_for(f"Your session could not be resumed: {shown}. "
                            "Start the client again to join afresh.")
     assert setup.console.interrupted.wait(WAIT_S)
     assert setup.session.lost

@@ -819,11 +819,14 @@ def test_an_expired_session_starts_again_without_the_old_conversations(
 ) -> None:
     state = run_state(module_page, [
         {"type": "local/resume", "name": "alice", "active": {"key": "bob", "title": "bob"}},
-        {"type": "local/expired", "message": "no such session"},
+        {"type": "local/expired", "message": "no such session; say hello without resume"},
     ])
     assert state["resuming"] is True  # the room stays while the new session joins
     assert sorted(state["conversations"]) == ["*"]
-    assert "no such session" in state["notice"]
+    # In a user's words: the server's are for programs.
+    assert state["notice"] == (
+        "Your earlier session had ended (you were away longer than the server keeps one, or it "
+        "was restarted without its data); you joined again as a new session.")
 
 
 def test_a_truncated_resume_says_that_some_missed_messages_are_gone(module_page: Page) -> None:
