@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tcp_server.addresses import address_group
-from tcp_server.lograte import LogRate
+from tcp_server.lograte import LogRate, held_back
 from tcp_server.outbox import Flushed, Outbox, Writing
 from tcp_server.protocol import (
     LineBuffer,
@@ -89,6 +89,10 @@ CLOSE_TRY_LATER: Final = 1013  # the core is unreachable or not keeping up, or t
 # Connection lines ("relayed", "closed") per browser address: a few at once, then one a
 # second, so that a connect flood from one address cannot fill the disk.
 CONNECTION_LOG_RATE: Final = LogRate(every=1.0, burst=5)
+# The core refusing the gateway's proxy request: every websocket would be refused alike (a
+# CHAT_GATEWAY_SECRET that is not the core's), so said once a minute, for the whole gateway.
+CORE_REFUSED_SECRET: Final = b'{"type":"error","code":"forbidden","message":"wrong gateway secret"'
+REFUSED_SECRET_LOG_RATE: Final = LogRate(every=60.0)
 BROWSER_NOT_READING: Final = "the browser is not reading what it is sent"
 
 
@@ -472,6 +476,8 @@ class Relay:
                 else:
                     lines = self._whole_lines(buffer.feed(data))
                     errors = sum(browser_errors(line) for line in lines)
+                if errors and any(line.startswith(CORE_REFUSED_SECRET) for line in lines):
+                    self._log_refused_secret()
                 if self._on_signed_in is not None and any(
                         line.startswith(CORE_WELCOME_START) for line in lines):
                     self._on_signed_in()
@@ -521,6 +527,13 @@ class Relay:
             self._shutdown(self._browser.sock)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _log_refused_secret(self) -> None:
+        held = REFUSED_SECRET_LOG_RATE.allow("")
+        if held is not None:
+            log.error("the core refuses this gateway's secret, so every browser is refused: "
+                      "CHAT_GATEWAY_SECRET must be the same for chat-web and chat-server%s",
+                      held_back(held, "refused websockets"))
 
     def _over_error_budget(self) -> None:
         """The browser earned more errors than its budget: close its websocket (1008) and

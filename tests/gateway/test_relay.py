@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
+
 from tcp_server.server import ChatServer
-from tests.support.core import RawClient
+from tests.support.core import RawClient, wait_until
 from tests.support.gateway import InProcessGateway, WsClient, running_gateway
 from web_gateway.config import GatewayConfig
 
@@ -167,3 +170,27 @@ def test_a_new_websocket_resumes_the_session_and_gets_what_was_missed(
         replayed = again.expect("message", text="are you there?")
         assert replayed["seq"] == seq
         bob.expect("back", name="alice")
+
+
+def test_a_gateway_whose_secret_the_core_refuses_says_so_in_its_log(
+    core: ChatServer, gateway_config: GatewayConfig, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CHAT_GATEWAY_SECRET that is not the core's (an easy slip when the two are started in
+    two shells) refuses every browser: the gateway's log says why, not only that the core
+    closed each connection; once for many websockets."""
+    from web_gateway import relay
+
+    monkeypatch.setattr(relay, "REFUSED_SECRET_LOG_RATE", relay.LogRate(every=60.0))
+    wrong = replace(gateway_config, gateway_secret="not-the-core-s")
+    with caplog.at_level(logging.ERROR, logger="web_gateway.relay"), running_gateway(wrong) as gw:
+        for _ in range(3):
+            with WsClient(gw.url, origin=gw.origin) as browser:
+                browser.send(type="hello", name="alice")
+                refused = browser.recv()
+                assert (refused["type"], refused["code"]) == ("error", "forbidden")
+        wait_until(lambda: any("refuses this gateway's secret" in r.getMessage()
+                               for r in caplog.records), what="the gateway's error line")
+    said = [r for r in caplog.records if "refuses this gateway's secret" in r.getMessage()]
+    assert len(said) == 1
+    assert "CHAT_GATEWAY_SECRET" in said[0].getMessage()
