@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Final
 
-from tcp_server.display import VIA_LABELS, YOU_MARK, display_text, users_heading
+from tcp_server.display import VIA_LABELS, YOU_MARK, display_text
 from tcp_server.protocol import (
-    AWAY,
     EVERYONE,
     Away,
     Back,
@@ -203,7 +202,7 @@ def render_users(users: Sequence[UserInfo], me: str) -> list[str]:
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     count = len(users)
-    lines = [users_heading(count, sum(1 for user in users if user.status == AWAY))]
+    lines = [f"{count} user{'' if count == 1 else 's'} online:"]
     for index, row in enumerate([header, *rows]):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
                  row[2].rjust(widths[2]), row[3].ljust(widths[3]), row[4].ljust(widths[4])]

@@ -11,13 +11,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from tcp_server.display import (
-    AWAY_MARK,
-    LINE_BREAK_MARK,
-    VIA_LABELS,
-    display_text,
-    users_heading,
-)
+from tcp_server.display import AWAY_MARK, LINE_BREAK_MARK, VIA_LABELS, display_text
 from tcp_server.protocol import (
     AWAY,
     EVERYONE,
@@ -167,7 +161,7 @@ def _parse_resume(rest: str) -> Hello:
 
 
 def _render_users(users: tuple[UserInfo, ...]) -> str:
-    heading = users_heading(len(users), sum(1 for user in users if user.status == AWAY))
+    heading = f"{len(users)} user{'s' if len(users) != 1 else ''} online:"
     return "\n".join([heading, *map(_user_line, users)])
 
 

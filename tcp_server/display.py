@@ -44,15 +44,6 @@ YOU_MARK: Final = "(you)"
 
 LINE_BREAK_MARK: Final = "\u21b5"  # ↵: a line break shown inside one line
 
-
-def users_heading(count: int, away: int) -> str:
-    """The line above a list of `count` users, `away` of them away (listed, not online): the
-    terminal client's List and the plain-text dialect's `list`."""
-    plural = "" if count == 1 else "s"
-    if away:
-        return f"{count} user{plural} ({count - away} online, {away} away):"
-    return f"{count} user{plural} online:"
-
 _ESCAPED: Final = re.compile(
     "\r\n|[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
 )

@@ -125,7 +125,7 @@ def test_user_table_is_aligned_shows_each_status_and_marks_the_caller() -> None:
         UserInfo(name="carol-the-long", ip="10.0.0.22", port=443, via="tcp", status="away"),
     ]
     assert render_users(users, me="bob") == [
-        "3 users (2 online, 1 away):",
+        "3 users online:",
         "  NAME            IP          PORT  CLIENT    STATUS",
         "  alice           127.0.0.1  55834  terminal  online",
         "  bob             ::1            9  browser   online  (you)",

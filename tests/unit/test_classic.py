@@ -133,11 +133,3 @@ def test_user_list_has_one_line_per_user_with_address_and_kind() -> None:
     assert lines[0] == "2 users online:"
     assert lines[1].split() == ["alice", "127.0.0.1:5000", "terminal"]
     assert lines[2].split() == ["bob", "[::1]:6", "browser"]
-
-
-def test_user_list_counts_an_away_user_as_listed_but_not_online() -> None:
-    users = Users((UserInfo("alice", "127.0.0.1", 5000, "tcp"),
-                   UserInfo("bob", "::1", 6, "web", status="away")))
-    lines = PlainTextCodec().encode(users).decode().splitlines()
-    assert lines[0] == "2 users (1 online, 1 away):"
-    assert lines[2].split() == ["bob", "[::1]:6", "browser", "(away)"]
