@@ -1,8 +1,8 @@
 """SIGTERM with messages in flight: a real `python -m tcp_server` process is stopped mid-stream.
 
-The promise checked: the process exits 0 within 2 s, every client gets a bye with a reason as
-its last line, and every message the server acknowledged with "sent" reached its recipients
-(exactly once, in the order it was sent) before that bye.
+The promise checked: the process exits 0 within its shutdown timeout and a second, every
+client gets a bye with a reason as its last line, and every message the server acknowledged
+with "sent" reached its recipients (exactly once, in the order it was sent) before that bye.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 from tests.support.core import WAIT_S
@@ -19,6 +20,9 @@ from tests.support.robustness import CollectingClient
 
 log = logging.getLogger(__name__)
 
+# The shutdown timeout (1.5 s) and a second, as the restart issue asks: 2.0 s failed once in
+# five full runs with the tests two at a time (the other worker's test beside it).
+STOP_BOUND_S = 1.5 + 1.0
 RECIPIENTS = [f"rcpt{i}" for i in range(4)]
 SENDERS = [f"sndr{i}" for i in range(4)]
 BATCH = 20
@@ -75,8 +79,11 @@ def test_sigterm_with_messages_in_flight_delivers_every_acknowledged_message() -
                     lambda got: sum(1 for o in got if o["type"] == "message") >= 200,
                     WAIT_S, "200 messages",
                 )
+            started = time.monotonic()
             core.proc.send_signal(signal.SIGTERM)
-            exit_code = core.proc.wait(2.0)
+            exit_code = core.proc.wait(STOP_BOUND_S)
+            log.info("SIGTERM with messages in flight: stopped in %.2f s",
+                     time.monotonic() - started)
             for client in everyone:
                 client.wait_closed()
         finally:
