@@ -153,34 +153,29 @@ class Reclaimer:
         with self._changed:
             while True:
                 wait = self._min_interval_s if follow_up else self._trim_every_s
-                if not self._changed.wait_for(lambda: self._stopping or self._due(), wait):
-                    # Nothing due: the follow-up, or the periodic trim; unlocked.
-                    collect, follow_up = follow_up, False
-                    if collect:
-                        self._peak = self._count
-                        last = time.monotonic()
-                    self._changed.release()
-                    try:
-                        if collect:
-                            self._reclaim()
-                        else:
-                            self._trim_only()
-                    finally:
-                        self._changed.acquire()
+                due = self._changed.wait_for(lambda: self._stopping or self._due(), wait)
+                if not due and not follow_up:
+                    self._unlocked(self._trim_only)  # nothing due: the periodic trim
                     continue
-                # Let the rest of a crowd go, and keep to the minimum interval; the lock is
-                # free meanwhile (wait_for releases it), so connections come and go.
-                delay = max(self._settle_s, last + self._min_interval_s - time.monotonic())
-                if self._stopping or self._changed.wait_for(lambda: self._stopping, delay):
-                    return
+                if due:
+                    # Let the rest of a crowd go, and keep to the minimum interval; the lock
+                    # is free meanwhile (wait_for releases it), so connections come and go.
+                    delay = max(self._settle_s, last + self._min_interval_s - time.monotonic())
+                    if self._stopping or self._changed.wait_for(lambda: self._stopping, delay):
+                        return
+                # A crowd's reclaim, or its follow-up (which has none of its own).
                 self._peak = self._count
-                self._changed.release()  # the collection runs without the lock
-                try:
-                    last = time.monotonic()
-                    self._reclaim()
-                finally:
-                    self._changed.acquire()
-                follow_up = True
+                last = time.monotonic()
+                self._unlocked(self._reclaim)
+                follow_up = due
+
+    def _unlocked(self, action: Callable[[], None]) -> None:
+        """Run `action` (by _run's thread, holding _changed) with the lock free."""
+        self._changed.release()
+        try:
+            action()
+        finally:
+            self._changed.acquire()
 
     def _trim_only(self) -> None:
         if self._trim is not None:
