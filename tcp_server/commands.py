@@ -23,6 +23,7 @@ from tcp_server.grace import Deadlines
 from tcp_server.lograte import LogRate, held_back
 from tcp_server.protocol import (
     EVERYONE,
+    WRONG_GATEWAY_SECRET,
     Bye,
     Conversations,
     ErrorCode,
@@ -377,7 +378,7 @@ class Commands:
             if held is not None:
                 log.warning("%s sent a proxy request with a wrong secret%s", session.peer,
                             held_back(held, "from this address in the last minute"))
-            raise ProtocolError(ErrorCode.FORBIDDEN, "wrong gateway secret", rid)
+            raise ProtocolError(ErrorCode.FORBIDDEN, WRONG_GATEWAY_SECRET, rid)
         log.info("%s is a gateway for browser %s:%d", session.peer, request.ip, request.port)
         self.admission.gateway_at(session.ip)
         self._proved(session)

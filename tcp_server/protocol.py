@@ -49,6 +49,10 @@ AWAY: Final = "away"
 
 _NAME_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
 
+# The message of the `forbidden` error that refuses a proxy request: the gateway recognises
+# it (a CHAT_GATEWAY_SECRET that is not the core's refuses every browser).
+WRONG_GATEWAY_SECRET: Final = "wrong gateway secret"
+
 
 class ErrorCode(StrEnum):
     """The wire strings of the "code" field of an error reply."""

@@ -12,6 +12,7 @@ from typing import Final
 
 from tcp_server.protocol import (
     MAX_LINE_BYTES,
+    WRONG_GATEWAY_SECRET,
     Error,
     ErrorCode,
     ProtocolError,
@@ -66,6 +67,9 @@ def frame_to_line(frame: str | bytes) -> Upstream:
 CORE_ERROR_START: Final = b'{"type":"error","code":"'
 # How the core's welcome begins (the same reasoning): the browser has signed in.
 CORE_WELCOME_START: Final = b'{"type":"welcome",'
+# How the core's refusal of the gateway's secret begins (its `id`, if any, and the end follow).
+CORE_REFUSED_SECRET: Final = encode(
+    event_to_wire(Error(ErrorCode.FORBIDDEN, WRONG_GATEWAY_SECRET)))[:-len(b"}\n")]
 # The core's errors that the browser did not cause: its store or Redis failed.
 NOT_THE_BROWSERS_FAULT: Final = (b'unavailable"',)
 

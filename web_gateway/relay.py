@@ -59,6 +59,7 @@ from tcp_server.protocol import (
 )
 from web_gateway.budget import ErrorBudget
 from web_gateway.frames import (
+    CORE_REFUSED_SECRET,
     CORE_WELCOME_START,
     UNAVAILABLE,
     browser_errors,
@@ -91,7 +92,6 @@ CLOSE_TRY_LATER: Final = 1013  # the core is unreachable or not keeping up, or t
 CONNECTION_LOG_RATE: Final = LogRate(every=1.0, burst=5)
 # The core refusing the gateway's proxy request: every websocket would be refused alike (a
 # CHAT_GATEWAY_SECRET that is not the core's), so said once a minute, for the whole gateway.
-CORE_REFUSED_SECRET: Final = b'{"type":"error","code":"forbidden","message":"wrong gateway secret"'
 REFUSED_SECRET_LOG_RATE: Final = LogRate(every=60.0)
 BROWSER_NOT_READING: Final = "the browser is not reading what it is sent"
 
