@@ -45,6 +45,7 @@ from cli_client.connection import (
 )
 from cli_client.console import Console
 from cli_client.render import printable, render_bye, render_event
+from tcp_server.display import EXPIRED_SESSION
 from tcp_server.protocol import (
     Bye,
     Error,
@@ -72,9 +73,6 @@ RESUME_REPLY_TIMEOUT_S: Final = 5.0
 JOIN_TIMEOUT_S: Final = 12.0
 # The core's bye to a connection whose session another connection took (the protocol's words).
 RESUMED_ELSEWHERE: Final = "resumed elsewhere"
-# Why a session could not be resumed (session_expired), in a user's words.
-EXPIRED_REASON: Final = ("you were away longer than the server keeps a session, or it "
-                         "was restarted without its data")
 
 Connect = Callable[[], ServerConnection]
 
@@ -440,8 +438,7 @@ class Session:
         connection.close()
         if isinstance(reply, Error) and reply.code in (ErrorCode.SESSION_EXPIRED,
                                                        ErrorCode.NAME_TAKEN):
-            # session_expired's own words are for programs ("say hello without resume").
-            why = (EXPIRED_REASON if reply.code == ErrorCode.SESSION_EXPIRED
+            why = (EXPIRED_SESSION if reply.code == ErrorCode.SESSION_EXPIRED
                    else printable(reply.message))
             return (f"Your session could not be resumed: {why}. "
                     "Start the client again to join afresh.")

@@ -41,6 +41,10 @@ from typing import Final
 VIA_LABELS: Final = {"tcp": "terminal", "web": "browser"}
 AWAY_MARK: Final = "(away)"
 YOU_MARK: Final = "(you)"
+# Why a session could not be resumed (session_expired), in a user's words: the server's own
+# ("say hello without resume") are for programs.
+EXPIRED_SESSION: Final = ("you were away longer than the server keeps a session, or it was "
+                          "restarted without its data")
 
 LINE_BREAK_MARK: Final = "\u21b5"  # ↵: a line break shown inside one line
 

@@ -6,6 +6,9 @@
 export const VIA_LABELS = Object.freeze({ tcp: "terminal", web: "browser" });
 export const AWAY_MARK = "(away)";
 export const YOU_MARK = "(you)";
+// Why a session could not be resumed (session_expired), in a user's words.
+export const EXPIRED_SESSION =
+  "you were away longer than the server keeps a session, or it was restarted without its data";
 
 /** The label of a user's `via`; an unknown kind is shown as it is, none as "". */
 export function viaLabel(via) {

@@ -7,6 +7,7 @@
 // and is kept in seq order. Entries without a seq (notices, messages not yet acknowledged)
 // are placed after the newest seq the conversation had when they were made.
 
+import { EXPIRED_SESSION } from "./labels.js";
 import { EVERYONE, nameKey } from "./protocol.js";
 
 // Live messages beyond this drop the oldest (history can bring them back); keeps the page light.
@@ -236,8 +237,7 @@ const HANDLERS = {
     statusReason: state.statusReason,
     resuming: true,
     joinName: state.me ? state.me.name : state.joinName,
-    notice: "Your earlier session had ended (you were away longer than the server keeps one, " +
-      "or it was restarted without its data); you joined again as a new session.",
+    notice: `Your earlier session had ended (${EXPIRED_SESSION}); you joined again as a new session.`,
   }),
 
   "local/refused": (state, { message }) => ({ ...state, joinError: message }),

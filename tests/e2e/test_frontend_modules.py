@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route
 
-from tcp_server.display import AWAY_MARK, VIA_LABELS, YOU_MARK, display_text
+from tcp_server.display import (
+    AWAY_MARK,
+    EXPIRED_SESSION,
+    VIA_LABELS,
+    YOU_MARK,
+    display_text,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -825,8 +831,8 @@ def test_an_expired_session_starts_again_without_the_old_conversations(
     assert sorted(state["conversations"]) == ["*"]
     # In a user's words: the server's are for programs.
     assert state["notice"] == (
-        "Your earlier session had ended (you were away longer than the server keeps one, or it "
-        "was restarted without its data); you joined again as a new session.")
+        "Your earlier session had ended (you were away longer than the server keeps a session, "
+        "or it was restarted without its data); you joined again as a new session.")
 
 
 def test_a_truncated_resume_says_that_some_missed_messages_are_gone(module_page: Page) -> None:
@@ -867,11 +873,13 @@ def test_the_browsers_labels_are_the_ones_of_the_terminal_and_plain_text_clients
     labels = module_page.evaluate("""async () => {
         const m = await import('/js/labels.js');
         return { via: { ...m.VIA_LABELS }, away: m.AWAY_MARK, you: m.YOU_MARK,
+                 expired: m.EXPIRED_SESSION,
                  shown: ["tcp", "web", "carrier-pigeon", "constructor", "__proto__", null]
                    .map(m.viaLabel) };
     }""")
     assert labels["via"] == VIA_LABELS
     assert (labels["away"], labels["you"]) == (AWAY_MARK, YOU_MARK)
+    assert labels["expired"] == EXPIRED_SESSION
     assert labels["shown"] == ["terminal", "browser", "carrier-pigeon", "constructor",
                                "__proto__", ""]
 
